@@ -1,0 +1,98 @@
+"""Who may do what: the known peers and the unknown-AE policy, as one snapshot.
+
+`runscp` reloads the snapshot every few seconds; handlers only read it.
+"""
+import ipaddress
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
+
+_RESOLVE_TTL = 60.0
+_resolved: dict = {}
+_resolved_lock = threading.Lock()
+
+
+def normalise_address(address: str) -> str:
+    """An IPv4 peer on our dual-stack socket shows up as ::ffff:a.b.c.d."""
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+def resolve(host: str) -> frozenset:
+    """Addresses a host name resolves to (cached for a minute)."""
+    now = time.monotonic()
+    with _resolved_lock:
+        hit = _resolved.get(host)
+        if hit and hit[0] > now:
+            return hit[1]
+    try:
+        addrs = frozenset(normalise_address(ai[4][0]) for ai in socket.getaddrinfo(host, None))
+    except OSError as exc:
+        logger.warning("cannot resolve peer host %s: %s", host, exc)
+        addrs = frozenset()
+    with _resolved_lock:
+        _resolved[host] = (now + _RESOLVE_TTL, addrs)
+    return addrs
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRule:
+    ae_title: str
+    host: str
+    port: int
+    check_host: bool
+    may_store: bool
+    may_query: bool
+    may_retrieve: bool
+    is_move_destination: bool
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    unknown_may_echo_and_store: bool
+    peers: tuple = ()
+
+    @classmethod
+    def load(cls, server_settings):
+        from dicomnodes.models import Peer
+
+        rules = tuple(
+            PeerRule(
+                p.ae_title, p.host, p.port, p.check_host, p.may_store, p.may_query, p.may_retrieve, p.is_move_destination
+            )
+            for p in Peer.objects.all()
+        )
+        return cls(unknown_may_echo_and_store=server_settings.unknown_ae_may_echo_and_store, peers=rules)
+
+    def peers_for(self, calling_ae: str, address: str):
+        """The peer rows that match this caller (AE title, and host if checked)."""
+        address = normalise_address(address)
+        return [
+            p
+            for p in self.peers
+            if p.ae_title == calling_ae and (not p.check_host or address in resolve(p.host))
+        ]
+
+    def is_known(self, calling_ae: str, address: str) -> bool:
+        return bool(self.peers_for(calling_ae, address))
+
+    def may_associate(self, calling_ae: str, address: str) -> bool:
+        return self.unknown_may_echo_and_store or self.is_known(calling_ae, address)
+
+    def may_echo(self, calling_ae: str, address: str) -> bool:
+        return self.may_associate(calling_ae, address)
+
+    def may_store(self, calling_ae: str, address: str) -> bool:
+        peers = self.peers_for(calling_ae, address)
+        if peers:
+            return any(p.may_store for p in peers)
+        return self.unknown_may_echo_and_store

@@ -1,0 +1,189 @@
+"""pynetdicom event handlers for `runscp`: association life cycle, C-ECHO, C-STORE.
+
+Handlers get their dependencies (the current configuration, the index
+writer) passed in; they stay short and delegate to `ingest` and `access`.
+"""
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.utils import timezone
+from pydicom.dataset import Dataset
+from pynetdicom import evt
+
+from dicomnodes.access import normalise_address
+from dicomnodes.index import AssociationClose, AssociationOpen
+from dicomnodes.ingest import NOT_AUTHORISED, SUCCESS, store_received
+from dicomnodes.models import AssociationLog, AssociationResult
+
+logger = logging.getLogger(__name__)
+
+# A-ASSOCIATE-RJ (PS3.8 9.3.4): rejected-permanent, by the service user.
+_REJECT_CALLED = (0x01, 0x01, 0x07)
+_REJECT_CALLING = (0x01, 0x01, 0x03)
+
+
+@dataclass
+class AssociationState:
+    """What we keep about one incoming association while it runs."""
+
+    id: uuid.UUID
+    calling_ae: str
+    called_ae: str
+    address: str
+    port: int | None
+    started_at: datetime
+    started_monotonic: float = field(default_factory=time.monotonic)
+    received: int = 0
+    failed: int = 0
+    bytes: int = 0
+    finished: bool = False
+
+
+class Handlers:
+    """The handlers of one `runscp` process.
+
+    `config` is a callable returning the current ScpConfig (it changes when
+    the admin edits the settings); `writer` is the IndexWriter.
+    """
+
+    def __init__(self, config, writer):
+        self.config = config
+        self.writer = writer
+
+    def bindings(self):
+        return [
+            (evt.EVT_REQUESTED, self.on_requested),
+            (evt.EVT_ACCEPTED, self.on_accepted),
+            (evt.EVT_C_ECHO, self.on_echo),
+            (evt.EVT_C_STORE, self.on_store),
+        ]
+
+    # --- association life cycle -------------------------------------------
+    def on_requested(self, event):
+        """Check the called and calling AE titles before negotiating."""
+        assoc = event.assoc
+        rq = assoc.requestor.primitive
+        state = AssociationState(
+            id=uuid.uuid4(),
+            calling_ae=(rq.calling_ae_title or "").strip(),
+            called_ae=(rq.called_ae_title or "").strip(),
+            address=normalise_address(str(assoc.requestor.address)),
+            port=assoc.requestor.port,
+            started_at=timezone.now(),
+        )
+        assoc.pacs_state = state
+        cfg = self.config()
+        if state.called_ae not in cfg.called_ae_titles:
+            self._reject(assoc, state, _REJECT_CALLED, "called AE title not recognised")
+        elif not cfg.access.may_associate(state.calling_ae, state.address):
+            self._reject(assoc, state, _REJECT_CALLING, "calling AE title not recognised")
+        else:
+            # Answer with the title we were called by (ours or a publishing variant).
+            assoc.acceptor.ae_title = state.called_ae
+
+    def _reject(self, assoc, state, reason, text):
+        logger.info(
+            "association from %s (%s) to %s rejected: %s", state.calling_ae, state.address, state.called_ae, text
+        )
+        assoc.acse.send_reject(*reason)
+        # As pynetdicom's own rejection does: wait until the DUL has sent the
+        # A-ASSOCIATE-RJ before the socket is closed.
+        assoc.kill()
+        state.finished = True
+        row = self._row(state, result=AssociationResult.REJECTED, reason=text)
+        row.ended_at = row.started_at
+        row.duration = 0.0
+        self.writer.submit(AssociationOpen(row))
+
+    def on_accepted(self, event):
+        state = event.assoc.pacs_state
+        logger.info("association %s from %s (%s) to %s accepted", state.id, state.calling_ae, state.address, state.called_ae)
+        self.writer.submit(AssociationOpen(self._row(state, result=AssociationResult.OPEN)))
+
+    def finish(self, assoc):
+        """Called once the association thread has ended, whatever the reason."""
+        state = getattr(assoc, "pacs_state", None)
+        if state is None or state.finished:
+            return
+        state.finished = True
+        if assoc.is_released:
+            result, reason = AssociationResult.RELEASED, ""
+        elif assoc.is_aborted:
+            result, reason = AssociationResult.ABORTED, "aborted"
+        else:
+            result, reason = AssociationResult.ABORTED, "connection closed without release"
+        duration = time.monotonic() - state.started_monotonic
+        logger.info(
+            "association %s %s: %d received, %d failed, %d bytes, %.2f s",
+            state.id, result.label, state.received, state.failed, state.bytes, duration,
+        )
+        self.writer.submit(
+            AssociationClose(
+                state.id,
+                dict(
+                    ended_at=timezone.now(),
+                    duration=round(duration, 3),
+                    instances_received=state.received,
+                    instances_failed=state.failed,
+                    bytes_received=state.bytes,
+                    result=result,
+                    reason=reason,
+                ),
+            )
+        )
+
+    @staticmethod
+    def _row(state, *, result, reason=""):
+        return AssociationLog(
+            id=state.id,
+            started_at=state.started_at,
+            calling_ae=state.calling_ae[:16],
+            called_ae=state.called_ae[:16],
+            peer_address=state.address[:64],
+            peer_port=state.port,
+            result=result,
+            reason=reason,
+        )
+
+    # --- services -------------------------------------------------------------
+    def on_echo(self, event):
+        return SUCCESS
+
+    def on_store(self, event):
+        state = event.assoc.pacs_state
+        cfg = self.config()
+        req = event.request
+        if not cfg.access.may_store(state.calling_ae, state.address):
+            state.failed += 1
+            return _status(NOT_AUTHORISED, f"{state.calling_ae} may not store here")
+        raw = req.DataSet.getvalue()
+        state.bytes += len(raw)
+        result = store_received(
+            raw,
+            str(event.context.transfer_syntax),
+            sop_class_uid=str(req.AffectedSOPClassUID),
+            sop_instance_uid=str(req.AffectedSOPInstanceUID),
+            called_ae=state.called_ae,
+            calling_ae=state.calling_ae,
+            association_id=state.id,
+            overwrite=cfg.overwrite,
+            fsync=cfg.fsync,
+            writer=self.writer,
+            wait_timeout=max(cfg.service_timeout, 30),
+        )
+        if result.status == SUCCESS:
+            state.received += 1
+            return SUCCESS
+        state.failed += 1
+        return _status(result.status, result.comment)
+
+
+def _status(code, comment):
+    ds = Dataset()
+    ds.Status = code
+    if comment:
+        ds.ErrorComment = comment
+    return ds

@@ -1,0 +1,117 @@
+"""`manage.py runscp`: the DICOM server (C-ECHO, C-STORE), kept in line with
+the settings edited in the admin."""
+import logging
+import os
+import signal
+import time
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
+from django.db import connections
+
+from dicomnodes.scp import ScpService, prepare_storage
+from dicomnodes.validators import validate_ae_title
+
+logger = logging.getLogger("dicomnodes.runscp")
+
+
+def _default_processes():
+    raw = os.environ.get("PACS_SCP_PROCESSES")
+    if raw:
+        try:
+            return max(1, int(raw))
+        except ValueError:
+            raise CommandError(f"PACS_SCP_PROCESSES={raw!r} is not a number") from None
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+class Command(BaseCommand):
+    help = "Run the DICOM server (AE title and port from the DICOM server settings)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--port", type=int, help="listen on this port for this run (0 = disabled)")
+        parser.add_argument("--ae-title", help="answer to this AE title for this run")
+        parser.add_argument(
+            "--processes",
+            type=int,
+            default=None,
+            help="processes sharing the port (default: PACS_SCP_PROCESSES, else the CPU count up to 4)",
+        )
+        parser.add_argument("--poll", type=float, default=2.0, help="seconds between settings checks (default 2)")
+
+    def handle(self, *args, port=None, ae_title=None, processes=None, poll=2.0, **options):
+        if port is not None and not 0 <= port <= 65535:
+            raise CommandError(f"--port {port}: a port is 0 to 65535 (0 = disabled)")
+        if ae_title is not None:
+            try:
+                validate_ae_title(ae_title)
+            except ValidationError as exc:
+                raise CommandError(f"--ae-title {ae_title!r}: {' '.join(exc.messages)}") from None
+        processes = processes or _default_processes()
+        self.shutdown = False
+        self.children = {}
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        prepare_storage()
+        connections.close_all()
+        if processes == 1:
+            return self._serve(port, ae_title, poll, reuse_port=False)
+        return self._supervise(processes, port, ae_title, poll)
+
+    def _on_signal(self, signum, frame):
+        self.shutdown = True
+        for pid in self.children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def _serve(self, port, ae_title, poll, *, reuse_port):
+        service = ScpService(port=port, ae_title=ae_title, reuse_port=reuse_port)
+        while not self.shutdown:
+            service.step()
+            deadline = time.monotonic() + poll
+            while not self.shutdown and time.monotonic() < deadline:
+                time.sleep(0.1)
+        service.close()
+        return f"runscp (pid {os.getpid()}) stopped: {service.writer.jobs} index jobs in {service.writer.batches} commits"
+
+    def _supervise(self, processes, port, ae_title, poll):
+        """Fork `processes` workers that share the port (SO_REUSEPORT);
+        restart one that dies; stop them all on SIGTERM/SIGINT."""
+        for _ in range(processes):
+            self._fork(port, ae_title, poll)
+        restarts = 0
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
+            self.children.pop(pid, None)
+            if not self.shutdown:
+                restarts += 1
+                logger.error("runscp worker %d ended (status %d); starting another", pid, status)
+                time.sleep(1)
+                if not self.shutdown:
+                    self._fork(port, ae_title, poll)
+        return f"runscp stopped ({processes} processes, {restarts} restarts)"
+
+    def _fork(self, port, ae_title, poll):
+        pid = os.fork()
+        if pid:
+            self.children[pid] = True
+            return
+        # Child: a fresh process with its own connections and threads.
+        self.children = {}
+        code = 0
+        try:
+            message = self._serve(port, ae_title, poll, reuse_port=True)
+            logger.info(message)
+        except BaseException:
+            logger.exception("runscp worker failed")
+            code = 1
+        finally:
+            logging.shutdown()
+            os._exit(code)

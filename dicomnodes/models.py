@@ -1,0 +1,266 @@
+"""DICOM node: server settings, known peers, the archive index, association log.
+
+The files under PACS_DATA_DIR/storage are the truth; these tables are an index
+over them that `manage.py reindex` can rebuild.
+"""
+import uuid
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+
+from dicomnodes.validators import validate_ae_title
+from pacs_site.singleton import SingletonModel
+
+# Called AE suffixes that also reach us: publishing (EPSON/PRIMERA, immediate
+# or delayed) decides what to do from the one an instance arrived on.
+PUBLISHING_SUFFIXES = ("_E", "_P", "_TE", "_TP")
+
+
+class DuplicatePolicy(models.TextChoices):
+    KEEP_FIRST = "keep", "Keep the first copy"
+    OVERWRITE = "overwrite", "Overwrite with the new copy"
+
+
+class DicomServerSettings(SingletonModel):
+    ae_title = models.CharField(
+        "AE title",
+        max_length=16,
+        default="PACS",
+        validators=[validate_ae_title],
+        help_text="Our Application Entity title (case-sensitive). We also answer to it "
+        "with the suffixes _E, _P, _TE and _TP (disc publishing), so keep it at "
+        "13 characters or fewer if modalities are to use those.",
+    )
+    port = models.PositiveIntegerField(
+        default=11112,
+        validators=[MaxValueValidator(65535)],
+        help_text="TCP port of the DICOM server; 0 switches the DICOM server off.",
+    )
+    debug = models.BooleanField(
+        "debug mode",
+        default=False,
+        help_text="Write a verbose protocol log (every PDU and DIMSE message) to "
+        "logs/dicom-debug.log in the data folder.",
+    )
+    service_timeout = models.PositiveIntegerField(
+        "service time-out (s)",
+        default=30,
+        validators=[MinValueValidator(1), MaxValueValidator(3600)],
+        help_text="How long to wait for a peer (association negotiation, DIMSE "
+        "messages, network silence) before the association is aborted.",
+    )
+    duplicate_policy = models.CharField(
+        max_length=16,
+        choices=DuplicatePolicy.choices,
+        default=DuplicatePolicy.KEEP_FIRST,
+        help_text="What to do when an instance arrives whose SOP Instance UID is "
+        "already stored. Either way the sender gets success.",
+    )
+    unknown_ae_may_echo_and_store = models.BooleanField(
+        "unknown AEs may echo and store",
+        default=True,
+        help_text="Accept C-ECHO and C-STORE from calling AE titles that are not "
+        "in the peer list. Query and retrieve always need a known peer.",
+    )
+    fsync_on_store = models.BooleanField(
+        "fsync on store",
+        default=True,
+        help_text="Flush every received file to the disk before answering the "
+        "sender. Off is faster but a power cut may lose acknowledged images.",
+    )
+
+    class Meta:
+        verbose_name = "DICOM server settings"
+        verbose_name_plural = "DICOM server settings"
+
+    def __str__(self):
+        return f"{self.ae_title} on port {self.port or 'off'}"
+
+    def clean(self):
+        super().clean()
+        if self.ae_title:
+            validate_ae_title(self.ae_title)
+
+    def called_ae_titles(self):
+        """Every called AE title we accept: ours and its publishing variants."""
+        return {self.ae_title} | {self.ae_title + s for s in PUBLISHING_SUFFIXES}
+
+
+class Peer(models.Model):
+    """A known DICOM node and what it may do with us."""
+
+    name = models.CharField(max_length=64)
+    ae_title = models.CharField("AE title", max_length=16, validators=[validate_ae_title])
+    host = models.CharField(max_length=255, help_text="IP address or host name.")
+    port = models.PositiveIntegerField(
+        validators=[MinValueValidator(1), MaxValueValidator(65535)], default=104
+    )
+    may_store = models.BooleanField("may store to us", default=True)
+    may_query = models.BooleanField("may query us (C-FIND)", default=False)
+    may_retrieve = models.BooleanField("may retrieve with C-GET", default=False)
+    is_move_destination = models.BooleanField("is a C-MOVE destination", default=False)
+    check_host = models.BooleanField(
+        default=False,
+        help_text="Accept this AE title only from the address its host resolves to.",
+    )
+    notes = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["ae_title", "host", "port"], name="peer_unique_ae_host_port")
+        ]
+
+    def __str__(self):
+        return f"{self.name} ({self.ae_title}@{self.host}:{self.port})"
+
+    def clean(self):
+        super().clean()
+        if self.ae_title:
+            validate_ae_title(self.ae_title)
+        if self.host and any(c.isspace() for c in self.host):
+            raise ValidationError({"host": "A host name has no spaces."})
+
+
+# --- The archive index ---------------------------------------------------------
+# Dates are kept as DICOM DA strings (YYYYMMDD) and times as TM strings padded to
+# HHMMSS[.ffffff]: both sort and range-compare correctly as text.  Names are
+# also stored upper-cased for case-insensitive matching.
+
+
+class Patient(models.Model):
+    patient_id = models.CharField(max_length=64, db_index=True)  # (0010,0020) LO
+    issuer_of_patient_id = models.CharField(max_length=64, blank=True)  # (0010,0021) LO
+    patient_name = models.CharField(max_length=324, blank=True)  # (0010,0010) PN
+    patient_name_upper = models.CharField(max_length=324, blank=True, db_index=True)
+    patient_birth_date = models.CharField(max_length=8, blank=True, db_index=True)  # (0010,0030)
+    patient_sex = models.CharField(max_length=16, blank=True)  # (0010,0040) CS
+    num_studies = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["patient_name", "patient_id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["patient_id", "issuer_of_patient_id"], name="patient_unique_id_issuer"
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.patient_name or '(no name)'} [{self.patient_id}]"
+
+
+class Study(models.Model):
+    study_instance_uid = models.CharField(max_length=64, unique=True)  # (0020,000D) UI
+    # The patient row; `patient_id` below is the DICOM Patient ID (0010,0020).
+    patient_record = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="studies")
+    # Denormalised from the patient so a study-level C-FIND reads one table.
+    patient_id = models.CharField(max_length=64, db_index=True)
+    patient_name = models.CharField(max_length=324, blank=True)
+    patient_name_upper = models.CharField(max_length=324, blank=True, db_index=True)
+    patient_birth_date = models.CharField(max_length=8, blank=True)
+    patient_sex = models.CharField(max_length=16, blank=True)
+    study_date = models.CharField(max_length=8, blank=True, db_index=True)  # (0008,0020) DA
+    study_time = models.CharField(max_length=16, blank=True, db_index=True)  # (0008,0030) TM
+    accession_number = models.CharField(max_length=16, blank=True, db_index=True)  # (0008,0050)
+    study_id = models.CharField("study ID", max_length=16, blank=True, db_index=True)  # (0020,0010)
+    study_description = models.CharField(max_length=128, blank=True)  # (0008,1030) LO
+    referring_physician_name = models.CharField(max_length=324, blank=True)  # (0008,0090) PN
+    referring_physician_name_upper = models.CharField(max_length=324, blank=True, db_index=True)
+    specific_character_set = models.CharField(max_length=128, blank=True)  # (0008,0005)
+    modalities_in_study = models.CharField(max_length=128, blank=True)  # backslash-joined
+    num_series = models.PositiveIntegerField(default=0)
+    num_instances = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-study_date", "-study_time"]
+        verbose_name_plural = "studies"
+
+    def __str__(self):
+        return f"{self.study_date or '????????'} {self.study_description or self.study_instance_uid}"
+
+
+class Series(models.Model):
+    series_instance_uid = models.CharField(max_length=64, unique=True)  # (0020,000E) UI
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="series")
+    modality = models.CharField(max_length=16, blank=True, db_index=True)  # (0008,0060) CS
+    series_number = models.IntegerField(null=True, blank=True, db_index=True)  # (0020,0011) IS
+    series_description = models.CharField(max_length=128, blank=True)  # (0008,103E) LO
+    body_part_examined = models.CharField(max_length=16, blank=True)  # (0018,0015) CS
+    series_date = models.CharField(max_length=8, blank=True, db_index=True)  # (0008,0021) DA
+    series_time = models.CharField(max_length=16, blank=True)  # (0008,0031) TM
+    institution_name = models.CharField(max_length=128, blank=True)  # (0008,0080) LO
+    station_name = models.CharField(max_length=16, blank=True)  # (0008,1010) SH
+    num_instances = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["series_number", "series_instance_uid"]
+        verbose_name_plural = "series"
+
+    def __str__(self):
+        return f"{self.modality or '??'} #{self.series_number} {self.series_description}".strip()
+
+
+class Instance(models.Model):
+    sop_instance_uid = models.CharField("SOP Instance UID", max_length=64, unique=True)
+    series = models.ForeignKey(Series, on_delete=models.CASCADE, related_name="instances")
+    sop_class_uid = models.CharField("SOP Class UID", max_length=64, db_index=True)
+    instance_number = models.IntegerField(null=True, blank=True, db_index=True)  # (0020,0013)
+    transfer_syntax_uid = models.CharField(max_length=64)
+    file_size = models.BigIntegerField(default=0)
+    called_ae = models.CharField("called AE", max_length=16, blank=True, db_index=True)
+    calling_ae = models.CharField("calling AE", max_length=16, blank=True)
+    association = models.ForeignKey(
+        "AssociationLog", null=True, blank=True, on_delete=models.SET_NULL, related_name="instances"
+    )
+    received_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["instance_number", "sop_instance_uid"]
+
+    def __str__(self):
+        return self.sop_instance_uid
+
+    @property
+    def path(self):
+        from dicomnodes.storage import instance_path
+
+        return instance_path(self.sop_instance_uid)
+
+
+class AssociationResult(models.TextChoices):
+    OPEN = "open", "in progress"
+    RELEASED = "released", "released"
+    ABORTED = "aborted", "aborted"
+    REJECTED = "rejected", "rejected"
+
+
+class AssociationLog(models.Model):
+    """One row per incoming association, written by `runscp`."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    started_at = models.DateTimeField(db_index=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    calling_ae = models.CharField("calling AE", max_length=16, blank=True, db_index=True)
+    called_ae = models.CharField("called AE", max_length=16, blank=True)
+    peer_address = models.CharField(max_length=64, blank=True)
+    peer_port = models.PositiveIntegerField(null=True, blank=True)
+    instances_received = models.PositiveIntegerField(default=0)
+    instances_failed = models.PositiveIntegerField(default=0)
+    bytes_received = models.BigIntegerField(default=0)
+    duration = models.FloatField("duration (s)", null=True, blank=True)
+    result = models.CharField(max_length=16, choices=AssociationResult.choices, default=AssociationResult.OPEN)
+    reason = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+        verbose_name = "association"
+
+    def __str__(self):
+        return f"{self.calling_ae} → {self.called_ae} at {self.started_at:%Y-%m-%d %H:%M:%S}"

@@ -1,0 +1,281 @@
+"""The DICOM server of `manage.py runscp`: AE set-up, socket, settings reload.
+
+`ScpService.step()` is one unit of work: re-read the settings and make the
+listener match them (bind, rebind on a new port or AE title, idle on port 0).
+The management command only loops over it.
+"""
+import errno
+import logging
+import logging.handlers
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import close_old_connections
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
+from pynetdicom._handlers import (
+    standard_dimse_recv_handler,
+    standard_dimse_sent_handler,
+    standard_pdu_recv_handler,
+    standard_pdu_sent_handler,
+)
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+
+from dicomnodes.access import AccessPolicy
+from dicomnodes.handlers import Handlers
+from dicomnodes.index import IndexWriter
+from dicomnodes.models import DicomServerSettings, DuplicatePolicy, PUBLISHING_SUFFIXES
+from dicomnodes.storage import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, remove_stale_temporaries
+
+logger = logging.getLogger(__name__)
+
+# Accept any storage-like SOP class (private ones included) in the first
+# transfer syntax the sender proposes: we store bytes as received, so there is
+# no reason to refuse a modality's private or brand-new SOP class.
+_config.UNRESTRICTED_STORAGE_SERVICE = True
+# pynetdicom's standard PDU/DIMSE log handlers format every message even when
+# nobody reads it; we bind them only in debug mode.
+_config.LOG_HANDLER_LEVEL = "none"
+
+_DEBUG_BINDINGS = [
+    (evt.EVT_PDU_RECV, standard_pdu_recv_handler),
+    (evt.EVT_PDU_SENT, standard_pdu_sent_handler),
+    (evt.EVT_DIMSE_RECV, standard_dimse_recv_handler),
+    (evt.EVT_DIMSE_SENT, standard_dimse_sent_handler),
+]
+
+
+@dataclass(frozen=True)
+class ScpConfig:
+    ae_title: str
+    port: int
+    debug: bool
+    service_timeout: int
+    overwrite: bool
+    fsync: bool
+    access: AccessPolicy
+
+    @property
+    def called_ae_titles(self):
+        return {self.ae_title} | {self.ae_title + s for s in PUBLISHING_SUFFIXES}
+
+
+def load_config(*, port=None, ae_title=None) -> ScpConfig:
+    """The stored settings, with the command-line overrides applied."""
+    row = DicomServerSettings.load()
+    return ScpConfig(
+        ae_title=ae_title if ae_title is not None else row.ae_title,
+        port=port if port is not None else row.port,
+        debug=row.debug,
+        service_timeout=row.service_timeout,
+        overwrite=row.duplicate_policy == DuplicatePolicy.OVERWRITE,
+        fsync=row.fsync_on_store,
+        access=AccessPolicy.load(row),
+    )
+
+
+class _RequestHandler(RequestHandler):
+    """Runs each association to its end, then lets the handlers log it."""
+
+    def handle(self):
+        assoc = self._create_association()
+        evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+        assoc.start()
+        assoc.join()
+        self.server.on_association_end(assoc)
+
+
+class PacsServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with the socket options we need:
+    dual-stack IPv6 (every IPv4 and IPv6 address), optional SO_REUSEPORT so
+    several runscp processes share the port, TCP_NODELAY on every connection.
+    """
+
+    daemon_threads = True
+    block_on_close = False
+    reuse_port = False
+    on_association_end = None
+
+    def __init__(self, ae, address, ae_title, contexts, *, evt_handlers, reuse_port, on_end):
+        self.reuse_port = reuse_port
+        self.on_association_end = on_end
+        super().__init__(ae, address, ae_title, contexts, evt_handlers=evt_handlers, request_handler=_RequestHandler)
+
+    def server_bind(self):
+        if self.reuse_port:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if self.address_family == socket.AF_INET6:
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+    def get_request(self):
+        client, address = super().get_request()
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return client, address
+
+
+def _any_address():
+    """'::' (both families) where IPv6 exists, else 0.0.0.0."""
+    return "::" if socket.has_ipv6 and _ipv6_works() else "0.0.0.0"
+
+
+def _ipv6_works():
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::", 0))
+        return True
+    except OSError:
+        return False
+
+
+def build_ae() -> AE:
+    ae = AE()
+    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+    ae.maximum_associations = 1_000_000  # incoming associations are not limited
+    ae.maximum_pdu_size = 0  # we accept PDUs of any size
+    ae.require_called_aet = False  # checked in Handlers.on_requested (we answer to several)
+    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+    for cx in AllStoragePresentationContexts:
+        ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    return ae
+
+
+class ScpService:
+    """One runscp process: a listener kept in line with the settings."""
+
+    def __init__(self, *, port=None, ae_title=None, reuse_port=False):
+        self.port_override = port
+        self.ae_title_override = ae_title
+        self.reuse_port = reuse_port
+        self.ae = build_ae()
+        self.writer = IndexWriter().start()
+        self._config = None
+        self.handlers = Handlers(lambda: self._config, self.writer)
+        self.server = None
+        self._server_thread = None
+        self._bound = None  # (port, ae_title) the listener runs with
+        self._bind_error = None
+        self._debug_handler = None
+        self.address = _any_address()
+
+    @property
+    def config(self):
+        return self._config
+
+    def step(self) -> bool:
+        """Apply the current settings; True if the listener changed."""
+        close_old_connections()
+        try:
+            cfg = load_config(port=self.port_override, ae_title=self.ae_title_override)
+        except Exception as exc:  # database briefly unavailable: keep what we have
+            logger.warning("cannot read the DICOM settings (%s); keeping the current ones", exc)
+            return False
+        self._config = cfg
+        self.ae.acse_timeout = cfg.service_timeout
+        self.ae.dimse_timeout = cfg.service_timeout
+        self.ae.network_timeout = cfg.service_timeout
+        self._apply_debug(cfg.debug)
+        wanted = (cfg.port, cfg.ae_title)
+        if wanted == self._bound:
+            return False
+        self._stop_listener()
+        if cfg.port == 0:
+            logger.info("DICOM server disabled (port 0 in the DICOM server settings); idle")
+            self._bound = wanted
+            return True
+        return self._start_listener(cfg)
+
+    def _start_listener(self, cfg) -> bool:
+        try:
+            self.server = PacsServer(
+                self.ae,
+                (self.address, cfg.port),
+                cfg.ae_title,
+                self.ae.supported_contexts,
+                evt_handlers=self.handlers.bindings() + (_DEBUG_BINDINGS if cfg.debug else []),
+                reuse_port=self.reuse_port,
+                on_end=self.handlers.finish,
+            )
+        except OSError as exc:
+            message = f"cannot listen on port {cfg.port}: {exc.strerror or exc}"
+            if exc.errno == errno.EADDRINUSE:
+                from pacs_site.ports import describe_holder
+
+                message += f" ({describe_holder(cfg.port)})"
+            if message != self._bind_error:
+                logger.error("%s; retrying", message)
+                self._bind_error = message
+            self.server = None
+            return False
+        self._bind_error = None
+        self.ae._servers.append(self.server)
+        self._server_thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.2}, name=f"scp-listener-{cfg.port}", daemon=True
+        )
+        self._server_thread.start()
+        self._bound = (cfg.port, cfg.ae_title)
+        logger.info("DICOM server %s listening on port %d (all addresses)", cfg.ae_title, cfg.port)
+        return True
+
+    def _stop_listener(self):
+        if self.server is not None:
+            self.server.shutdown()  # stops accepting; running associations go on
+            self.server = None
+            self._server_thread = None
+        self._bound = None
+
+    def _apply_debug(self, debug):
+        pn_logger = logging.getLogger("pynetdicom")
+        if debug and self._debug_handler is None:
+            settings.PACS_LOG_DIR.mkdir(parents=True, exist_ok=True)
+            handler = logging.handlers.RotatingFileHandler(
+                settings.PACS_LOG_DIR / "dicom-debug.log", maxBytes=10 * 2**20, backupCount=5
+            )
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"))
+            handler.setLevel(logging.DEBUG)
+            for name in ("pynetdicom", "dicomnodes"):
+                logging.getLogger(name).addHandler(handler)
+            pn_logger.setLevel(logging.DEBUG)
+            logging.getLogger("dicomnodes").setLevel(logging.DEBUG)
+            if self.server is not None:
+                for event, handler_fn in _DEBUG_BINDINGS:
+                    self.server.bind(event, handler_fn)
+            self._debug_handler = handler
+            logger.info("DICOM debug log on: %s", settings.PACS_LOG_DIR / "dicom-debug.log")
+        elif not debug and self._debug_handler is not None:
+            for name in ("pynetdicom", "dicomnodes"):
+                logging.getLogger(name).removeHandler(self._debug_handler)
+            self._debug_handler.close()
+            self._debug_handler = None
+            pn_logger.setLevel(logging.WARNING)
+            logging.getLogger("dicomnodes").setLevel(logging.NOTSET)
+            if self.server is not None:
+                for event, handler_fn in _DEBUG_BINDINGS:
+                    self.server.unbind(event, handler_fn)
+            logger.info("DICOM debug log off")
+
+    def close(self, timeout=10.0):
+        """Stop listening, let running associations finish (up to `timeout`),
+        then flush the index writer."""
+        from pynetdicom.association import Association
+
+        self._stop_listener()
+        deadline = time.monotonic() + timeout
+        for assoc in [t for t in threading.enumerate() if isinstance(t, Association)]:
+            if not assoc.is_established:
+                assoc.kill()  # a connection that never asked for an association
+                continue
+            assoc.join(max(0.0, deadline - time.monotonic()))
+            if assoc.is_alive():
+                assoc.abort()
+        self.writer.stop()
+
+
+def prepare_storage():
+    removed = remove_stale_temporaries()
+    if removed:
+        logger.info("removed %d stale temporary files from the storage folder", removed)

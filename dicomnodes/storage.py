@@ -1,0 +1,176 @@
+"""Files on disk: where an instance lives and how it is written.
+
+An instance is written once, as received: 128-byte preamble, "DICM", a file
+meta group we build, then the dataset bytes exactly as they came over the
+association.  The path comes from a SHA-256 of the SOP Instance UID, never
+from a dataset value, so nothing a peer sends can steer a path.
+"""
+import errno
+import hashlib
+import os
+import struct
+import time
+import uuid
+from pathlib import Path
+
+from django.conf import settings
+
+# Our implementation identity in the file meta (PS3.10 7.1). A 2.25 UUID-derived
+# UID so that we need no registered root.
+IMPLEMENTATION_CLASS_UID = "2.25.219661308934613372280001941205547717699"
+IMPLEMENTATION_VERSION_NAME = "PACSSRV_1"
+
+_PREAMBLE = b"\x00" * 128 + b"DICM"
+_made_dirs: set = set()
+
+
+def storage_root() -> Path:
+    return Path(settings.PACS_STORAGE_DIR)
+
+
+def instance_path(sop_instance_uid: str, root: Path | None = None) -> Path:
+    digest = hashlib.sha256(sop_instance_uid.encode("ascii", "replace")).hexdigest()
+    return (root or storage_root()) / digest[0:2] / digest[2:4] / digest
+
+
+def _element(group_elem: int, vr: bytes, value: bytes, pad: bytes) -> bytes:
+    if len(value) % 2:
+        value += pad
+    tag = struct.pack("<HH", 0x0002, group_elem)
+    if vr == b"OB":
+        return tag + vr + b"\x00\x00" + struct.pack("<I", len(value)) + value
+    return tag + vr + struct.pack("<H", len(value)) + value
+
+
+def file_meta_bytes(
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    transfer_syntax_uid: str,
+    *,
+    source_ae: str = "",
+    receiving_ae: str = "",
+) -> bytes:
+    """Preamble, "DICM" and the File Meta Information group (PS3.10 7.1).
+
+    Built by hand: pydicom's write_file_meta_info costs more per instance than
+    the whole rest of this module, and the group is always the same shape.
+    (0002,0016) Source AE holds the calling AE and (0002,0018) Receiving AE the
+    called AE, so that `reindex` can restore them.
+    """
+    body = b"".join(
+        [
+            _element(0x0001, b"OB", b"\x00\x01", b"\x00"),
+            _element(0x0002, b"UI", sop_class_uid.encode("ascii"), b"\x00"),
+            _element(0x0003, b"UI", sop_instance_uid.encode("ascii"), b"\x00"),
+            _element(0x0010, b"UI", transfer_syntax_uid.encode("ascii"), b"\x00"),
+            _element(0x0012, b"UI", IMPLEMENTATION_CLASS_UID.encode("ascii"), b"\x00"),
+            _element(0x0013, b"SH", IMPLEMENTATION_VERSION_NAME.encode("ascii"), b" "),
+        ]
+        + ([_element(0x0016, b"AE", source_ae.encode("ascii"), b" ")] if source_ae else [])
+        + ([_element(0x0018, b"AE", receiving_ae.encode("ascii"), b" ")] if receiving_ae else [])
+    )
+    group_length = struct.pack("<HH", 0x0002, 0x0000) + b"UL" + struct.pack("<HI", 4, len(body))
+    return _PREAMBLE + group_length + body
+
+
+class StorageFull(OSError):
+    """The disk (or quota) is full: the sender gets A700."""
+
+
+def write_atomically(path: Path, chunks, *, overwrite: bool, fsync: bool) -> bool:
+    """Write `chunks` to `path` through a temporary file in the same folder.
+
+    Returns True if the file is new (or was overwritten), False if a file was
+    already there and `overwrite` is off (it is left untouched).  A reader
+    never sees a partial file: the temporary is linked or renamed into place
+    only once complete.  Raises StorageFull on ENOSPC/EDQUOT.
+    """
+    folder = path.parent
+    if folder not in _made_dirs:
+        folder.mkdir(parents=True, exist_ok=True)
+        _made_dirs.add(folder)
+    tmp = folder / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            _write_all(fd, chunks)
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if overwrite:
+            os.replace(tmp, path)
+            is_new = True
+        else:
+            # link() fails if the target exists: "keep the first" without a
+            # race between two associations that send the same instance.
+            try:
+                os.link(tmp, path)
+                is_new = True
+            except FileExistsError:
+                is_new = False
+            os.unlink(tmp)
+        if fsync and is_new:
+            _fsync_dir(folder)
+        return is_new
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StorageFull(exc.errno, f"no space left for {path.name[:12]}…") from exc
+        raise
+
+
+def _write_all(fd: int, chunks) -> None:
+    views = [memoryview(c) for c in chunks if len(c)]
+    while views:
+        written = os.writev(fd, views)
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(root: Path | None = None, *, older_than: float = 3600.0) -> int:
+    """Delete temporary files left by a crash (older than an hour: a live
+    process in another runscp may still be writing newer ones)."""
+    root = root or storage_root()
+    if not root.exists():
+        return 0
+    cutoff = time.time() - older_than
+    removed = 0
+    for tmp in root.glob("*/*/.*.tmp"):
+        try:
+            if tmp.stat().st_mtime < cutoff:
+                tmp.unlink()
+                removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def iter_stored_files(root: Path | None = None):
+    """Every stored instance file (temporaries excluded)."""
+    root = root or storage_root()
+    if not root.exists():
+        return
+    for first in sorted(root.iterdir()):
+        if not first.is_dir() or len(first.name) != 2:
+            continue
+        for second in sorted(first.iterdir()):
+            if not second.is_dir():
+                continue
+            for path in sorted(second.iterdir()):
+                if not path.name.startswith(".") and path.is_file():
+                    yield path

@@ -1,0 +1,34 @@
+"""Validation shared by models, forms and commands."""
+import re
+
+from django.core.exceptions import ValidationError
+
+# PS3.5 6.2, VR AE: at most 16 characters of the default repertoire (ASCII),
+# no backslash, no control characters.  We also refuse spaces: leading and
+# trailing ones are not significant, and peers disagree about inner ones.
+_AE_RE = re.compile(r"^[\x21-\x5b\x5d-\x7e]{1,16}$")
+
+
+def validate_ae_title(value):
+    if not isinstance(value, str) or not value:
+        raise ValidationError("An AE title needs 1 to 16 characters.", code="ae_empty")
+    if len(value) > 16:
+        raise ValidationError(
+            "An AE title has at most 16 characters (this one has %(n)d).",
+            code="ae_length",
+            params={"n": len(value)},
+        )
+    if not _AE_RE.match(value):
+        raise ValidationError(
+            "An AE title may hold only printable ASCII characters: no spaces, "
+            "no control characters, no backslash, no accented letters.",
+            code="ae_chars",
+        )
+
+
+def is_valid_ae_title(value):
+    try:
+        validate_ae_title(value)
+    except ValidationError:
+        return False
+    return True

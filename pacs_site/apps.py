@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class PacsSiteConfig(AppConfig):
+    name = "pacs_site"
+    verbose_name = "PACS server"

@@ -1,0 +1,196 @@
+"""Deployment settings, read from the environment (12-factor).
+
+Runtime settings that an administrator changes while the server runs (AE
+title, ports, time-outs, ...) are singleton models edited in the admin, not
+here.  See README.md, "Configuration".
+"""
+import secrets
+import socket
+from pathlib import Path
+
+import dj_database_url
+
+from pacs_site.env import envbool, envint, envlist, envstr
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+# Storage root: index database (SQLite default), DICOM files, logs.
+PACS_DATA_DIR = Path(envstr("PACS_DATA_DIR", str(BASE_DIR / "data"))).resolve()
+PACS_DATA_DIR.mkdir(parents=True, exist_ok=True)
+PACS_STORAGE_DIR = PACS_DATA_DIR / "storage"
+PACS_QUARANTINE_DIR = PACS_DATA_DIR / "quarantine"
+PACS_LOG_DIR = PACS_DATA_DIR / "logs"
+
+
+def _local_secret_key():
+    """A random key kept in the data folder, so a checkout just runs and a
+    restart does not log everybody out.  Production sets SECRET_KEY."""
+    path = PACS_DATA_DIR / "secret_key"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        key = secrets.token_urlsafe(50)
+        path.touch(mode=0o600)
+        path.write_text(key)
+        return key
+
+
+SECRET_KEY = envstr("SECRET_KEY") or _local_secret_key()
+DEBUG = envbool("DEBUG", False)
+
+
+def _local_hosts():
+    hosts = {"localhost", "127.0.0.1", "[::1]", socket.gethostname(), socket.getfqdn()}
+    try:
+        import psutil
+
+        for addrs in psutil.net_if_addrs().values():
+            for addr in addrs:
+                if addr.family == socket.AF_INET:
+                    hosts.add(addr.address)
+                elif addr.family == socket.AF_INET6:
+                    hosts.add(f"[{addr.address.split('%')[0]}]")
+    except Exception:  # pragma: no cover - psutil missing or no /proc
+        pass
+    return sorted(hosts)
+
+
+# Default: this machine's names and addresses; production lists its names.
+ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", _local_hosts())
+CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "channels",
+    "django_q",
+    "pacs_site",
+    "dicomnodes",
+    "worklist",
+    "portal",
+    "publishing",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "pacs_site.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = "pacs_site.wsgi.application"
+ASGI_APPLICATION = "pacs_site.asgi.application"
+
+# --- Database -------------------------------------------------------------
+# Default: one SQLite file in the data folder.  DATABASE_URL switches to
+# PostgreSQL (postgres://user@host:5432/name).
+_default_db = f"sqlite:///{PACS_DATA_DIR / 'pacs.sqlite3'}"
+DATABASES = {"default": dj_database_url.parse(envstr("DATABASE_URL", _default_db), conn_max_age=0)}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["OPTIONS"] = {
+        # WAL lets readers (C-FIND, the admin) run while the index writer
+        # commits; NORMAL is durable across application crashes in WAL mode.
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
+        # Wait up to 30 s for a lock instead of failing at once.
+        "timeout": 30,
+        # Take the write lock at BEGIN: avoids the deadlock of two readers
+        # upgrading to writers at the same time.
+        "transaction_mode": "IMMEDIATE",
+    }
+    # Tests start listeners in other processes: they need a file, not :memory:.
+    DATABASES["default"]["TEST"] = {
+        "NAME": str(PACS_DATA_DIR / envstr("PACS_TEST_DB_NAME", "test-pacs.sqlite3"))
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = envstr("TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = PACS_DATA_DIR / "static"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+# Serve admin assets straight from the apps when collectstatic has not run.
+WHITENOISE_USE_FINDERS = True
+
+# --- Channels and django-q2 -------------------------------------------------
+REDIS_URL = envstr("REDIS_URL")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL]},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+Q_CLUSTER = {
+    "name": "pacs",
+    "workers": envint("PACS_Q_WORKERS", 2, minimum=1),
+    "timeout": 3600,
+    "retry": 3700,
+    "catch_up": False,
+    "orm": "default",
+}
+if REDIS_URL:
+    Q_CLUSTER.pop("orm")
+    Q_CLUSTER["redis"] = REDIS_URL
+
+# --- Logging ------------------------------------------------------------------
+LOG_LEVEL = envstr("LOG_LEVEL", "INFO").upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        # pynetdicom is chatty at INFO; the DICOM debug mode turns it up.
+        "pynetdicom": {"level": "WARNING"},
+        "daphne": {"level": "WARNING"},
+    },
+}

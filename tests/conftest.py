@@ -1,0 +1,186 @@
+"""Shared fixtures: a running `runscp`, DCMTK tools, per-test data folders.
+
+Personas: `MODALITY` (a CT scanner that stores to us), `STRANGER` (an AE
+title nobody configured).
+"""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from django.conf import settings as django_settings
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+MODALITY = "MODALITY1"
+STRANGER = "STRANGER"
+
+
+def free_port():
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s.bind(("::", 0))
+        return s.getsockname()[1]
+
+
+def port_accepts(port, host="127.0.0.1"):
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(predicate, timeout=20.0, interval=0.1, message="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {message}")
+
+
+def dcmtk(tool, *args, timeout=120, check=False):
+    """Run a DCMTK tool with Nagle off (PEERS.md); returns CompletedProcess."""
+    exe = shutil.which(tool)
+    if exe is None:
+        pytest.fail(f"{tool} is not installed: README's test command installs Debian's dcmtk")
+    env = dict(os.environ, TCP_NODELAY="1")
+    proc = subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{tool} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def database_url():
+    """The test database, as a URL another process can use."""
+    from django.db import connection
+
+    sd = connection.settings_dict
+    if sd["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{sd['NAME']}"
+    auth = sd["USER"] or ""
+    if sd.get("PASSWORD"):
+        auth += f":{sd['PASSWORD']}"
+    return f"postgres://{auth}@{sd['HOST'] or '127.0.0.1'}:{sd['PORT'] or 5432}/{sd['NAME']}"
+
+
+def server_env(data_dir, **extra):
+    env = dict(os.environ)
+    env.update(
+        PACS_DATA_DIR=str(data_dir),
+        DATABASE_URL=database_url(),
+        DJANGO_SETTINGS_MODULE="pacs_site.settings",
+        PYTHONUNBUFFERED="1",
+        TCP_NODELAY="1",
+    )
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def data_dir(tmp_path, settings):
+    """A data folder of this test's own, shared with the servers it starts."""
+    root = tmp_path / "data"
+    root.mkdir()
+    settings.PACS_DATA_DIR = root
+    settings.PACS_STORAGE_DIR = root / "storage"
+    settings.PACS_QUARANTINE_DIR = root / "quarantine"
+    settings.PACS_LOG_DIR = root / "logs"
+    from dicomnodes import storage
+
+    storage._made_dirs.clear()
+    return root
+
+
+@dataclass
+class RunningScp:
+    port: int
+    ae_title: str
+    data_dir: Path
+    proc: subprocess.Popen
+    log_path: Path
+    stopped: bool = field(default=False)
+
+    def echo(self, *, called=None, calling=MODALITY, port=None):
+        return dcmtk("echoscu", "-aet", calling, "-aec", called or self.ae_title, "127.0.0.1", port or self.port)
+
+    def store(self, *paths, called=None, calling=MODALITY, options=()):
+        args = ["-aet", calling, "-aec", called or self.ae_title, *options, "127.0.0.1", self.port]
+        folders = [p for p in paths if Path(p).is_dir()]
+        files = [p for p in paths if not Path(p).is_dir()]
+        if folders:
+            args += ["+sd"]
+        return dcmtk("storescu", *args, *folders, *files)
+
+    def log(self):
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text, timeout=15):
+        wait_until(lambda: text in self.log(), timeout, message=f"{text!r} in the runscp log")
+
+    def stop(self):
+        if self.stopped:
+            return self.proc.returncode
+        self.stopped = True
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_scp(transactional_db, data_dir, tmp_path):
+    """Start `manage.py runscp` on a free port; stopped after the test."""
+    started = []
+
+    def start(*, port=None, ae_title=None, processes=1, args=(), wait=True, poll=0.5):
+        from dicomnodes.models import DicomServerSettings
+
+        row = DicomServerSettings.load()
+        if port is None:
+            port = free_port()
+            row.port = port
+            row.save()
+        log_path = tmp_path / f"runscp-{len(started)}.log"
+        argv = [sys.executable, str(BASE_DIR / "manage.py"), "runscp", "--processes", str(processes), "--poll", str(poll)]
+        if ae_title is not None:
+            argv += ["--ae-title", ae_title]
+        argv += list(args)
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(argv, cwd=BASE_DIR, env=server_env(data_dir), stdout=log, stderr=subprocess.STDOUT)
+        server = RunningScp(port, ae_title or row.ae_title, data_dir, proc, log_path)
+        started.append(server)
+        if wait and port:
+            wait_until(
+                lambda: port_accepts(port) or proc.poll() is not None, 30, message=f"runscp on port {port}"
+            )
+            assert proc.poll() is None, f"runscp exited early:\n{server.log()}"
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def scp(start_scp):
+    return start_scp()
+
+
+def stored_files(data_dir):
+    root = Path(data_dir) / "storage"
+    return sorted(p for p in root.glob("*/*/*") if p.is_file() and not p.name.startswith("."))
+
+
+def temp_files(data_dir):
+    return sorted((Path(data_dir) / "storage").glob("*/*/.*.tmp"))
