@@ -77,22 +77,41 @@ def apply_batch(jobs):
 
 
 def index_instances(items):
-    """Create or update the rows of `items`; returns their Outcomes in order."""
-    headers = [item.header for item in items]
+    """Create or update the rows of `items`; returns their Outcomes in order.
+
+    1. sort the items into new, duplicate (kept first) and replacing ones;
+    2. create the patients, studies and series the new and replacing ones need;
+    3. insert and update the instance rows;
+    4. recompute the counters, and drop series, studies and patients that a
+       replacement left empty.
+    """
+    existing = dict(
+        Instance.objects.filter(sop_instance_uid__in={i.header.sop_instance_uid for i in items}).values_list(
+            "sop_instance_uid", "series_id"
+        )
+    )
+    outcomes, seen = [], set()
+    for item in items:
+        uid = item.header.sop_instance_uid
+        if uid in existing or uid in seen:
+            outcomes.append(Outcome.REPLACED if item.overwrite and item.file_is_new else Outcome.DUPLICATE)
+        else:
+            outcomes.append(Outcome.STORED)
+        seen.add(uid)
+    wanted = [item for item, outcome in zip(items, outcomes) if outcome != Outcome.DUPLICATE]
+    if not wanted:
+        return outcomes
+
+    headers = [item.header for item in wanted]
     patients = _get_or_create_patients(headers)
     studies = _get_or_create_studies(headers, patients)
     series = _get_or_create_series(headers, studies)
 
-    existing = dict(
-        Instance.objects.filter(sop_instance_uid__in={h.sop_instance_uid for h in headers}).values_list(
-            "sop_instance_uid", "pk"
-        )
-    )
-    outcomes, to_create, seen = [], [], set()
-    touched_series = set()
-    for item in items:
+    to_create, touched_series = {}, set()
+    for item, outcome in zip(items, outcomes):
+        if outcome == Outcome.DUPLICATE:
+            continue
         h = item.header
-        uid = h.sop_instance_uid
         fields = dict(
             series_id=series[h.series_instance_uid],
             sop_class_uid=h.sop_class_uid,
@@ -104,25 +123,18 @@ def index_instances(items):
             association_id=item.association_id,
             received_at=item.received_at,
         )
-        if uid in existing or uid in seen:
-            if item.overwrite and item.file_is_new:
-                old_series = Instance.objects.filter(sop_instance_uid=uid).values_list("series_id", flat=True).first()
-                Instance.objects.filter(sop_instance_uid=uid).update(**fields)
-                touched_series.update({old_series, fields["series_id"]} - {None})
-                outcomes.append(Outcome.REPLACED)
-            else:
-                outcomes.append(Outcome.DUPLICATE)
-            continue
-        seen.add(uid)
-        to_create.append(Instance(sop_instance_uid=uid, **fields))
         touched_series.add(fields["series_id"])
-        outcomes.append(Outcome.STORED)
+        if outcome == Outcome.REPLACED and h.sop_instance_uid not in to_create:
+            Instance.objects.filter(sop_instance_uid=h.sop_instance_uid).update(**fields)
+            if existing.get(h.sop_instance_uid):
+                touched_series.add(existing[h.sop_instance_uid])
+        else:
+            to_create[h.sop_instance_uid] = Instance(sop_instance_uid=h.sop_instance_uid, **fields)
     if to_create:
         # ignore_conflicts: another runscp process may insert the same UID
         # between our SELECT and this INSERT; its row is as good as ours.
-        Instance.objects.bulk_create(to_create, ignore_conflicts=True)
-    if touched_series:
-        refresh_counts(series_ids=touched_series)
+        Instance.objects.bulk_create(list(to_create.values()), ignore_conflicts=True)
+    refresh_counts(series_ids=touched_series)
     return outcomes
 
 
@@ -233,15 +245,23 @@ def _get_or_create_series(headers, studies):
 def refresh_counts(*, series_ids):
     """Recompute the counters of the given series and of their studies and
     patients from the rows themselves: correct whatever happened concurrently
-    in another process (no lost increments), and cheap on indexed columns."""
+    in another process (no lost increments), and cheap on indexed columns.
+    Series left without instances (an overwrite moved them) are removed."""
     series_ids = list(series_ids)
     Series.objects.filter(pk__in=series_ids).update(
-        num_instances=Subquery(
-            Instance.objects.filter(series_id=OuterRef("pk")).order_by().values("series_id").annotate(n=Count("pk")).values("n")[:1]
+        num_instances=Coalesce(
+            Subquery(
+                Instance.objects.filter(series_id=OuterRef("pk"))
+                .order_by()
+                .values("series_id")
+                .annotate(n=Count("pk"))
+                .values("n")[:1]
+            ),
+            0,
         )
     )
-    Series.objects.filter(pk__in=series_ids, num_instances__isnull=True).update(num_instances=0)
     study_ids = set(Series.objects.filter(pk__in=series_ids).values_list("study_id", flat=True))
+    Series.objects.filter(pk__in=series_ids, num_instances=0).delete()
     refresh_study_counts(study_ids)
 
 
@@ -266,6 +286,7 @@ def refresh_study_counts(study_ids):
         if new != old:
             Study.objects.filter(pk=study_id).update(modalities_in_study=new)
     patient_ids = set(Study.objects.filter(pk__in=study_ids).values_list("patient_record_id", flat=True))
+    Study.objects.filter(pk__in=study_ids, num_series=0).delete()
     Patient.objects.filter(pk__in=patient_ids).update(
         num_studies=Coalesce(
             Subquery(
@@ -274,6 +295,7 @@ def refresh_study_counts(study_ids):
             0,
         )
     )
+    Patient.objects.filter(pk__in=patient_ids, num_studies=0).delete()
 
 
 class IndexUnavailable(RuntimeError):

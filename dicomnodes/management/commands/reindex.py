@@ -1,9 +1,10 @@
 """`manage.py reindex`: rebuild the archive index from the stored files."""
 import logging
+from datetime import datetime
+from datetime import timezone as dt_timezone
 
 from django.core.management.base import BaseCommand
 from django.db import transaction
-from django.utils import timezone
 
 from dicomnodes.header import UnreadableDataset, read_header_file
 from dicomnodes.index import IndexItem, index_instances
@@ -60,7 +61,7 @@ class Command(BaseCommand):
                     overwrite=False,
                     called_ae=called[:16],
                     calling_ae=calling[:16],
-                    received_at=timezone.datetime.fromtimestamp(stat.st_mtime, tz=timezone.utc),
+                    received_at=datetime.fromtimestamp(stat.st_mtime, tz=dt_timezone.utc),
                 )
             )
             if len(pending) >= batch:
