@@ -12,13 +12,15 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from django.db import close_old_connections, connection, transaction
-from django.db.models import Count, OuterRef, Subquery, Sum
-from django.db.models.functions import Coalesce
+from collections import Counter
+
+from django.db import connection, transaction
 from django.utils import timezone
 
 from dicomnodes.header import InstanceHeader
-from dicomnodes.models import AssociationLog, Instance, Patient, Series, Study
+from dicomnodes.hierarchy import Created, HierarchyCache, add_to_counters, ensure_patients, ensure_series, ensure_studies, recount
+from dicomnodes.models import AssociationLog, Instance
+from dicomnodes.rawsql import existing_instances, insert_instances
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ class AssociationClose:
     values: dict
 
 
-def apply_batch(jobs):
+def apply_batch(jobs, cache=None):
     """Apply a list of IndexItem / AssociationOpen / AssociationClose in one
     transaction; returns one result per job (an Outcome for IndexItem, None
     otherwise).
@@ -70,26 +72,24 @@ def apply_batch(jobs):
     with transaction.atomic():
         if opens:
             AssociationLog.objects.bulk_create(opens, ignore_conflicts=True)
-        outcomes = iter(index_instances(items)) if items else iter(())
+        outcomes = iter(index_instances(items, cache)) if items else iter(())
         for close in closes:
             AssociationLog.objects.filter(pk=close.association_id).update(**close.values)
     return [next(outcomes) if isinstance(j, IndexItem) else None for j in jobs]
 
 
-def index_instances(items):
+def index_instances(items, cache=None):
     """Create or update the rows of `items`; returns their Outcomes in order.
 
     1. sort the items into new, duplicate (kept first) and replacing ones;
-    2. create the patients, studies and series the new and replacing ones need;
+    2. find or create the patients, studies and series they need;
     3. insert and update the instance rows;
-    4. recompute the counters, and drop series, studies and patients that a
-       replacement left empty.
+    4. bring the counters up to date: increments for new rows, a recount
+       (which also drops rows left empty) where a replacement moved an
+       instance to another series.
     """
-    existing = dict(
-        Instance.objects.filter(sop_instance_uid__in={i.header.sop_instance_uid for i in items}).values_list(
-            "sop_instance_uid", "series_id"
-        )
-    )
+    cache = cache if cache is not None else HierarchyCache()
+    existing = existing_instances({i.header.sop_instance_uid for i in items})
     outcomes, seen = [], set()
     for item in items:
         uid = item.header.sop_instance_uid
@@ -102,200 +102,53 @@ def index_instances(items):
     if not wanted:
         return outcomes
 
+    created = Created()
     headers = [item.header for item in wanted]
-    patients = _get_or_create_patients(headers)
-    studies = _get_or_create_studies(headers, patients)
-    series = _get_or_create_series(headers, studies)
+    patients = ensure_patients(headers, cache, created)
+    studies = ensure_studies(headers, patients, cache, created)
+    series = ensure_series(headers, studies, cache, created)
 
-    to_create, touched_series = {}, set()
+    to_create, new_per_series, moved = {}, Counter(), set()
     for item, outcome in zip(items, outcomes):
         if outcome == Outcome.DUPLICATE:
             continue
         h = item.header
-        fields = dict(
-            series_id=series[h.series_instance_uid],
+        row = dict(
+            sop_instance_uid=h.sop_instance_uid,
+            series=series[h.series_instance_uid],
             sop_class_uid=h.sop_class_uid,
             instance_number=h.instance_number,
             transfer_syntax_uid=h.transfer_syntax_uid,
             file_size=item.file_size,
             called_ae=item.called_ae,
             calling_ae=item.calling_ae,
-            association_id=item.association_id,
+            association=item.association_id,
             received_at=item.received_at,
         )
-        touched_series.add(fields["series_id"])
-        if outcome == Outcome.REPLACED and h.sop_instance_uid not in to_create:
-            Instance.objects.filter(sop_instance_uid=h.sop_instance_uid).update(**fields)
-            if existing.get(h.sop_instance_uid):
-                touched_series.add(existing[h.sop_instance_uid])
-        else:
-            to_create[h.sop_instance_uid] = Instance(sop_instance_uid=h.sop_instance_uid, **fields)
-    if to_create:
-        # ignore_conflicts: another runscp process may insert the same UID
-        # between our SELECT and this INSERT; its row is as good as ours.
-        Instance.objects.bulk_create(list(to_create.values()), ignore_conflicts=True)
-    refresh_counts(series_ids=touched_series)
-    return outcomes
-
-
-def _get_or_create_patients(headers):
-    wanted = {}
-    for h in headers:
-        wanted.setdefault((h.patient_id, h.issuer_of_patient_id), h)
-    found = _patients_by_key(wanted)
-    missing = [key for key in wanted if key not in found]
-    if missing:
-        Patient.objects.bulk_create(
-            [
-                Patient(
-                    patient_id=key[0],
-                    issuer_of_patient_id=key[1],
-                    patient_name=wanted[key].patient_name,
-                    patient_name_upper=wanted[key].patient_name.upper(),
-                    patient_birth_date=wanted[key].patient_birth_date,
-                    patient_sex=wanted[key].patient_sex,
-                )
-                for key in missing
-            ],
-            ignore_conflicts=True,
-        )
-        found = _patients_by_key(wanted)
-    # The newest demographics win (a corrected name arrives with new images).
-    for key, h in wanted.items():
-        p = found[key]
-        new = (h.patient_name, h.patient_birth_date, h.patient_sex)
-        if any(new) and new != (p.patient_name, p.patient_birth_date, p.patient_sex):
-            Patient.objects.filter(pk=p.pk).update(
-                patient_name=h.patient_name,
-                patient_name_upper=h.patient_name.upper(),
-                patient_birth_date=h.patient_birth_date,
-                patient_sex=h.patient_sex,
+        uid = h.sop_instance_uid
+        if outcome == Outcome.REPLACED and uid in to_create:
+            to_create[uid] = row  # the later copy wins
+        elif outcome == Outcome.REPLACED:
+            fields = {k: v for k, v in row.items() if k not in ("sop_instance_uid", "series", "association")}
+            Instance.objects.filter(sop_instance_uid=uid).update(
+                series_id=row["series"], association_id=row["association"], **fields
             )
-    return {key: p.pk for key, p in found.items()}
-
-
-def _patients_by_key(wanted):
-    rows = Patient.objects.filter(patient_id__in={k[0] for k in wanted}).only(
-        "pk", "patient_id", "issuer_of_patient_id", "patient_name", "patient_birth_date", "patient_sex"
-    )
-    return {(p.patient_id, p.issuer_of_patient_id): p for p in rows if (p.patient_id, p.issuer_of_patient_id) in wanted}
-
-
-def _get_or_create_studies(headers, patients):
-    wanted = {}
-    for h in headers:
-        wanted.setdefault(h.study_instance_uid, h)
-    found = dict(Study.objects.filter(study_instance_uid__in=wanted).values_list("study_instance_uid", "pk"))
-    missing = [uid for uid in wanted if uid not in found]
-    if missing:
-        Study.objects.bulk_create([_new_study(wanted[uid], patients) for uid in missing], ignore_conflicts=True)
-        found = dict(Study.objects.filter(study_instance_uid__in=wanted).values_list("study_instance_uid", "pk"))
-    return found
-
-
-def _new_study(h: InstanceHeader, patients):
-    return Study(
-        study_instance_uid=h.study_instance_uid,
-        patient_record_id=patients[(h.patient_id, h.issuer_of_patient_id)],
-        patient_id=h.patient_id,
-        patient_name=h.patient_name,
-        patient_name_upper=h.patient_name.upper(),
-        patient_birth_date=h.patient_birth_date,
-        patient_sex=h.patient_sex,
-        study_date=h.study_date,
-        study_time=h.study_time,
-        accession_number=h.accession_number,
-        study_id=h.study_id,
-        study_description=h.study_description,
-        referring_physician_name=h.referring_physician_name,
-        referring_physician_name_upper=h.referring_physician_name.upper(),
-        specific_character_set=h.specific_character_set,
-    )
-
-
-def _get_or_create_series(headers, studies):
-    wanted = {}
-    for h in headers:
-        wanted.setdefault(h.series_instance_uid, h)
-    found = dict(Series.objects.filter(series_instance_uid__in=wanted).values_list("series_instance_uid", "pk"))
-    missing = [uid for uid in wanted if uid not in found]
-    if missing:
-        Series.objects.bulk_create(
-            [
-                Series(
-                    series_instance_uid=uid,
-                    study_id=studies[wanted[uid].study_instance_uid],
-                    modality=wanted[uid].modality,
-                    series_number=wanted[uid].series_number,
-                    series_description=wanted[uid].series_description,
-                    body_part_examined=wanted[uid].body_part_examined,
-                    series_date=wanted[uid].series_date,
-                    series_time=wanted[uid].series_time,
-                    institution_name=wanted[uid].institution_name,
-                    station_name=wanted[uid].station_name,
-                )
-                for uid in missing
-            ],
-            ignore_conflicts=True,
-        )
-        found = dict(Series.objects.filter(series_instance_uid__in=wanted).values_list("series_instance_uid", "pk"))
-    return found
-
-
-def refresh_counts(*, series_ids):
-    """Recompute the counters of the given series and of their studies and
-    patients from the rows themselves: correct whatever happened concurrently
-    in another process (no lost increments), and cheap on indexed columns.
-    Series left without instances (an overwrite moved them) are removed."""
-    series_ids = list(series_ids)
-    Series.objects.filter(pk__in=series_ids).update(
-        num_instances=Coalesce(
-            Subquery(
-                Instance.objects.filter(series_id=OuterRef("pk"))
-                .order_by()
-                .values("series_id")
-                .annotate(n=Count("pk"))
-                .values("n")[:1]
-            ),
-            0,
-        )
-    )
-    study_ids = set(Series.objects.filter(pk__in=series_ids).values_list("study_id", flat=True))
-    Series.objects.filter(pk__in=series_ids, num_instances=0).delete()
-    refresh_study_counts(study_ids)
-
-
-def refresh_study_counts(study_ids):
-    study_ids = list(study_ids)
-    if not study_ids:
-        return
-    per_study = Series.objects.filter(study_id=OuterRef("pk")).order_by().values("study_id")
-    Study.objects.filter(pk__in=study_ids).update(
-        num_series=Coalesce(Subquery(per_study.annotate(n=Count("pk")).values("n")[:1]), 0),
-        num_instances=Coalesce(Subquery(per_study.annotate(n=Sum("num_instances")).values("n")[:1]), 0),
-    )
-    modalities = {}
-    for study_id, modality in (
-        Series.objects.filter(study_id__in=study_ids).order_by("modality").values_list("study_id", "modality").distinct()
-    ):
-        if modality:
-            modalities.setdefault(study_id, []).append(modality)
-    current = dict(Study.objects.filter(pk__in=study_ids).values_list("pk", "modalities_in_study"))
-    for study_id, old in current.items():
-        new = "\\".join(modalities.get(study_id, []))[:128]
-        if new != old:
-            Study.objects.filter(pk=study_id).update(modalities_in_study=new)
-    patient_ids = set(Study.objects.filter(pk__in=study_ids).values_list("patient_record_id", flat=True))
-    Study.objects.filter(pk__in=study_ids, num_series=0).delete()
-    Patient.objects.filter(pk__in=patient_ids).update(
-        num_studies=Coalesce(
-            Subquery(
-                Study.objects.filter(patient_record_id=OuterRef("pk")).order_by().values("patient_record_id").annotate(n=Count("pk")).values("n")[:1]
-            ),
-            0,
-        )
-    )
-    Patient.objects.filter(pk__in=patient_ids, num_studies=0).delete()
+            if existing[uid] != row["series"]:
+                moved.update({existing[uid], row["series"]})
+        else:
+            to_create[uid] = row
+            new_per_series[row["series"]] += 1
+    # No "ignore conflicts": if another process inserted one of these UIDs
+    # since our SELECT (PostgreSQL; SQLite serialises writers), the
+    # IntegrityError makes the writer retry and see it as a duplicate.
+    insert_instances(list(to_create.values()))
+    series_study = {cache.series[uid][0]: cache.series[uid][1] for uid in series}
+    add_to_counters(new_per_series, created, series_study)
+    if moved:
+        recount(series_ids=moved)
+        cache.clear()
+    cache.trim()
+    return outcomes
 
 
 class IndexUnavailable(RuntimeError):
@@ -336,6 +189,7 @@ class IndexWriter:
         self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
         self.batches = 0
         self.jobs = 0
+        self.cache = HierarchyCache()
 
     def start(self):
         self._thread.start()
@@ -371,17 +225,23 @@ class IndexWriter:
         connection.close()
 
     def _commit(self, batch):
-        close_old_connections()
+        # No close_old_connections() here: with CONN_MAX_AGE=0 it would
+        # reconnect for every commit.  A broken connection raises, and the
+        # retry below starts with a new one.
         try:
-            results = apply_batch([p.job for p in batch])
+            results = apply_batch([p.job for p in batch], self.cache)
         except Exception as exc:
+            # A concurrent writer, a row deleted under our cache, a lost
+            # connection: start afresh and isolate the job that fails.
             logger.warning("group commit of %d jobs failed (%s); retrying one by one", len(batch), exc)
+            self.cache.clear()
             connection.close()
             for pending in batch:
                 try:
-                    pending.result = apply_batch([pending.job])[0]
+                    pending.result = apply_batch([pending.job], self.cache)[0]
                 except Exception as exc1:
                     logger.exception("index write failed")
+                    self.cache.clear()
                     pending.error = exc1
                 pending.done.set()
             return

@@ -7,6 +7,7 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from dicomnodes.header import UnreadableDataset, read_header_file
+from dicomnodes.hierarchy import HierarchyCache
 from dicomnodes.index import IndexItem, index_instances
 from dicomnodes.models import Instance, Patient, Series, Study
 from dicomnodes.storage import instance_path, iter_stored_files, storage_root
@@ -33,6 +34,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, batch=500, **options):
         root = storage_root()
+        self.cache = HierarchyCache()
         with transaction.atomic():
             Instance.objects.all().delete()
             Series.objects.all().delete()
@@ -69,12 +71,11 @@ class Command(BaseCommand):
         done += self._flush(pending)
         return f"reindexed {done} instances ({skipped} files skipped)"
 
-    @staticmethod
-    def _flush(pending):
+    def _flush(self, pending):
         if not pending:
             return 0
         with transaction.atomic():
-            index_instances(pending)
+            index_instances(pending, self.cache)
         n = len(pending)
         pending.clear()
         return n
