@@ -33,6 +33,11 @@ class ReadOnlyAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         return False
 
+    def has_delete_permission(self, request, obj=None):
+        # Deleting index rows would orphan their files; deletion with the
+        # files comes with its own issue.
+        return False
+
 
 def _link(obj, label=None):
     if obj is None:
@@ -82,13 +87,14 @@ class StudyAdmin(ReadOnlyAdmin):
 
     def get_search_results(self, request, queryset, search_term):
         # Names are matched on the upper-cased column; a date searches study dates.
+        base = queryset
         queryset, dup = super().get_search_results(request, queryset, search_term)
         term = search_term.strip()
         if term:
-            queryset |= self.model.objects.filter(patient_name_upper__contains=term.upper())
+            queryset |= base.filter(patient_name_upper__contains=term.upper())
             digits = term.replace("-", "")
             if digits.isdigit() and len(digits) == 8:
-                queryset |= self.model.objects.filter(study_date=digits)
+                queryset |= base.filter(study_date=digits)
         return queryset, dup
 
 
@@ -126,6 +132,3 @@ class AssociationLogAdmin(ReadOnlyAdmin):
     list_filter = ["result", "called_ae"]
     search_fields = ["calling_ae", "peer_address", "called_ae"]
     list_per_page = 100
-
-    def has_delete_permission(self, request, obj=None):
-        return False

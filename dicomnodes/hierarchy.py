@@ -70,12 +70,16 @@ def ensure_patients(headers, cache, created):
         pk, name, birth, sex = cache.patients[key]
         new_values = (h.patient_name, h.patient_birth_date, h.patient_sex)
         if any(new_values) and new_values != (name, birth, sex):
-            Patient.objects.filter(pk=pk).update(
+            demographics = dict(
                 patient_name=h.patient_name,
                 patient_name_upper=h.patient_name.upper(),
                 patient_birth_date=h.patient_birth_date,
                 patient_sex=h.patient_sex,
             )
+            Patient.objects.filter(pk=pk).update(**demographics)
+            # The copies on the patient's study rows follow, so that a
+            # study-level search by the corrected name finds every study.
+            Study.objects.filter(patient_record_id=pk).update(**demographics)
             cache.patients[key] = (pk, *new_values)
     return {key: cache.patients[key][0] for key in wanted}
 

@@ -90,15 +90,18 @@ def index_instances(items, cache=None):
     """
     cache = cache if cache is not None else HierarchyCache()
     existing = existing_instances({i.header.sop_instance_uid for i in items})
-    outcomes, seen = [], set()
+    outcomes, final = [], {}  # final: uid -> the item whose copy ends up on disk
     for item in items:
         uid = item.header.sop_instance_uid
-        if uid in existing or uid in seen:
-            outcomes.append(Outcome.REPLACED if item.overwrite and item.file_is_new else Outcome.DUPLICATE)
+        if uid in existing or uid in final:
+            replaces = item.overwrite and item.file_is_new
+            outcomes.append(Outcome.REPLACED if replaces else Outcome.DUPLICATE)
+            if replaces:
+                final[uid] = item
         else:
             outcomes.append(Outcome.STORED)
-        seen.add(uid)
-    wanted = [item for item, outcome in zip(items, outcomes) if outcome != Outcome.DUPLICATE]
+            final[uid] = item
+    wanted = list(final.values())
     if not wanted:
         return outcomes
 
@@ -108,13 +111,12 @@ def index_instances(items, cache=None):
     studies = ensure_studies(headers, patients, cache, created)
     series = ensure_series(headers, studies, cache, created)
 
-    to_create, new_per_series, moved = {}, Counter(), set()
-    for item, outcome in zip(items, outcomes):
-        if outcome == Outcome.DUPLICATE:
-            continue
+    to_create, new_per_series, moved = [], Counter(), set()
+    for item in wanted:
         h = item.header
+        uid = h.sop_instance_uid
         row = dict(
-            sop_instance_uid=h.sop_instance_uid,
+            sop_instance_uid=uid,
             series=series[h.series_instance_uid],
             sop_class_uid=h.sop_class_uid,
             instance_number=h.instance_number,
@@ -125,10 +127,7 @@ def index_instances(items, cache=None):
             association=item.association_id,
             received_at=item.received_at,
         )
-        uid = h.sop_instance_uid
-        if outcome == Outcome.REPLACED and uid in to_create:
-            to_create[uid] = row  # the later copy wins
-        elif outcome == Outcome.REPLACED:
+        if uid in existing:  # an overwrite of an indexed instance
             fields = {k: v for k, v in row.items() if k not in ("sop_instance_uid", "series", "association")}
             Instance.objects.filter(sop_instance_uid=uid).update(
                 series_id=row["series"], association_id=row["association"], **fields
@@ -136,12 +135,12 @@ def index_instances(items, cache=None):
             if existing[uid] != row["series"]:
                 moved.update({existing[uid], row["series"]})
         else:
-            to_create[uid] = row
+            to_create.append(row)
             new_per_series[row["series"]] += 1
     # No "ignore conflicts": if another process inserted one of these UIDs
     # since our SELECT (PostgreSQL; SQLite serialises writers), the
     # IntegrityError makes the writer retry and see it as a duplicate.
-    insert_instances(list(to_create.values()))
+    insert_instances(to_create)
     series_study = {cache.series[uid][0]: cache.series[uid][1] for uid in series}
     add_to_counters(new_per_series, created, series_study)
     if moved:

@@ -6,7 +6,7 @@ from django.core.exceptions import ValidationError
 # PS3.5 6.2, VR AE: at most 16 characters of the default repertoire (ASCII),
 # no backslash, no control characters.  We also refuse spaces: leading and
 # trailing ones are not significant, and peers disagree about inner ones.
-_AE_RE = re.compile(r"^[\x21-\x5b\x5d-\x7e]{1,16}$")
+_AE_RE = re.compile(r"[\x21-\x5b\x5d-\x7e]{1,16}")
 
 
 def validate_ae_title(value):
@@ -18,7 +18,7 @@ def validate_ae_title(value):
             code="ae_length",
             params={"n": len(value)},
         )
-    if not _AE_RE.match(value):
+    if not _AE_RE.fullmatch(value):
         raise ValidationError(
             "An AE title may hold only printable ASCII characters: no spaces, "
             "no control characters, no backslash, no accented letters.",

@@ -126,13 +126,6 @@ def test_a_killed_runscp_is_restarted(runpacs):
     assert web_answers(runpacs.web_port)
 
 
-@pytest.mark.xfail(
-    reason="runscp's forked workers (PACS_SCP_PROCESSES > 1, the default on a machine with "
-    "several CPUs) never notice that their parent died: once the runscp supervisor is "
-    "SIGKILLed they keep serving the port (SO_REUSEPORT) beside the restarted runscp, "
-    "and runpacs' shutdown does not reach them",
-    strict=True,
-)
 @pytest.mark.parametrize("runpacs", [2], indirect=True)
 def test_a_killed_runscp_with_workers_leaves_none_behind(runpacs):
     first = runpacs.runscp()

@@ -66,13 +66,18 @@ class Command(BaseCommand):
             except ProcessLookupError:
                 pass
 
-    def _serve(self, port, ae_title, poll, *, reuse_port):
+    def _serve(self, port, ae_title, poll, *, reuse_port, parent=None):
         service = ScpService(port=port, ae_title=ae_title, reuse_port=reuse_port)
         while not self.shutdown:
             service.step()
             deadline = time.monotonic() + poll
             while not self.shutdown and time.monotonic() < deadline:
                 time.sleep(0.1)
+                if parent is not None and os.getppid() != parent:
+                    # The supervising runscp was killed: do not keep serving
+                    # the shared port beside the one that replaces it.
+                    logger.warning("runscp worker %d: parent %d is gone; stopping", os.getpid(), parent)
+                    self.shutdown = True
         service.close()
         return f"runscp (pid {os.getpid()}) stopped: {service.writer.jobs} index jobs in {service.writer.batches} commits"
 
@@ -99,6 +104,7 @@ class Command(BaseCommand):
         return f"runscp stopped ({processes} processes, {restarts} restarts)"
 
     def _fork(self, port, ae_title, poll):
+        parent = os.getpid()
         pid = os.fork()
         if pid:
             self.children[pid] = True
@@ -107,7 +113,7 @@ class Command(BaseCommand):
         self.children = {}
         code = 0
         try:
-            message = self._serve(port, ae_title, poll, reuse_port=True)
+            message = self._serve(port, ae_title, poll, reuse_port=True, parent=parent)
             logger.info(message)
         except BaseException:
             logger.exception("runscp worker failed")
