@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import close_old_connections
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom._handlers import (
     standard_dimse_recv_handler,
     standard_dimse_sent_handler,
@@ -139,8 +139,10 @@ def build_ae() -> AE:
     ae.maximum_pdu_size = 0  # we accept PDUs of any size
     ae.require_called_aet = False  # checked in Handlers.on_requested (we answer to several)
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
-    for cx in AllStoragePresentationContexts:
-        ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    # No storage contexts here: with UNRESTRICTED_STORAGE_SERVICE every
+    # storage-like context is accepted whatever this list says, and pynetdicom
+    # deep-copies the list for every association (≈50 ms with all ~130
+    # storage SOP classes × every transfer syntax).
     return ae
 
 
