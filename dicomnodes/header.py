@@ -106,9 +106,19 @@ def read_header(fileobj) -> InstanceHeader:
         raise UnreadableDataset(f"dataset could not be parsed: {type(exc).__name__}: {exc}") from exc
 
     meta = ds.file_meta
-    sop_instance_uid = values["SOPInstanceUID"] or str(meta.get("MediaStorageSOPInstanceUID", ""))
-    sop_class_uid = values["SOPClassUID"] or str(meta.get("MediaStorageSOPClassUID", ""))
-    transfer_syntax = str(meta.get("TransferSyntaxUID", ""))
+    return build_header(
+        values,
+        media_sop_class_uid=str(meta.get("MediaStorageSOPClassUID", "")),
+        media_sop_instance_uid=str(meta.get("MediaStorageSOPInstanceUID", "")),
+        transfer_syntax_uid=str(meta.get("TransferSyntaxUID", "")),
+    )
+
+
+def build_header(values, *, media_sop_class_uid, media_sop_instance_uid, transfer_syntax_uid) -> InstanceHeader:
+    """An InstanceHeader from {keyword: text}; checks the UIDs we index by."""
+    sop_instance_uid = values["SOPInstanceUID"] or media_sop_instance_uid
+    sop_class_uid = values["SOPClassUID"] or media_sop_class_uid
+    transfer_syntax = transfer_syntax_uid
     for name, uid in (
         ("SOP Instance UID", sop_instance_uid),
         ("SOP Class UID", sop_class_uid),
@@ -117,7 +127,7 @@ def read_header(fileobj) -> InstanceHeader:
     ):
         if not uid:
             raise UnreadableDataset(f"dataset has no {name}")
-        if len(uid) > 64 or not _UID_RE.match(uid):
+        if len(uid) > 64 or not _UID_RE.fullmatch(uid):
             raise UnreadableDataset(f"{name} {uid[:70]!r} is not a valid UID")
 
     return InstanceHeader(

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
+from dicomnodes.fastheader import read_header_fast
 from dicomnodes.header import UnreadableDataset, read_header
 from dicomnodes.index import IndexItem, IndexUnavailable
 from dicomnodes.storage import StorageFull, file_meta_bytes, instance_path, write_atomically
@@ -60,7 +61,7 @@ def store_received(
         sop_class_uid, sop_instance_uid, transfer_syntax_uid, source_ae=calling_ae, receiving_ae=called_ae
     )
     try:
-        header = read_header(io.BytesIO(meta + raw))
+        header = _read_header(meta, raw, transfer_syntax_uid, sop_class_uid, sop_instance_uid)
     except UnreadableDataset as exc:
         where = quarantine(meta, raw)
         logger.warning(
@@ -113,6 +114,18 @@ def store_received(
         study_instance_uid=header.study_instance_uid,
         series_instance_uid=header.series_instance_uid,
     )
+
+
+def _read_header(meta, raw, transfer_syntax_uid, sop_class_uid, sop_instance_uid):
+    """The fast little-endian reader, with pydicom as the judge whenever the
+    fast one declines or finds the dataset wanting."""
+    try:
+        header = read_header_fast(
+            raw, transfer_syntax_uid, sop_class_uid=sop_class_uid, sop_instance_uid=sop_instance_uid
+        )
+    except UnreadableDataset:
+        header = None
+    return header or read_header(io.BytesIO(meta + raw))
 
 
 def quarantine(meta: bytes, raw: bytes) -> str:

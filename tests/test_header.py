@@ -131,3 +131,68 @@ def test_normalise_date_keeps_only_yyyymmdd(raw, expected):
 )
 def test_normalise_time_pads_to_hhmmss(raw, expected):
     assert normalise_time(raw) == expected
+
+
+def _dataset_part(path):
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    with open(path, "rb") as f:
+        read_preamble(f, False)
+        meta = _read_file_meta_info(f)
+        raw = f.read()
+    return meta, raw
+
+
+def test_the_fast_reader_agrees_with_pydicom_on_every_bundled_file():
+    from dicomnodes.fastheader import read_header_fast
+
+    compared = 0
+    for path in sorted(BUNDLED.glob("*.dcm")):
+        try:
+            meta, raw = _dataset_part(path)
+            expected = read_header_file(path)
+        except Exception:
+            continue  # files without file meta, or that pydicom cannot index either
+        fast = read_header_fast(
+            raw,
+            str(meta.get("TransferSyntaxUID", "")),
+            sop_class_uid=str(meta.get("MediaStorageSOPClassUID", "")),
+            sop_instance_uid=str(meta.get("MediaStorageSOPInstanceUID", "")),
+        )
+        if fast is not None:
+            assert fast == expected, path.name
+            compared += 1
+    assert compared >= 50
+
+
+def test_the_fast_reader_declines_big_endian_and_deflate():
+    from dicomnodes.fastheader import read_header_fast
+
+    for name in ("MR_small_bigendian.dcm", "image_dfl.dcm"):
+        meta, raw = _dataset_part(BUNDLED / name)
+        ts = str(meta.TransferSyntaxUID)
+        assert read_header_fast(raw, ts, sop_class_uid="1.2", sop_instance_uid="1.2.3") is None
+
+
+def test_the_fast_reader_skips_nested_undefined_length_sequences(tmp_path):
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from dicomnodes.fastheader import read_header_fast
+
+    path = make_ct(tmp_path / "seq.dcm", patient_name="Nested^Seq")
+    ds = pydicom.dcmread(path)
+    inner = Dataset()
+    inner.CodeValue = "123"
+    outer = Dataset()
+    outer.ConceptNameCodeSequence = Sequence([inner])
+    ds.ReferencedStudySequence = Sequence([outer])  # (0008,1110), before the patient module
+    ds["ReferencedStudySequence"].is_undefined_length = True
+    ds.save_as(path, enforce_file_format=True)
+    meta, raw = _dataset_part(path)
+    fast = read_header_fast(
+        raw, str(meta.TransferSyntaxUID), sop_class_uid=str(ds.SOPClassUID), sop_instance_uid=str(ds.SOPInstanceUID)
+    )
+    assert fast is not None
+    assert fast == read_header_file(path)
+    assert fast.patient_name == "Nested^Seq"
