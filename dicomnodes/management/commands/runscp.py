@@ -9,7 +9,8 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
-from dicomnodes.scp import ScpService, prepare_storage
+from dicomnodes.dispatch import Dispatcher
+from dicomnodes.scp import ScpService, load_config, prepare_storage
 from dicomnodes.validators import validate_ae_title
 
 logger = logging.getLogger("dicomnodes.runscp")
@@ -49,71 +50,81 @@ class Command(BaseCommand):
                 raise CommandError(f"--ae-title {ae_title!r}: {' '.join(exc.messages)}") from None
         processes = processes or _default_processes()
         self.shutdown = False
-        self.children = {}
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         prepare_storage()
         connections.close_all()
         if processes == 1:
-            return self._serve(port, ae_title, poll, reuse_port=False)
-        return self._supervise(processes, port, ae_title, poll)
+            return self._serve(port, ae_title, poll)
+        return self._dispatch(processes, port, ae_title, poll)
 
     def _on_signal(self, signum, frame):
         self.shutdown = True
-        for pid in self.children:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
 
-    def _serve(self, port, ae_title, poll, *, reuse_port, parent=None):
-        service = ScpService(port=port, ae_title=ae_title, reuse_port=reuse_port)
+    def _serve(self, port, ae_title, poll, *, channel=None, parent=None):
+        service = ScpService(port=port, ae_title=ae_title, channel=channel)
         while not self.shutdown:
             service.step()
             deadline = time.monotonic() + poll
             while not self.shutdown and time.monotonic() < deadline:
                 time.sleep(0.1)
                 if parent is not None and os.getppid() != parent:
-                    # The supervising runscp was killed: do not keep serving
-                    # the shared port beside the one that replaces it.
+                    # The dispatching runscp was killed: stop with it, so that
+                    # its replacement starts clean.
                     logger.warning("runscp worker %d: parent %d is gone; stopping", os.getpid(), parent)
                     self.shutdown = True
         service.close()
         return f"runscp (pid {os.getpid()}) stopped: {service.writer.jobs} index jobs in {service.writer.batches} commits"
 
-    def _supervise(self, processes, port, ae_title, poll):
-        """Fork `processes` workers that share the port (SO_REUSEPORT);
-        restart one that dies; stop them all on SIGTERM/SIGINT."""
-        for _ in range(processes):
-            self._fork(port, ae_title, poll)
+    def _dispatch(self, processes, port, ae_title, poll):
+        """Accept on the port in this process and hand connections to
+        `processes` forked workers; restart one that dies; stop them all on
+        SIGTERM/SIGINT."""
+        dispatcher = Dispatcher(
+            processes=processes,
+            spawn=lambda channel, inherited: self._fork(channel, inherited, port, ae_title, poll),
+            load_config=lambda: load_config(port=port, ae_title=ae_title),
+        )
         restarts = 0
-        while self.children:
+        next_check = 0.0
+        while not self.shutdown:
+            if time.monotonic() >= next_check:
+                gone = dispatcher.reap()
+                restarts += gone
+                if len(dispatcher.workers) < processes:
+                    if gone:
+                        time.sleep(1)  # do not spin on a worker that dies at once
+                    dispatcher.start_workers()
+                dispatcher.follow_settings()
+                next_check = time.monotonic() + poll
+            dispatcher.hand_over(0.2)
+        dispatcher.stop()
+        for pid, _ in dispatcher.workers:
             try:
-                pid, status = os.waitpid(-1, 0)
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for pid, _ in dispatcher.workers:
+            try:
+                os.waitpid(pid, 0)
             except ChildProcessError:
-                break
-            except InterruptedError:
-                continue
-            self.children.pop(pid, None)
-            if not self.shutdown:
-                restarts += 1
-                logger.error("runscp worker %d ended (status %d); starting another", pid, status)
-                time.sleep(1)
-                if not self.shutdown:
-                    self._fork(port, ae_title, poll)
-        return f"runscp stopped ({processes} processes, {restarts} restarts)"
+                pass
+        return f"runscp stopped ({processes} processes, {dispatcher.handed_over} connections, {restarts} restarts)"
 
-    def _fork(self, port, ae_title, poll):
+    def _fork(self, channel, inherited, port, ae_title, poll):
         parent = os.getpid()
         pid = os.fork()
         if pid:
-            self.children[pid] = True
-            return
-        # Child: a fresh process with its own connections and threads.
-        self.children = {}
+            return pid
+        # Child: a fresh process with its own connections and threads; it
+        # must not keep the port or the other workers' channels open.
         code = 0
         try:
-            message = self._serve(port, ae_title, poll, reuse_port=True, parent=parent)
+            for sock in inherited:
+                sock.close()
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+            message = self._serve(port, ae_title, poll, channel=channel, parent=parent)
             logger.info(message)
         except BaseException:
             logger.exception("runscp worker failed")
