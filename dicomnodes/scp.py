@@ -90,31 +90,48 @@ class _RequestHandler(RequestHandler):
 
 class PacsServer(ThreadedAssociationServer):
     """pynetdicom's threaded server with the socket options we need:
-    dual-stack IPv6 (every IPv4 and IPv6 address), optional SO_REUSEPORT so
-    several runscp processes share the port, TCP_NODELAY on every connection.
+    dual-stack IPv6 (every IPv4 and IPv6 address) and TCP_NODELAY on every
+    connection.  With `channel`, it listens on nothing itself: connections
+    accepted by the runscp dispatcher arrive over that UNIX socket.
     """
 
     daemon_threads = True
     block_on_close = False
-    reuse_port = False
-    on_association_end = None
 
-    def __init__(self, ae, address, ae_title, contexts, *, evt_handlers, reuse_port, on_end):
-        self.reuse_port = reuse_port
+    def __init__(self, ae, address, ae_title, contexts, *, evt_handlers, on_end, channel=None):
         self.on_association_end = on_end
+        self.channel = channel
         super().__init__(ae, address, ae_title, contexts, evt_handlers=evt_handlers, request_handler=_RequestHandler)
 
     def server_bind(self):
-        if self.reuse_port:
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if self.channel is not None:
+            self.socket.close()
+            self.socket = self.channel
+            return
         if self.address_family == socket.AF_INET6:
             self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         super().server_bind()
 
+    def server_activate(self):
+        if self.channel is None:
+            super().server_activate()
+
     def get_request(self):
-        client, address = super().get_request()
+        if self.channel is None:
+            client, address = super().get_request()
+        else:
+            client, address = receive_connection(self.channel)
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return client, address
+
+
+def receive_connection(channel):
+    """A connection handed over by the dispatcher (SCM_RIGHTS)."""
+    _, fds, _, _ = socket.recv_fds(channel, 16, 1)
+    if not fds:
+        raise OSError("the runscp dispatcher closed the channel")
+    client = socket.socket(fileno=fds[0])
+    return client, client.getpeername()
 
 
 def _any_address():
@@ -149,10 +166,10 @@ def build_ae() -> AE:
 class ScpService:
     """One runscp process: a listener kept in line with the settings."""
 
-    def __init__(self, *, port=None, ae_title=None, reuse_port=False):
+    def __init__(self, *, port=None, ae_title=None, channel=None):
         self.port_override = port
         self.ae_title_override = ae_title
-        self.reuse_port = reuse_port
+        self.channel = channel
         self.ae = build_ae()
         self.writer = IndexWriter().start()
         self._config = None
@@ -181,6 +198,11 @@ class ScpService:
         self.ae.dimse_timeout = cfg.service_timeout
         self.ae.network_timeout = cfg.service_timeout
         self._apply_debug(cfg.debug)
+        if self.channel is not None:
+            # A worker: the dispatcher owns the port and follows its changes.
+            if self.server is None:
+                return self._start_listener(cfg)
+            return False
         wanted = (cfg.port, cfg.ae_title)
         if wanted == self._bound:
             return False
@@ -199,8 +221,8 @@ class ScpService:
                 cfg.ae_title,
                 self.ae.supported_contexts,
                 evt_handlers=self.handlers.bindings() + (_DEBUG_BINDINGS if cfg.debug else []),
-                reuse_port=self.reuse_port,
                 on_end=self.handlers.finish,
+                channel=self.channel,
             )
         except OSError as exc:
             message = f"cannot listen on port {cfg.port}: {exc.strerror or exc}"
@@ -220,7 +242,8 @@ class ScpService:
         )
         self._server_thread.start()
         self._bound = (cfg.port, cfg.ae_title)
-        logger.info("DICOM server %s listening on port %d (all addresses)", cfg.ae_title, cfg.port)
+        if self.channel is None:
+            logger.info("DICOM server %s listening on port %d (all addresses)", cfg.ae_title, cfg.port)
         return True
 
     def _stop_listener(self):
