@@ -98,3 +98,50 @@ def test_debug_mode_writes_the_protocol_log(scp):
     wait_until(log.exists, 10, message="debug log file")
     assert scp.echo().returncode == 0
     wait_until(lambda: "A-ASSOCIATE-RQ" in log.read_text(errors="replace"), 10, message="PDU dump in the debug log")
+
+
+def test_worker_processes_take_associations_in_turn(start_scp):
+    import re
+
+    scp = start_scp(processes=2)
+    for _ in range(4):
+        assert scp.echo().returncode == 0
+    wait_until(lambda: scp.log().count("released") >= 4, 10, message="four associations logged")
+    pids = re.findall(r"\[(\d+)\] association \S+ from", scp.log())
+    assert len(set(pids)) == 2, "both workers served associations"
+    assert sorted(pids.count(p) for p in set(pids)) == [2, 2]
+
+
+def test_the_dispatcher_follows_a_new_port(start_scp):
+    scp = start_scp(processes=2)
+    new_port = free_port()
+    row = DicomServerSettings.load()
+    row.port = new_port
+    row.save()
+    wait_until(lambda: port_accepts(new_port), 10, message="rebind on the new port")
+    assert scp.echo(port=new_port).returncode == 0
+    wait_until(lambda: not port_accepts(scp.port), 10, message="old port closed")
+    row.port = 0
+    row.save()
+    scp.wait_for_log("DICOM server disabled")
+    wait_until(lambda: not port_accepts(new_port), 10, message="port 0 closes the listener")
+
+
+def test_a_worker_that_dies_is_replaced(start_scp):
+    import os
+    import re
+    import signal
+
+    scp = start_scp(processes=2)
+    for _ in range(2):
+        assert scp.echo().returncode == 0
+    wait_until(lambda: scp.log().count("released") >= 2, 10)
+    victim = int(re.findall(r"\[(\d+)\] association \S+ from", scp.log())[0])
+    os.kill(victim, signal.SIGKILL)
+    scp.wait_for_log(f"runscp worker {victim} ended")
+    for _ in range(4):
+        assert scp.echo().returncode == 0
+    wait_until(lambda: scp.log().count("released") >= 6, 10)
+    later = re.findall(r"\[(\d+)\] association \S+ from", scp.log())[2:]
+    assert str(victim) not in later
+    assert len(set(later)) == 2, "a new worker shares the load"
