@@ -17,6 +17,7 @@ JSON to bench/results/ingest-<timestamp>.json.
 The synthetic CT corpora are cached in /tmp/pacs-bench-corpus-<n>-<size>, so a
 re-run does not generate them again.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -496,7 +497,9 @@ def send(corpus: Corpus, associations: int, ae_title: str, port: int, logdir: Pa
     for i, folders in enumerate(groups):
         log = open(logdir / f"storescu-{i + 1}.log", "wb")
         cmd = ["storescu", "-aec", ae_title, "127.0.0.1", str(port), "+sd", *map(str, folders)]
-        procs.append((subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT), log))
+        procs.append(
+            (subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT), log)
+        )
     codes = []
     for proc, log in procs:
         codes.append(proc.wait())
@@ -566,7 +569,10 @@ def print_table(results: dict, targets: list[Target]) -> None:
             cells.append(f"{r:.2f}" if r is not None else "—")
         rows.append(cells)
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    def line(cells):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
     print(line(headers))
     print("  ".join("-" * w for w in widths))
     for cells in rows:
@@ -592,7 +598,12 @@ def environment(targets: list[Target], corpora: dict[str, Corpus], args) -> dict
         "pacs_processes": args.pacs_processes,
         "pacs_fsync_on_store": not args.pacs_no_fsync,
         "corpora": {
-            k: {"instances": c.count, "bytes": c.total_bytes, "bytes_per_instance": c.total_bytes // c.count, "path": str(c.root)}
+            k: {
+                "instances": c.count,
+                "bytes": c.total_bytes,
+                "bytes_per_instance": c.total_bytes // c.count,
+                "path": str(c.root),
+            }
             for k, c in corpora.items()
         },
     }
@@ -604,11 +615,15 @@ def environment(targets: list[Target], corpora: dict[str, Corpus], args) -> dict
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--small", type=int, default=2000, help="instances of 128×128 (default 2000)")
     parser.add_argument("--large", type=int, default=600, help="instances of 512×512 (default 600)")
     parser.add_argument("--quick", action="store_true", help="fast check: --small 200 --large 60")
-    parser.add_argument("--only", default="storescp,orthanc,pacs", help="targets, comma-separated (storescp,orthanc,pacs)")
+    parser.add_argument(
+        "--only", default="storescp,orthanc,pacs", help="targets, comma-separated (storescp,orthanc,pacs)"
+    )
     parser.add_argument("--pacs-processes", type=int, default=2, help="runscp --processes (default 2)")
     parser.add_argument(
         "--pacs-no-fsync",

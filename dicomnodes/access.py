@@ -2,6 +2,7 @@
 
 `runscp` reloads the snapshot every few seconds; handlers only read it.
 """
+
 import ipaddress
 import logging
 import socket
@@ -67,7 +68,14 @@ class AccessPolicy:
 
         rules = tuple(
             PeerRule(
-                p.ae_title, p.host, p.port, p.check_host, p.may_store, p.may_query, p.may_retrieve, p.is_move_destination
+                p.ae_title,
+                p.host,
+                p.port,
+                p.check_host,
+                p.may_store,
+                p.may_query,
+                p.may_retrieve,
+                p.is_move_destination,
             )
             for p in Peer.objects.all()
         )
@@ -76,11 +84,7 @@ class AccessPolicy:
     def peers_for(self, calling_ae: str, address: str):
         """The peer rows that match this caller (AE title, and host if checked)."""
         address = normalise_address(address)
-        return [
-            p
-            for p in self.peers
-            if p.ae_title == calling_ae and (not p.check_host or address in resolve(p.host))
-        ]
+        return [p for p in self.peers if p.ae_title == calling_ae and (not p.check_host or address in resolve(p.host))]
 
     def is_known(self, calling_ae: str, address: str) -> bool:
         return bool(self.peers_for(calling_ae, address))

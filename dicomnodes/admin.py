@@ -1,5 +1,6 @@
 """Admin: DICOM server settings (singleton), peers, a read-only archive
 browser and the association log."""
+
 from django.contrib import admin
 from django.urls import reverse
 from django.utils.html import format_html
@@ -53,7 +54,14 @@ def _children_link(model, field, pk, count, noun):
 
 @admin.register(Patient)
 class PatientAdmin(ReadOnlyAdmin):
-    list_display = ["patient_name", "patient_id", "issuer_of_patient_id", "patient_birth_date", "patient_sex", "studies"]
+    list_display = [
+        "patient_name",
+        "patient_id",
+        "issuer_of_patient_id",
+        "patient_birth_date",
+        "patient_sex",
+        "studies",
+    ]
     search_fields = ["patient_name_upper", "patient_id"]
     list_per_page = 50
 
@@ -68,8 +76,15 @@ class PatientAdmin(ReadOnlyAdmin):
 @admin.register(Study)
 class StudyAdmin(ReadOnlyAdmin):
     list_display = [
-        "study_date", "study_time", "patient_name", "patient_id", "accession_number",
-        "study_description", "modalities_in_study", "series_link", "num_instances",
+        "study_date",
+        "study_time",
+        "patient_name",
+        "patient_id",
+        "accession_number",
+        "study_description",
+        "modalities_in_study",
+        "series_link",
+        "num_instances",
     ]
     list_filter = ["study_date", "modalities_in_study"]
     search_fields = ["patient_name_upper", "patient_id", "accession_number", "study_instance_uid", "study_description"]
@@ -116,7 +131,16 @@ class SeriesAdmin(ReadOnlyAdmin):
 
 @admin.register(Instance)
 class InstanceAdmin(ReadOnlyAdmin):
-    list_display = ["instance_number", "sop_instance_uid", "sop_class_uid", "transfer_syntax_uid", "file_size", "called_ae", "calling_ae", "received_at"]
+    list_display = [
+        "instance_number",
+        "sop_instance_uid",
+        "sop_class_uid",
+        "transfer_syntax_uid",
+        "file_size",
+        "called_ae",
+        "calling_ae",
+        "received_at",
+    ]
     list_filter = ["called_ae", "transfer_syntax_uid"]
     search_fields = ["sop_instance_uid"]
     list_per_page = 100
@@ -126,8 +150,16 @@ class InstanceAdmin(ReadOnlyAdmin):
 @admin.register(AssociationLog)
 class AssociationLogAdmin(ReadOnlyAdmin):
     list_display = [
-        "started_at", "calling_ae", "peer_address", "called_ae", "result", "reason",
-        "instances_received", "instances_failed", "bytes_received", "duration",
+        "started_at",
+        "calling_ae",
+        "peer_address",
+        "called_ae",
+        "result",
+        "reason",
+        "instances_received",
+        "instances_failed",
+        "bytes_received",
+        "duration",
     ]
     list_filter = ["result", "called_ae"]
     search_fields = ["calling_ae", "peer_address", "called_ae"]

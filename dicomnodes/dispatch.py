@@ -9,13 +9,15 @@ worker about one time in eight.
 `Dispatcher.step()` is one unit of work: follow the settings (rebind on a new
 port, close on port 0), restart dead workers, hand over waiting connections.
 """
-import errno
+
 import logging
 import os
 import select
 import socket
 
 from django.db import close_old_connections, connections
+
+from pacs_site.ports import bind_failure
 
 logger = logging.getLogger(__name__)
 
@@ -102,11 +104,7 @@ class Dispatcher:
         try:
             self.listener = open_listener(cfg.port)
         except OSError as exc:
-            message = f"cannot listen on port {cfg.port}: {exc.strerror or exc}"
-            if exc.errno == errno.EADDRINUSE:
-                from pacs_site.ports import describe_holder
-
-                message += f" ({describe_holder(cfg.port)})"
+            message = bind_failure(cfg.port, exc)
             if message != self.bind_error:
                 logger.error("%s; retrying", message)
                 self.bind_error = message
@@ -115,7 +113,9 @@ class Dispatcher:
         self.bound = wanted
         logger.info(
             "DICOM server %s listening on port %d (all addresses), %d worker processes",
-            cfg.ae_title, cfg.port, self.processes,
+            cfg.ae_title,
+            cfg.port,
+            self.processes,
         )
 
     def close_listener(self):

@@ -8,12 +8,13 @@ syntax but big endian and deflate, whose encapsulated pixel data come after
 the tags we want anyway).  On anything unusual it returns None and the caller
 uses pydicom (`header.read_header`), so it is never less correct than that.
 """
+
 import struct
 
 from pydicom.charset import TEXT_VR_DELIMS, convert_encodings, decode_bytes
 from pydicom.valuerep import PersonName
 
-from dicomnodes.header import _LAST_TAG, _WANTED, UnreadableDataset, build_header
+from dicomnodes.header import _LAST_TAG, _WANTED, build_header
 
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 _NOT_LITTLE_ENDIAN_EXPLICIT = {"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.101.1"}
@@ -24,8 +25,27 @@ _TEXT_TAGS = {0x00080080, 0x00081010, 0x00081030, 0x0008103E, 0x00100020, 0x0010
 # VRs with a 2-byte reserved field and a 4-byte length in explicit VR (PS3.5 7.1.2).
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
 _SHORT_VRS = {
-    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT",
-    b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US",
+    b"AE",
+    b"AS",
+    b"AT",
+    b"CS",
+    b"DA",
+    b"DS",
+    b"DT",
+    b"FL",
+    b"FD",
+    b"IS",
+    b"LO",
+    b"LT",
+    b"PN",
+    b"SH",
+    b"SL",
+    b"SS",
+    b"ST",
+    b"TM",
+    b"UI",
+    b"UL",
+    b"US",
 }
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
@@ -76,7 +96,7 @@ def _walk(data, implicit):
         if pos + length > end:
             raise _Unusual("value runs past the end")
         if tag in _KEYWORD_BY_TAG:
-            found[tag] = data[pos:pos + length]
+            found[tag] = data[pos : pos + length]
         pos += length
     return found
 

@@ -3,6 +3,7 @@
 Handlers get their dependencies (the current configuration, the index
 writer) passed in; they stay short and delegate to `ingest` and `access`.
 """
+
 import logging
 import time
 import uuid
@@ -100,7 +101,9 @@ class Handlers:
 
     def on_accepted(self, event):
         state = event.assoc.pacs_state
-        logger.info("association %s from %s (%s) to %s accepted", state.id, state.calling_ae, state.address, state.called_ae)
+        logger.info(
+            "association %s from %s (%s) to %s accepted", state.id, state.calling_ae, state.address, state.called_ae
+        )
         self.writer.submit(AssociationOpen(self._row(state, result=AssociationResult.OPEN)))
 
     def finish(self, assoc):
@@ -118,7 +121,12 @@ class Handlers:
         duration = time.monotonic() - state.started_monotonic
         logger.info(
             "association %s %s: %d received, %d failed, %d bytes, %.2f s",
-            state.id, result.label, state.received, state.failed, state.bytes, duration,
+            state.id,
+            result.label,
+            state.received,
+            state.failed,
+            state.bytes,
+            duration,
         )
         self.writer.submit(
             AssociationClose(

@@ -4,6 +4,7 @@ Parsing stops at the first tag past (0020,0013) Instance Number: every
 attribute we index lives before it, so pixel data, private blocks after
 group 0020 and big sequences are never decoded.
 """
+
 import io
 import logging
 import re

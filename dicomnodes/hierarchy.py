@@ -6,6 +6,7 @@ images costs no lookups; a stale entry (a row deleted meanwhile) makes the
 transaction fail on its foreign key, and the writer then clears the cache
 and retries.
 """
+
 from collections import Counter
 
 from django.db.models import Count, OuterRef, Subquery, Sum
@@ -100,14 +101,18 @@ def ensure_studies(headers, patients, cache, created):
         wanted.setdefault(h.study_instance_uid, h)
     missing = [uid for uid in wanted if uid not in cache.studies]
     if missing:
-        cache.studies.update(Study.objects.filter(study_instance_uid__in=missing).values_list("study_instance_uid", "pk"))
+        cache.studies.update(
+            Study.objects.filter(study_instance_uid__in=missing).values_list("study_instance_uid", "pk")
+        )
         new = [uid for uid in missing if uid not in cache.studies]
         if new:
             rows = [_new_study(wanted[uid], patients) for uid in new]
             Study.objects.bulk_create(rows)
             for row in rows:
                 created.studies_per_patient[row.patient_record_id] += 1
-            cache.studies.update(Study.objects.filter(study_instance_uid__in=new).values_list("study_instance_uid", "pk"))
+            cache.studies.update(
+                Study.objects.filter(study_instance_uid__in=new).values_list("study_instance_uid", "pk")
+            )
     return {uid: cache.studies[uid] for uid in wanted}
 
 
@@ -200,7 +205,10 @@ def add_to_counters(instances_per_series, created, series_study):
 def refresh_modalities(study_ids):
     modalities = {}
     for study_id, modality in (
-        Series.objects.filter(study_id__in=study_ids).order_by("modality").values_list("study_id", "modality").distinct()
+        Series.objects.filter(study_id__in=study_ids)
+        .order_by("modality")
+        .values_list("study_id", "modality")
+        .distinct()
     ):
         if modality:
             modalities.setdefault(study_id, []).append(modality)

@@ -6,19 +6,27 @@ with every job that queued up while the previous transaction ran.  The
 C-STORE handler waits for its job, so the sender's success response always
 follows a committed row.
 """
+
 import logging
 import queue
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
-
-from collections import Counter
 
 from django.db import connection, transaction
 from django.utils import timezone
 
 from dicomnodes.header import InstanceHeader
-from dicomnodes.hierarchy import Created, HierarchyCache, add_to_counters, ensure_patients, ensure_series, ensure_studies, recount
+from dicomnodes.hierarchy import (
+    Created,
+    HierarchyCache,
+    add_to_counters,
+    ensure_patients,
+    ensure_series,
+    ensure_studies,
+    recount,
+)
 from dicomnodes.models import AssociationLog, Instance
 from dicomnodes.rawsql import existing_instances, insert_instances
 

@@ -3,6 +3,7 @@
 `store_received()` is the whole C-STORE service minus the network: the
 handler in `handlers.py` passes it the raw dataset bytes and the context.
 """
+
 import io
 import logging
 import uuid
@@ -64,9 +65,7 @@ def store_received(
         header = _read_header(meta, raw, transfer_syntax_uid, sop_class_uid, sop_instance_uid)
     except UnreadableDataset as exc:
         where = quarantine(meta, raw)
-        logger.warning(
-            "C-STORE from %s: cannot understand the dataset (%s); bytes kept as %s", calling_ae, exc, where
-        )
+        logger.warning("C-STORE from %s: cannot understand the dataset (%s); bytes kept as %s", calling_ae, exc, where)
         return StoreResult(CANNOT_UNDERSTAND, _comment(f"Cannot understand: {exc}"))
 
     if header.sop_instance_uid != sop_instance_uid:

@@ -3,6 +3,7 @@
 The files under PACS_DATA_DIR/storage are the truth; these tables are an index
 over them that `manage.py reindex` can rebuild.
 """
+
 import uuid
 
 from django.core.exceptions import ValidationError
@@ -93,9 +94,7 @@ class Peer(models.Model):
     name = models.CharField(max_length=64)
     ae_title = models.CharField("AE title", max_length=16, validators=[validate_ae_title])
     host = models.CharField(max_length=255, help_text="IP address or host name.")
-    port = models.PositiveIntegerField(
-        validators=[MinValueValidator(1), MaxValueValidator(65535)], default=104
-    )
+    port = models.PositiveIntegerField(validators=[MinValueValidator(1), MaxValueValidator(65535)], default=104)
     may_store = models.BooleanField("may store to us", default=True)
     may_query = models.BooleanField("may query us (C-FIND)", default=False)
     may_retrieve = models.BooleanField("may retrieve with C-GET", default=False)
@@ -108,9 +107,7 @@ class Peer(models.Model):
 
     class Meta:
         ordering = ["name"]
-        constraints = [
-            models.UniqueConstraint(fields=["ae_title", "host", "port"], name="peer_unique_ae_host_port")
-        ]
+        constraints = [models.UniqueConstraint(fields=["ae_title", "host", "port"], name="peer_unique_ae_host_port")]
 
     def __str__(self):
         return f"{self.name} ({self.ae_title}@{self.host}:{self.port})"
@@ -143,9 +140,7 @@ class Patient(models.Model):
     class Meta:
         ordering = ["patient_name", "patient_id"]
         constraints = [
-            models.UniqueConstraint(
-                fields=["patient_id", "issuer_of_patient_id"], name="patient_unique_id_issuer"
-            )
+            models.UniqueConstraint(fields=["patient_id", "issuer_of_patient_id"], name="patient_unique_id_issuer")
         ]
 
     def __str__(self):

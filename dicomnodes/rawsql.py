@@ -6,6 +6,7 @@ machines, mostly query compilation; these few statements cost ~0.3 ms.  Table
 and column names come from the models and values are adapted by the model
 fields, so SQLite and PostgreSQL both work.  Everything else uses the ORM.
 """
+
 from django.db import connection
 
 from dicomnodes.models import Instance
@@ -62,7 +63,9 @@ def increment(model, pk, **deltas):
     deltas = {k: v for k, v in deltas.items() if v}
     if not deltas:
         return
-    sets = ", ".join(f"{_qn(model._meta.get_field(k).column)} = {_qn(model._meta.get_field(k).column)} + %s" for k in deltas)
+    sets = ", ".join(
+        f"{_qn(model._meta.get_field(k).column)} = {_qn(model._meta.get_field(k).column)} + %s" for k in deltas
+    )
     sql = f"UPDATE {_qn(model._meta.db_table)} SET {sets} WHERE {_qn(model._meta.pk.column)} = %s"
     with connection.cursor() as cursor:
         cursor.execute(sql, [*deltas.values(), pk])

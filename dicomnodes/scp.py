@@ -4,7 +4,7 @@
 listener match them (bind, rebind on a new port or AE title, idle on port 0).
 The management command only loops over it.
 """
-import errno
+
 import logging
 import logging.handlers
 import socket
@@ -27,8 +27,9 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 from dicomnodes.access import AccessPolicy
 from dicomnodes.handlers import Handlers
 from dicomnodes.index import IndexWriter
-from dicomnodes.models import DicomServerSettings, DuplicatePolicy, PUBLISHING_SUFFIXES
+from dicomnodes.models import PUBLISHING_SUFFIXES, DicomServerSettings, DuplicatePolicy
 from dicomnodes.storage import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, remove_stale_temporaries
+from pacs_site.ports import bind_failure
 
 logger = logging.getLogger(__name__)
 
@@ -225,11 +226,7 @@ class ScpService:
                 channel=self.channel,
             )
         except OSError as exc:
-            message = f"cannot listen on port {cfg.port}: {exc.strerror or exc}"
-            if exc.errno == errno.EADDRINUSE:
-                from pacs_site.ports import describe_holder
-
-                message += f" ({describe_holder(cfg.port)})"
+            message = bind_failure(cfg.port, exc)
             if message != self._bind_error:
                 logger.error("%s; retrying", message)
                 self._bind_error = message
@@ -238,7 +235,10 @@ class ScpService:
         self._bind_error = None
         self.ae._servers.append(self.server)
         self._server_thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.2}, name=f"scp-listener-{cfg.port}", daemon=True
+            target=self.server.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name=f"scp-listener-{cfg.port}",
+            daemon=True,
         )
         self._server_thread.start()
         self._bound = (cfg.port, cfg.ae_title)

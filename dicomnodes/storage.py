@@ -5,6 +5,7 @@ meta group we build, then the dataset bytes exactly as they came over the
 association.  The path comes from a SHA-256 of the SOP Instance UID, never
 from a dataset value, so nothing a peer sends can steer a path.
 """
+
 import errno
 import hashlib
 import os

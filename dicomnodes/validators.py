@@ -1,4 +1,5 @@
 """Validation shared by models, forms and commands."""
+
 import re
 
 from django.core.exceptions import ValidationError

@@ -1,4 +1,5 @@
 """ASGI entry point: `daphne pacs_site.asgi:application`."""
+
 import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pacs_site.settings")

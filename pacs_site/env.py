@@ -1,4 +1,5 @@
 """Tiny helpers that read the environment and refuse bad values loudly."""
+
 import os
 
 from django.core.exceptions import ImproperlyConfigured

@@ -3,6 +3,8 @@
 Shared by `checkports` and the listeners (which say who holds a port they
 cannot bind).  Built on psutil.
 """
+
+import errno
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +72,14 @@ def describe_holder(port: int) -> str:
     return "; ".join(
         f"held by {'this server' if h.is_ours else 'another program'}: PID {h.pid} {h.name}" for h in holders
     )
+
+
+def bind_failure(port: int, exc: OSError) -> str:
+    """What a listener logs when it cannot bind: why, and who holds the port."""
+    message = f"cannot listen on port {port}: {exc.strerror or exc}"
+    if exc.errno == errno.EADDRINUSE:
+        message += f" ({describe_holder(port)})"
+    return message
 
 
 def port_is_free(port: int) -> bool:

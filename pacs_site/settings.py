@@ -4,6 +4,7 @@ Runtime settings that an administrator changes while the server runs (AE
 title, ports, time-outs, ...) are singleton models edited in the admin, not
 here.  See README.md, "Configuration".
 """
+
 import secrets
 import socket
 from pathlib import Path
@@ -125,9 +126,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
     }
     # Tests start listeners in other processes: they need a file, not :memory:.
-    DATABASES["default"]["TEST"] = {
-        "NAME": str(PACS_DATA_DIR / envstr("PACS_TEST_DB_NAME", "test-pacs.sqlite3"))
-    }
+    DATABASES["default"]["TEST"] = {"NAME": str(PACS_DATA_DIR / envstr("PACS_TEST_DB_NAME", "test-pacs.sqlite3"))}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -1,4 +1,5 @@
 """One-row settings models edited in the admin (shared by every app)."""
+
 from django.contrib import admin
 from django.db import models
 from django.shortcuts import redirect

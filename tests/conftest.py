@@ -3,6 +3,7 @@
 Personas: `MODALITY` (a CT scanner that stores to us), `STRANGER` (an AE
 title nobody configured).
 """
+
 import os
 import shutil
 import signal
@@ -14,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from django.conf import settings as django_settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 MODALITY = "MODALITY1"
@@ -152,7 +152,15 @@ def start_scp(transactional_db, data_dir, tmp_path):
             row.port = port
             row.save()
         log_path = tmp_path / f"runscp-{len(started)}.log"
-        argv = [sys.executable, str(BASE_DIR / "manage.py"), "runscp", "--processes", str(processes), "--poll", str(poll)]
+        argv = [
+            sys.executable,
+            str(BASE_DIR / "manage.py"),
+            "runscp",
+            "--processes",
+            str(processes),
+            "--poll",
+            str(poll),
+        ]
         if ae_title is not None:
             argv += ["--ae-title", ae_title]
         argv += list(args)
@@ -161,9 +169,7 @@ def start_scp(transactional_db, data_dir, tmp_path):
         server = RunningScp(port, ae_title or row.ae_title, data_dir, proc, log_path)
         started.append(server)
         if wait and port:
-            wait_until(
-                lambda: port_accepts(port) or proc.poll() is not None, 30, message=f"runscp on port {port}"
-            )
+            wait_until(lambda: port_accepts(port) or proc.poll() is not None, 30, message=f"runscp on port {port}")
             assert proc.poll() is None, f"runscp exited early:\n{server.log()}"
         return server
 

@@ -1,4 +1,5 @@
 """Test data: pydicom's bundled files (with fresh UIDs) and generated CT images."""
+
 import shutil
 from pathlib import Path
 

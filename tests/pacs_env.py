@@ -4,6 +4,7 @@
 2. With DATABASE_URL pointing at PostgreSQL that does not answer, every test
    is skipped with the reason shown (a fresh machine has no PostgreSQL).
 """
+
 import os
 import socket
 import tempfile

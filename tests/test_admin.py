@@ -2,6 +2,7 @@
 
 Personas: an admin (a superuser), a user who is not staff.
 """
+
 import uuid
 
 import pytest
@@ -84,8 +85,15 @@ def test_the_settings_can_be_neither_deleted_nor_added(an_admin, view, args):
 
 def index_ct(tmp_path, association_id=None, **make_ct_args):
     path = make_ct(tmp_path / f"{uuid.uuid4().hex}.dcm", size=8, **make_ct_args)
-    item = IndexItem(read_header_file(path), file_size=path.stat().st_size, file_is_new=True, overwrite=False,
-                     calling_ae="MODALITY1", called_ae="PACS", association_id=association_id)
+    item = IndexItem(
+        read_header_file(path),
+        file_size=path.stat().st_size,
+        file_is_new=True,
+        overwrite=False,
+        calling_ae="MODALITY1",
+        called_ae="PACS",
+        association_id=association_id,
+    )
     apply_batch([item])
     return Study.objects.get(study_instance_uid=item.header.study_instance_uid)
 
@@ -93,16 +101,18 @@ def index_ct(tmp_path, association_id=None, **make_ct_args):
 @pytest.fixture
 def archive(db, tmp_path):
     """Three studies of three patients, one association."""
-    association = AssociationLog(started_at=timezone.now(), calling_ae="MODALITY1", called_ae="PACS",
-                                 peer_address="192.0.2.10")
+    association = AssociationLog(
+        started_at=timezone.now(), calling_ae="MODALITY1", called_ae="PACS", peer_address="192.0.2.10"
+    )
     apply_batch([AssociationOpen(association)])
     return {
-        "jane": index_ct(tmp_path, association.id, patient_id="P1", patient_name="DOE^JANE", accession="ACC-A",
-                         study_date="20261127"),
-        "ronald": index_ct(tmp_path, patient_id="P2", patient_name="McDonald^Ronald", accession="ACC-B",
-                           study_date="20250101"),
-        "john": index_ct(tmp_path, patient_id="P3", patient_name="Doe^John", accession="ACC-C",
-                         study_date="20250101"),
+        "jane": index_ct(
+            tmp_path, association.id, patient_id="P1", patient_name="DOE^JANE", accession="ACC-A", study_date="20261127"
+        ),
+        "ronald": index_ct(
+            tmp_path, patient_id="P2", patient_name="McDonald^Ronald", accession="ACC-B", study_date="20250101"
+        ),
+        "john": index_ct(tmp_path, patient_id="P3", patient_name="Doe^John", accession="ACC-C", study_date="20250101"),
     }
 
 
@@ -165,8 +175,16 @@ def test_an_archive_row_can_be_viewed_but_not_changed(an_admin, archive, model):
     assert an_admin.get(url).status_code == 200
     before = {f.name: getattr(row, f.attname) for f in row._meta.concrete_fields}
 
-    response = an_admin.post(url, {"patient_name": "CHANGED", "calling_ae": "CHANGED", "modality": "XX",
-                                   "sop_class_uid": "1.2.3", "study_description": "CHANGED"})
+    response = an_admin.post(
+        url,
+        {
+            "patient_name": "CHANGED",
+            "calling_ae": "CHANGED",
+            "modality": "XX",
+            "sop_class_uid": "1.2.3",
+            "study_description": "CHANGED",
+        },
+    )
 
     assert response.status_code == 403
     row.refresh_from_db()

@@ -1,4 +1,5 @@
 """`manage.py checkports`: who holds each listener's port, and the machine's addresses."""
+
 import os
 import socket
 from io import StringIO

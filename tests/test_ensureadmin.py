@@ -1,4 +1,5 @@
 """`manage.py ensureadmin`: an administrator login exists after the first run, once."""
+
 from io import StringIO
 
 from django.contrib.auth import authenticate, get_user_model

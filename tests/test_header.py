@@ -1,4 +1,5 @@
 """Reading the indexed attributes from a stored file (dicomnodes/header.py)."""
+
 import pydicom
 import pytest
 
@@ -107,8 +108,15 @@ def test_a_file_that_is_not_dicom_at_all_is_unreadable(tmp_path):
 
 @pytest.mark.parametrize(
     "raw, expected",
-    [("20261127", "20261127"), ("2026.11.27", "20261127"), (" 20261127 ", "20261127"), ("garbage", ""),
-     ("2026-11-27", ""), ("202611", ""), ("", "")],
+    [
+        ("20261127", "20261127"),
+        ("2026.11.27", "20261127"),
+        (" 20261127 ", "20261127"),
+        ("garbage", ""),
+        ("2026-11-27", ""),
+        ("202611", ""),
+        ("", ""),
+    ],
 )
 def test_normalise_date_keeps_only_yyyymmdd(raw, expected):
     assert normalise_date(raw) == expected

@@ -1,5 +1,6 @@
 """The archive index (dicomnodes/index.py) without a network: apply_batch()
 on headers read from generated files, and the IndexWriter thread."""
+
 import dataclasses
 import threading
 import uuid

@@ -1,5 +1,6 @@
 """`manage.py runpacs`: the supervisor starts the web server and runscp, restarts
 one that dies and stops them all on Ctrl-C."""
+
 import signal
 import subprocess
 import sys
@@ -85,7 +86,10 @@ def runpacs(request, transactional_db, data_dir, tmp_path):
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, str(BASE_DIR / "manage.py"), "runpacs"],
-            cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=BASE_DIR,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     pacs = RunningPacs(proc, web_port, dicom_port, log_path)
     try:

@@ -1,4 +1,5 @@
 """runscp: echo, called/calling AE checks, port 0, overrides, live settings."""
+
 import pytest
 
 from dicomnodes.models import AssociationLog, AssociationResult, DicomServerSettings, Peer
@@ -78,7 +79,9 @@ def test_unknown_calling_ae_refused_when_policy_is_off(scp):
     row.save()
     Peer.objects.create(name="CT scanner", ae_title=MODALITY, host="127.0.0.1", port=104, may_store=True)
     scp.wait_for_log("listening")  # the new policy is read on the next poll
-    wait_until(lambda: "Calling AE Title Not Recognized" in (lambda r: r.stdout + r.stderr)(scp.echo(calling=STRANGER)), 10)
+    wait_until(
+        lambda: "Calling AE Title Not Recognized" in (lambda r: r.stdout + r.stderr)(scp.echo(calling=STRANGER)), 10
+    )
     assert scp.echo(calling=MODALITY).returncode == 0
 
 

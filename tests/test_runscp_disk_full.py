@@ -1,4 +1,5 @@
 """runscp when the storage is full: A700, nothing half-written, the next instance still fits."""
+
 import subprocess
 
 import pydicom
@@ -17,7 +18,9 @@ def small_storage(data_dir):
     """A 2 MiB tmpfs as the storage folder (needs the right to mount: root)."""
     storage = data_dir / "storage"
     storage.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(storage)], capture_output=True, text=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(storage)], capture_output=True, text=True
+    )
     if result.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs to fill up ({result.stderr.strip() or 'not root'})")
     yield storage

@@ -1,4 +1,5 @@
 """runscp C-STORE with DCMTK storescu: what arrives is stored as received and indexed."""
+
 import re
 import subprocess
 import time
@@ -48,7 +49,7 @@ def dataset_bytes(path):
     with open(path, "rb") as f:
         pydicom.filereader.read_preamble(f, False)
         pydicom.filereader._read_file_meta_info(f)
-        return raw[f.tell():]
+        return raw[f.tell() :]
 
 
 def test_it_stores_every_transfer_syntax_as_received(scp, tmp_path):
@@ -129,7 +130,9 @@ def test_duplicate_policy(start_scp, tmp_path, policy):
     scp = start_scp()
     uid = generate_uid()
     first = make_ct(tmp_path / "first.dcm", sop_uid=uid, patient_name="First^Copy", study_date="20260101")
-    second = make_ct(tmp_path / "second.dcm", sop_uid=uid, patient_name="First^Copy", study_date="20260101", accession="ACC2")
+    second = make_ct(
+        tmp_path / "second.dcm", sop_uid=uid, patient_name="First^Copy", study_date="20260101", accession="ACC2"
+    )
     assert scp.store(first).returncode == 0
     assert scp.store(second).returncode == 0, "a duplicate is answered with success"
     stored = pydicom.dcmread(instance_path(uid))
@@ -144,7 +147,10 @@ def test_an_aborted_association_keeps_every_acknowledged_instance(scp, tmp_path)
     files = make_ct_series(tmp_path / "big", 40, size=256)
     proc = subprocess.Popen(
         ["storescu", "-v", "-aet", MODALITY, "-aec", "PACS", "127.0.0.1", str(scp.port), "+sd", str(tmp_path / "big")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"},
     )
     # Kill the sender in the middle of the transfer.
     wait_until(lambda: Instance.objects.count() >= 5, 30, message="a few instances stored")
@@ -182,7 +188,9 @@ def test_unparseable_dataset_gets_c000_and_the_next_one_is_stored(scp, tmp_path,
     buf = io.BytesIO()
     write_file_meta_info(buf, meta)
     bad = tmp_path / "bad.dcm"
-    bad.write_bytes(b"\0" * 128 + b"DICM" + buf.getvalue() + b"\x08\x00\x18\x00UI\xff\xffgarbage" + bytes(range(256)) * 4)
+    bad.write_bytes(
+        b"\0" * 128 + b"DICM" + buf.getvalue() + b"\x08\x00\x18\x00UI\xff\xffgarbage" + bytes(range(256)) * 4
+    )
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
 
     ae = AE(ae_title=MODALITY)
@@ -225,9 +233,22 @@ def test_reindex_reproduces_the_index(scp, tmp_path):
     def snapshot():
         return (
             sorted(Patient.objects.values_list("patient_id", "patient_name", "num_studies")),
-            sorted(Study.objects.values_list("study_instance_uid", "patient_id", "study_date", "num_series", "num_instances", "modalities_in_study")),
+            sorted(
+                Study.objects.values_list(
+                    "study_instance_uid",
+                    "patient_id",
+                    "study_date",
+                    "num_series",
+                    "num_instances",
+                    "modalities_in_study",
+                )
+            ),
             sorted(Series.objects.values_list("series_instance_uid", "modality", "series_number", "num_instances")),
-            sorted(Instance.objects.values_list("sop_instance_uid", "sop_class_uid", "transfer_syntax_uid", "file_size", "called_ae", "calling_ae")),
+            sorted(
+                Instance.objects.values_list(
+                    "sop_instance_uid", "sop_class_uid", "transfer_syntax_uid", "file_size", "called_ae", "calling_ae"
+                )
+            ),
         )
 
     before = snapshot()

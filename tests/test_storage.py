@@ -1,5 +1,6 @@
 """Files on disk (dicomnodes/storage.py): where an instance lives, the file
 meta we build, and writing through a temporary."""
+
 import hashlib
 import os
 import time

@@ -1,5 +1,6 @@
 """AE title rules (PS3.5 6.2, VR AE) and the numeric limits of the DICOM
 server settings and peers, as the admin sees them through full_clean()."""
+
 import pytest
 from django.core.exceptions import ValidationError
 

@@ -1,4 +1,5 @@
 """`manage.py reindex`: rebuild the archive index from the stored files."""
+
 import logging
 from datetime import datetime
 from datetime import timezone as dt_timezone
@@ -23,7 +24,9 @@ def _meta_ae(path):
         meta = read_file_meta_info(path)
     except Exception:
         return "", ""
-    return str(meta.get("SourceApplicationEntityTitle", "")).strip(), str(meta.get("ReceivingApplicationEntityTitle", "")).strip()
+    return str(meta.get("SourceApplicationEntityTitle", "")).strip(), str(
+        meta.get("ReceivingApplicationEntityTitle", "")
+    ).strip()
 
 
 class Command(BaseCommand):

@@ -1,5 +1,6 @@
 """`manage.py runscp`: the DICOM server (C-ECHO, C-STORE), kept in line with
 the settings edited in the admin."""
+
 import logging
 import os
 import signal
@@ -74,7 +75,9 @@ class Command(BaseCommand):
                     logger.warning("runscp worker %d: parent %d is gone; stopping", os.getpid(), parent)
                     self.shutdown = True
         service.close()
-        return f"runscp (pid {os.getpid()}) stopped: {service.writer.jobs} index jobs in {service.writer.batches} commits"
+        return (
+            f"runscp (pid {os.getpid()}) stopped: {service.writer.jobs} index jobs in {service.writer.batches} commits"
+        )
 
     def _dispatch(self, processes, port, ae_title, poll):
         """Accept on the port in this process and hand connections to

@@ -3,6 +3,7 @@
 For each listener: is its port 0 (disabled), free, held by this server, or
 held by another program (PID and name)?  Then every address of the machine.
 """
+
 from django.core.management.base import BaseCommand
 
 from pacs_site.ports import listeners_on, machine_addresses, port_is_free

@@ -3,6 +3,7 @@
 On first run it creates user `admin` with a random password, written to
 PACS_DATA_DIR/admin-password.txt (mode 600) and printed once.
 """
+
 import secrets
 
 from django.conf import settings

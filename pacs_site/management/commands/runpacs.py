@@ -4,6 +4,7 @@ A thin supervisor (README command 1): starts the web server (daphne) and the
 listeners as child processes, restarts one that crashes (with a back-off),
 and stops them all on Ctrl-C / SIGTERM.
 """
+
 import os
 import signal
 import subprocess
@@ -23,7 +24,14 @@ def process_table():
     table = {"scp": manage + ["runscp"]}
     if web_port:
         table["web"] = [
-            sys.executable, "-m", "daphne", "-b", "::", "-p", str(web_port), "--proxy-headers",
+            sys.executable,
+            "-m",
+            "daphne",
+            "-b",
+            "::",
+            "-p",
+            str(web_port),
+            "--proxy-headers",
             "pacs_site.asgi:application",
         ]
     return table
