@@ -64,6 +64,16 @@ class DicomServerSettings(SingletonModel):
         help_text="Accept C-ECHO and C-STORE from calling AE titles that are not "
         "in the peer list. Query and retrieve always need a known peer.",
     )
+    case_insensitive_names = models.BooleanField(
+        "person names match case-insensitively",
+        default=True,
+        help_text="C-FIND: match patient and physician names without regard to case.",
+    )
+    find_result_limit = models.PositiveIntegerField(
+        "C-FIND result limit",
+        default=0,
+        help_text="Stop a C-FIND after this many matches (0 = unlimited).",
+    )
     fsync_on_store = models.BooleanField(
         "fsync on store",
         default=True,
