@@ -100,3 +100,26 @@ class AccessPolicy:
         if peers:
             return any(p.may_store for p in peers)
         return self.unknown_may_echo_and_store
+
+    def may_query(self, calling_ae: str, address: str) -> bool:
+        return any(p.may_query for p in self.peers_for(calling_ae, address))
+
+    def may_get(self, calling_ae: str, address: str) -> bool:
+        return any(p.may_retrieve for p in self.peers_for(calling_ae, address))
+
+    def may_move(self, calling_ae: str, address: str) -> bool:
+        """A known peer that may query or retrieve may ask for a C-MOVE (to
+        a declared destination only: see move_destination)."""
+        return any(p.may_query or p.may_retrieve for p in self.peers_for(calling_ae, address))
+
+    def move_destination(self, ae_title: str, caller_address: str = ""):
+        """The peer to send a C-MOVE's images to, or None (then A801).
+
+        Several peers may share an AE title on different hosts: the one on
+        the caller's own host wins, else the first by name."""
+        candidates = [p for p in self.peers if p.ae_title == ae_title and p.is_move_destination]
+        caller = normalise_address(caller_address) if caller_address else ""
+        for p in candidates:
+            if caller and caller in resolve(p.host):
+                return p
+        return candidates[0] if candidates else None

@@ -21,13 +21,23 @@ from pynetdicom._handlers import (
     standard_pdu_recv_handler,
     standard_pdu_sent_handler,
 )
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from dicomnodes.access import AccessPolicy
 from dicomnodes.handlers import Handlers
 from dicomnodes.index import IndexWriter
 from dicomnodes.models import PUBLISHING_SUFFIXES, DicomServerSettings, DuplicatePolicy
+from dicomnodes.qr_handlers import QueryRetrieveHandlers
+from dicomnodes.retrieve import UNCOMPRESSED
 from dicomnodes.storage import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, remove_stale_temporaries
 from pacs_site.ports import bind_failure
 
@@ -40,6 +50,15 @@ _config.UNRESTRICTED_STORAGE_SERVICE = True
 # pynetdicom's standard PDU/DIMSE log handlers format every message even when
 # nobody reads it; we bind them only in debug mode.
 _config.LOG_HANDLER_LEVEL = "none"
+
+QUERY_RETRIEVE_CLASSES = [
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelMove,
+    PatientRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelGet,
+]
 
 _DEBUG_BINDINGS = [
     (evt.EVT_PDU_RECV, standard_pdu_recv_handler),
@@ -58,6 +77,8 @@ class ScpConfig:
     overwrite: bool
     fsync: bool
     access: AccessPolicy
+    case_insensitive_names: bool = True
+    find_result_limit: int = 0
 
     @property
     def called_ae_titles(self):
@@ -75,6 +96,8 @@ def load_config(*, port=None, ae_title=None) -> ScpConfig:
         overwrite=row.duplicate_policy == DuplicatePolicy.OVERWRITE,
         fsync=row.fsync_on_store,
         access=AccessPolicy.load(row),
+        case_insensitive_names=row.case_insensitive_names,
+        find_result_limit=row.find_result_limit,
     )
 
 
@@ -157,6 +180,8 @@ def build_ae() -> AE:
     ae.maximum_pdu_size = 0  # we accept PDUs of any size
     ae.require_called_aet = False  # checked in Handlers.on_requested (we answer to several)
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+    for sop_class in QUERY_RETRIEVE_CLASSES:
+        ae.add_supported_context(sop_class, UNCOMPRESSED)
     # No storage contexts here: with UNRESTRICTED_STORAGE_SERVICE every
     # storage-like context is accepted whatever this list says, and pynetdicom
     # deep-copies the list for every association (≈50 ms with all ~130
@@ -175,6 +200,7 @@ class ScpService:
         self.writer = IndexWriter().start()
         self._config = None
         self.handlers = Handlers(lambda: self._config, self.writer)
+        self.qr_handlers = QueryRetrieveHandlers(lambda: self._config)
         self.server = None
         self._server_thread = None
         self._bound = None  # (port, ae_title) the listener runs with
@@ -195,6 +221,7 @@ class ScpService:
             logger.warning("cannot read the DICOM settings (%s); keeping the current ones", exc)
             return False
         self._config = cfg
+        self.ae.ae_title = cfg.ae_title  # calling AE of C-MOVE sub-associations
         self.ae.acse_timeout = cfg.service_timeout
         self.ae.dimse_timeout = cfg.service_timeout
         self.ae.network_timeout = cfg.service_timeout
@@ -221,7 +248,9 @@ class ScpService:
                 (self.address, cfg.port),
                 cfg.ae_title,
                 self.ae.supported_contexts,
-                evt_handlers=self.handlers.bindings() + (_DEBUG_BINDINGS if cfg.debug else []),
+                evt_handlers=self.handlers.bindings()
+                + self.qr_handlers.bindings()
+                + (_DEBUG_BINDINGS if cfg.debug else []),
                 on_end=self.handlers.finish,
                 channel=self.channel,
             )

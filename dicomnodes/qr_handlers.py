@@ -1,0 +1,162 @@
+"""C-FIND, C-MOVE and C-GET handlers for `runscp` (pynetdicom generators).
+
+Access (documented in README): a refusal is answered per request with status
+0124 "Refused: not authorised" and an Error Comment; the association itself
+is not rejected, since the same caller may be allowed to store.
+- C-FIND: a known peer with "may query".
+- C-GET: a known peer with "may retrieve with C-GET".
+- C-MOVE: a known peer with "may query" or "may retrieve"; the destination
+  must be a peer marked "is a C-MOVE destination" (else A801).
+"""
+
+import logging
+
+from pydicom.dataset import Dataset
+from pynetdicom import evt
+
+from dicomnodes.retrieve import RetrieveError, contexts_for, dataset_for, select_instances
+
+logger = logging.getLogger(__name__)
+
+NOT_AUTHORISED = 0x0124
+MOVE_DESTINATION_UNKNOWN = 0xA801
+PENDING = 0xFF00
+CANCEL = 0xFE00
+
+# Information model of each Q/R SOP class (its root).
+_MODELS = {
+    "1.2.840.10008.5.1.4.1.2.1.1": "PATIENT",  # Patient Root FIND
+    "1.2.840.10008.5.1.4.1.2.1.2": "PATIENT",  # Patient Root MOVE
+    "1.2.840.10008.5.1.4.1.2.1.3": "PATIENT",  # Patient Root GET
+    "1.2.840.10008.5.1.4.1.2.2.1": "STUDY",  # Study Root FIND
+    "1.2.840.10008.5.1.4.1.2.2.2": "STUDY",  # Study Root MOVE
+    "1.2.840.10008.5.1.4.1.2.2.3": "STUDY",  # Study Root GET
+}
+
+
+def status(code, comment=""):
+    ds = Dataset()
+    ds.Status = code
+    if comment:
+        ds.ErrorComment = comment.replace("\\", "/")[:64]
+    return ds
+
+
+class QueryRetrieveHandlers:
+    """`config` returns the current ScpConfig (see Handlers)."""
+
+    def __init__(self, config):
+        self.config = config
+
+    def bindings(self):
+        return [
+            (evt.EVT_C_FIND, self.on_find),
+            (evt.EVT_C_MOVE, self.on_move),
+            (evt.EVT_C_GET, self.on_get),
+        ]
+
+    def on_find(self, event):
+        from dicomnodes import matching
+
+        state = event.assoc.pacs_state
+        cfg = self.config()
+        if not cfg.access.may_query(state.calling_ae, state.address):
+            logger.info("C-FIND from %s (%s) refused: not a peer that may query", state.calling_ae, state.address)
+            yield status(NOT_AUTHORISED, f"{state.calling_ae} may not query"), None
+            return
+        model = _MODELS.get(str(event.request.AffectedSOPClassUID), "STUDY")
+        try:
+            query = matching.build_query(event.identifier, model=model, case_insensitive=cfg.case_insensitive_names)
+            results = matching.iter_results(query, limit=cfg.find_result_limit, retrieve_ae_title=cfg.ae_title)
+            for result in results:
+                if event.is_cancelled:
+                    yield CANCEL, None
+                    return
+                if not event.assoc.is_established:
+                    return
+                yield PENDING, result
+        except matching.QueryError as exc:
+            logger.info("C-FIND from %s refused: %s", state.calling_ae, exc)
+            yield status(exc.status, str(exc)), None
+
+    def on_get(self, event):
+        state = event.assoc.pacs_state
+        cfg = self.config()
+        if not cfg.access.may_get(state.calling_ae, state.address):
+            logger.info("C-GET from %s (%s) refused: not a peer that may retrieve", state.calling_ae, state.address)
+            yield status(NOT_AUTHORISED, f"{state.calling_ae} may not retrieve")
+            return
+        try:
+            targets = select_instances(event.identifier, model=_MODELS[str(event.request.AffectedSOPClassUID)])
+        except RetrieveError as exc:
+            yield status(exc.status, exc.comment)
+            return
+        yield len(targets)
+        accepted = event.assoc.accepted_contexts
+        for target in targets:
+            if event.is_cancelled:
+                yield CANCEL, None
+                return
+            yield PENDING, dataset_for(target, accepted)
+
+    def on_move(self, event):
+        """pynetdicom wants the destination as the first yield, so a refusal
+        yields "no destination" and the response pynetdicom then sends is given
+        our status and comment (see _answer_next_response)."""
+        state = event.assoc.pacs_state
+        cfg = self.config()
+        destination_ae = str(event.move_destination).strip()
+        refusal = None
+        destination = cfg.access.move_destination(destination_ae, state.address)
+        if not cfg.access.may_move(state.calling_ae, state.address):
+            refusal = (NOT_AUTHORISED, f"{state.calling_ae} may not retrieve")
+        elif destination is None:
+            refusal = (MOVE_DESTINATION_UNKNOWN, f"Move destination {destination_ae} unknown")
+        else:
+            try:
+                targets = select_instances(event.identifier, model=_MODELS[str(event.request.AffectedSOPClassUID)])
+                contexts = contexts_for(targets) if targets else []
+            except RetrieveError as exc:
+                refusal = (exc.status, exc.comment)
+        if refusal:
+            logger.info("C-MOVE from %s (%s) refused: %s", state.calling_ae, state.address, refusal[1])
+            _answer_next_response(event.assoc, *refusal)
+            yield None, None
+            return
+        sub = {}
+
+        def remember(ev):
+            sub["assoc"] = ev.assoc
+
+        yield (
+            destination.host,
+            destination.port,
+            {
+                "ae_title": destination_ae,
+                "contexts": contexts or None,
+                "evt_handlers": [(evt.EVT_ESTABLISHED, remember)],
+                "max_pdu": 0,
+            },
+        )
+        yield len(targets)
+        for target in targets:
+            if event.is_cancelled:
+                yield CANCEL, None
+                return
+            yield PENDING, dataset_for(target, sub["assoc"].accepted_contexts)
+
+
+def _answer_next_response(assoc, code, comment):
+    """Give the next DIMSE response pynetdicom sends on this association our
+    status and Error Comment (its own answer to "no destination" is a bare
+    A801)."""
+    dimse = assoc.dimse
+    original = dimse.send_msg
+
+    def send_msg(primitive, context_id):
+        dimse.send_msg = original
+        primitive.Status = code
+        primitive.ErrorComment = comment.replace("\\", "/")[:64]
+        return original(primitive, context_id)
+
+    dimse.send_msg = send_msg
