@@ -1,0 +1,225 @@
+"""runscp C-MOVE and C-GET with DCMTK movescu/getscu into storescp."""
+
+import subprocess
+import time
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from dicomnodes.models import Peer
+from tests.conftest import dcmtk, free_port, port_accepts, wait_until
+from tests.dicomdata import fresh_copy, make_ct_series
+
+pytestmark = pytest.mark.archive
+
+VIEWER = "VIEWER1"
+
+
+@pytest.fixture
+def storescp(tmp_path):
+    """A DCMTK storescp as a move destination."""
+    port = free_port()
+    out = tmp_path / "received"
+    out.mkdir()
+    proc = subprocess.Popen(
+        ["storescp", "-aet", "DEST", "-od", str(out), "+xa", str(port)],
+        env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_until(lambda: port_accepts(port), 10, message="storescp")
+    yield port, out
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def archive(scp, tmp_path):
+    """A study of 5 CT images and one JPEG image in the running server, and a viewer peer."""
+    study = generate_uid()
+    make_ct_series(tmp_path / "ct", 5, study_uid=study, patient_id="P1")
+    assert scp.store(tmp_path / "ct").returncode == 0
+    jpeg = fresh_copy("SC_rgb_jpeg_dcmtk.dcm", tmp_path / "jpeg" / "sc.dcm", StudyInstanceUID=study, PatientID="P1")
+    assert scp.store(jpeg, options=["-xy"]).returncode == 0
+    Peer.objects.create(name="viewer", ae_title=VIEWER, host="127.0.0.1", may_query=True, may_retrieve=True)
+    time.sleep(0.8)  # runscp reads peers on its next poll
+    return study
+
+
+def received(folder):
+    return sorted(p for p in folder.iterdir() if p.is_file())
+
+
+def test_move_sends_a_study_to_a_declared_destination(scp, archive, storescp):
+    port, out = storescp
+    Peer.objects.create(name="dest", ae_title="DEST", host="127.0.0.1", port=port, is_move_destination=True)
+    time.sleep(0.8)
+    result = dcmtk(
+        "movescu",
+        "-S",
+        "-aet",
+        VIEWER,
+        "-aem",
+        "DEST",
+        "-aec",
+        "PACS",
+        "127.0.0.1",
+        scp.port,
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        f"StudyInstanceUID={archive}",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    files = received(out)
+    assert len(files) == 6
+    syntaxes = {str(pydicom.dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID) for f in files}
+    assert "1.2.840.10008.1.2.4.50" in syntaxes, "the JPEG image went as stored"
+
+
+def test_move_to_an_unknown_destination_is_a801_naming_it(scp, archive):
+    result = dcmtk(
+        "movescu",
+        "-d",
+        "-S",
+        "-aet",
+        VIEWER,
+        "-aem",
+        "NOWHERE",
+        "-aec",
+        "PACS",
+        "127.0.0.1",
+        scp.port,
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        f"StudyInstanceUID={archive}",
+    )
+    output = result.stdout + result.stderr
+    assert "MoveDestinationUnknown" in output or "a801" in output.lower(), output
+    assert "NOWHERE" in output
+
+
+def test_get_retrieves_a_study_over_the_same_association(scp, archive, tmp_path):
+    out = tmp_path / "got"
+    out.mkdir()
+    result = dcmtk(
+        "getscu",
+        "-S",
+        "-aet",
+        VIEWER,
+        "-aec",
+        "PACS",
+        "127.0.0.1",
+        scp.port,
+        "-od",
+        out,
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        f"StudyInstanceUID={archive}",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    files = received(out)
+    assert len(files) == 6
+    # getscu proposes uncompressed syntaxes only: the JPEG image was decompressed.
+    sc = [f for f in files if pydicom.dcmread(f, stop_before_pixels=True).Modality == "OT"]
+    assert str(pydicom.dcmread(sc[0]).file_meta.TransferSyntaxUID) in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+
+
+def test_an_unknown_caller_may_not_find_move_or_get(scp, archive, tmp_path):
+    find = dcmtk(
+        "findscu",
+        "-v",
+        "-S",
+        "-aet",
+        "STRANGER",
+        "-aec",
+        "PACS",
+        "127.0.0.1",
+        scp.port,
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        "StudyInstanceUID",
+    )
+    assert "0124" in find.stdout + find.stderr or "Not Authorised" in find.stdout + find.stderr
+    get = dcmtk(
+        "getscu",
+        "-v",
+        "-S",
+        "-aet",
+        "STRANGER",
+        "-aec",
+        "PACS",
+        "127.0.0.1",
+        scp.port,
+        "-od",
+        tmp_path,
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        f"StudyInstanceUID={archive}",
+    )
+    assert not list(tmp_path.glob("*.dcm")) and not list(tmp_path.glob("CT*"))
+    assert "0124" in get.stdout + get.stderr or "Not Authorised" in get.stdout + get.stderr
+    move = dcmtk(
+        "movescu",
+        "-v",
+        "-S",
+        "-aet",
+        "STRANGER",
+        "-aem",
+        VIEWER,
+        "-aec",
+        "PACS",
+        "127.0.0.1",
+        scp.port,
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        f"StudyInstanceUID={archive}",
+    )
+    assert "0124" in move.stdout + move.stderr or "Not Authorised" in move.stdout + move.stderr
+
+
+def test_move_into_orthanc_delivers_every_instance_intact(scp, archive, tmp_path):
+    from dicomnodes.models import Instance
+    from dicomnodes.storage import instance_path
+    from tests.orthanc import start_orthanc, stop_orthanc
+    from tests.test_runscp_store import dataset_bytes
+
+    orthanc = start_orthanc(tmp_path / "orthanc", modalities={"pacs": ["PACS", "127.0.0.1", scp.port]})
+    try:
+        Peer.objects.create(
+            name="orthanc", ae_title="ORTHANC", host="127.0.0.1", port=orthanc.dicom_port, is_move_destination=True
+        )
+        time.sleep(0.8)
+        result = dcmtk(
+            "movescu",
+            "-S",
+            "-aet",
+            VIEWER,
+            "-aem",
+            "ORTHANC",
+            "-aec",
+            "PACS",
+            "127.0.0.1",
+            scp.port,
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            f"StudyInstanceUID={archive}",
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert orthanc.count_instances() == 6
+        theirs = orthanc.instance_files()
+        ours = set(Instance.objects.values_list("sop_instance_uid", flat=True))
+        assert set(theirs) == ours
+        for uid, body in theirs.items():
+            copy = tmp_path / "copy.dcm"
+            copy.write_bytes(body)
+            assert dataset_bytes(copy) == dataset_bytes(instance_path(uid)), f"{uid} differs"
+    finally:
+        stop_orthanc(orthanc)
