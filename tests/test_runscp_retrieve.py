@@ -223,3 +223,36 @@ def test_move_into_orthanc_delivers_every_instance_intact(scp, archive, tmp_path
             assert dataset_bytes(copy) == dataset_bytes(instance_path(uid)), f"{uid} differs"
     finally:
         stop_orthanc(orthanc)
+
+
+def test_move_reports_an_instance_it_cannot_send(scp, archive, storescp):
+    from dicomnodes.models import Instance
+    from dicomnodes.storage import instance_path
+
+    port, out = storescp
+    Peer.objects.create(name="dest", ae_title="DEST", host="127.0.0.1", port=port, is_move_destination=True)
+    lost = Instance.objects.order_by("pk").first().sop_instance_uid
+    instance_path(lost).unlink()  # the file is gone from the disk
+    time.sleep(0.8)
+    result = dcmtk(
+        "movescu",
+        "-d",
+        "-S",
+        "-aet",
+        VIEWER,
+        "-aem",
+        "DEST",
+        "-aec",
+        "PACS",
+        "127.0.0.1",
+        scp.port,
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        f"StudyInstanceUID={archive}",
+    )
+    output = result.stdout + result.stderr
+    assert len(received(out)) == 5
+    assert "Warning" in output or "b000" in output.lower(), output
+    assert lost in output, "the Failed SOP Instance UID List names it"
+    assert "cannot read stored instance" in scp.log()
