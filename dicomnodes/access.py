@@ -45,6 +45,24 @@ def resolve(host: str) -> frozenset:
     return addrs
 
 
+# Query/retrieve SOP classes (PS3.4 C.6) by the service they ask for.
+_QR_SERVICES = {
+    "1.2.840.10008.5.1.4.1.2.1.1": "find",  # Patient Root FIND
+    "1.2.840.10008.5.1.4.1.2.2.1": "find",  # Study Root FIND
+    "1.2.840.10008.5.1.4.31": "find",  # Modality Worklist FIND
+    "1.2.840.10008.5.1.4.1.2.1.2": "move",  # Patient Root MOVE
+    "1.2.840.10008.5.1.4.1.2.2.2": "move",  # Study Root MOVE
+    "1.2.840.10008.5.1.4.1.2.1.3": "get",  # Patient Root GET
+    "1.2.840.10008.5.1.4.1.2.2.3": "get",  # Study Root GET
+    "1.2.840.10008.1.1": "echo",  # Verification
+}
+
+
+def service_of(abstract_syntax: str) -> str:
+    """find, move, get, echo, or store for anything else (storage classes)."""
+    return _QR_SERVICES.get(str(abstract_syntax), "store")
+
+
 @dataclass(frozen=True, slots=True)
 class PeerRule:
     ae_title: str
@@ -89,11 +107,24 @@ class AccessPolicy:
     def is_known(self, calling_ae: str, address: str) -> bool:
         return bool(self.peers_for(calling_ae, address))
 
-    def may_associate(self, calling_ae: str, address: str) -> bool:
-        return self.unknown_may_echo_and_store or self.is_known(calling_ae, address)
+    def may_associate(self, calling_ae: str, address: str, abstract_syntaxes=()) -> bool:
+        """Whether the caller may use at least one of the services it proposes
+        (all of them are checked again per request).  A caller that may do
+        none of them is rejected as "calling AE title not recognised"."""
+        if not abstract_syntaxes:
+            return self.unknown_may_echo_and_store or self.is_known(calling_ae, address)
+        checks = {
+            "find": self.may_query,
+            "move": self.may_move,
+            "get": self.may_get,
+            "echo": self.may_echo,
+            "store": self.may_store,
+        }
+        wanted = {service_of(uid) for uid in abstract_syntaxes}
+        return any(checks[service](calling_ae, address) for service in wanted)
 
     def may_echo(self, calling_ae: str, address: str) -> bool:
-        return self.may_associate(calling_ae, address)
+        return self.unknown_may_echo_and_store or self.is_known(calling_ae, address)
 
     def may_store(self, calling_ae: str, address: str) -> bool:
         peers = self.peers_for(calling_ae, address)

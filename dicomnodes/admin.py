@@ -1,10 +1,18 @@
 """Admin: DICOM server settings (singleton), peers, a read-only archive
 browser and the association log."""
 
-from django.contrib import admin
-from django.urls import reverse
-from django.utils.html import format_html
+from urllib.parse import urlsplit
 
+from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied
+from django.http import HttpResponseNotAllowed
+from django.shortcuts import redirect
+from django.urls import path, reverse
+from django.utils.html import format_html
+from django.utils.http import url_has_allowed_host_and_scheme
+
+from dicomnodes.echo import echo, echo_many
 from dicomnodes.models import AssociationLog, DicomServerSettings, Instance, Patient, Peer, Series, Study
 from pacs_site.singleton import SingletonAdmin
 
@@ -21,9 +29,78 @@ class DicomServerSettingsAdmin(SingletonAdmin):
 
 @admin.register(Peer)
 class PeerAdmin(admin.ModelAdmin):
-    list_display = ["name", "ae_title", "host", "port", "may_store", "may_query", "may_retrieve", "is_move_destination"]
+    """Known DICOM nodes, with an Echo button per row and an "Echo selected"
+    action; echoing needs the same permission as editing (change_peer)."""
+
+    list_display = [
+        "name",
+        "ae_title",
+        "host",
+        "port",
+        "may_store",
+        "may_query",
+        "may_retrieve",
+        "is_move_destination",
+        "echo_button",
+    ]
     list_filter = ["may_store", "may_query", "may_retrieve", "is_move_destination"]
     search_fields = ["name", "ae_title", "host"]
+    actions = ["echo_selected"]
+
+    def get_urls(self):
+        echo_url = path(
+            "<path:object_id>/echo/",
+            self.admin_site.admin_view(self.echo_view),
+            name=f"{self.opts.app_label}_{self.opts.model_name}_echo",
+        )
+        # Before the admin's own patterns: "<path:object_id>/" would swallow it.
+        return [echo_url, *super().get_urls()]
+
+    def get_list_display(self, request):
+        if self.has_change_permission(request):
+            return self.list_display
+        return [name for name in self.list_display if name != "echo_button"]
+
+    @admin.display(description="echo")
+    def echo_button(self, obj):
+        # The rows sit inside the changelist's own POST form (which carries the
+        # CSRF token); a form in a form is invalid HTML, so the button borrows
+        # that form and only changes where it is sent.
+        url = reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_echo", args=[obj.pk])
+        return format_html(
+            '<button type="submit" class="button" formaction="{}" formmethod="post" formnovalidate>Echo</button>', url
+        )
+
+    def echo_view(self, request, object_id):
+        """POST <id>/echo/: echo one peer, report it, back to the list."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        peer = self.get_object(request, unquote(object_id))
+        if not self.has_change_permission(request, peer):
+            raise PermissionDenied
+        if peer is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        self._report_echo(request, peer, echo(peer))
+        return redirect(self._changelist_url(request))
+
+    @admin.action(description="Echo selected peers", permissions=["change"])
+    def echo_selected(self, request, queryset):
+        for peer, result in echo_many(queryset):
+            self._report_echo(request, peer, result)
+
+    def _report_echo(self, request, peer, result):
+        text = f"{peer.name} ({peer.ae_title}@{peer.host}:{peer.port}): {result.message}"
+        if result.ok:
+            messages.success(request, text)
+        else:
+            messages.error(request, text)
+
+    def _changelist_url(self, request):
+        """Back to the list the button was pressed in (its filters and page)."""
+        changelist = reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_changelist")
+        referer = request.headers.get("referer", "")
+        safe = url_has_allowed_host_and_scheme(referer, {request.get_host()}, require_https=request.is_secure())
+        return referer if safe and urlsplit(referer).path == changelist else changelist
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

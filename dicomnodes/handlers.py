@@ -79,7 +79,11 @@ class Handlers:
         cfg = self.config()
         if state.called_ae not in cfg.called_ae_titles:
             self._reject(assoc, state, _REJECT_CALLED, "called AE title not recognised")
-        elif not cfg.access.may_associate(state.calling_ae, state.address):
+        elif not cfg.access.may_associate(
+            state.calling_ae,
+            state.address,
+            [cx.abstract_syntax for cx in rq.presentation_context_definition_list],
+        ):
             self._reject(assoc, state, _REJECT_CALLING, "calling AE title not recognised")
         else:
             # Answer with the title we were called by (ours or a publishing variant).

@@ -1,8 +1,10 @@
 """C-FIND, C-MOVE and C-GET handlers for `runscp` (pynetdicom generators).
 
-Access (documented in README): a refusal is answered per request with status
-0124 "Refused: not authorised" and an Error Comment; the association itself
-is not rejected, since the same caller may be allowed to store.
+Access (documented in README): a caller that may use none of the services it
+proposes is rejected at association time as "calling AE title not
+recognised" (see AccessPolicy.may_associate); one that may use some gets,
+for each request it may not make, status 0124 "Refused: not authorised"
+with an Error Comment.
 - C-FIND: a known peer with "may query".
 - C-GET: a known peer with "may retrieve with C-GET".
 - C-MOVE: a known peer with "may query" or "may retrieve"; the destination
@@ -14,6 +16,7 @@ import logging
 from pydicom.dataset import Dataset
 from pynetdicom import evt
 
+from dicomnodes import matching
 from dicomnodes.retrieve import RetrieveError, contexts_for, dataset_for, select_instances
 
 logger = logging.getLogger(__name__)
@@ -56,8 +59,6 @@ class QueryRetrieveHandlers:
         ]
 
     def on_find(self, event):
-        from dicomnodes import matching
-
         state = event.assoc.pacs_state
         cfg = self.config()
         if not cfg.access.may_query(state.calling_ae, state.address):
@@ -77,19 +78,25 @@ class QueryRetrieveHandlers:
                 yield PENDING, result
         except matching.QueryError as exc:
             logger.info("C-FIND from %s refused: %s", state.calling_ae, exc)
-            yield status(exc.status, str(exc)), None
+            yield status(exc.status, exc.message), None
 
     def on_get(self, event):
+        """pynetdicom wants the number of sub-operations first: a refusal
+        yields 0 and the response pynetdicom then sends gets our status."""
         state = event.assoc.pacs_state
         cfg = self.config()
+        refusal = None
         if not cfg.access.may_get(state.calling_ae, state.address):
-            logger.info("C-GET from %s (%s) refused: not a peer that may retrieve", state.calling_ae, state.address)
-            yield status(NOT_AUTHORISED, f"{state.calling_ae} may not retrieve")
-            return
-        try:
-            targets = select_instances(event.identifier, model=_MODELS[str(event.request.AffectedSOPClassUID)])
-        except RetrieveError as exc:
-            yield status(exc.status, exc.comment)
+            refusal = (NOT_AUTHORISED, f"{state.calling_ae} may not retrieve")
+        else:
+            try:
+                targets = select_instances(event.identifier, model=_MODELS[str(event.request.AffectedSOPClassUID)])
+            except RetrieveError as exc:
+                refusal = (exc.status, exc.comment)
+        if refusal:
+            logger.info("C-GET from %s (%s) refused: %s", state.calling_ae, state.address, refusal[1])
+            _answer_next_response(event.assoc, *refusal)
+            yield 0
             return
         yield len(targets)
         accepted = event.assoc.accepted_contexts

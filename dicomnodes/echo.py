@@ -1,0 +1,191 @@
+"""C-ECHO as a service class user: is a peer there, and does it accept us?
+
+Used by the admin's Echo button and action (and later `manage.py dicom echo`).
+Network problems never raise: they come back as an `EchoResult` whose message
+says what went wrong in words an administrator can act on.
+"""
+
+import logging
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from django.core.exceptions import ValidationError
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification
+from pynetdicom.status import code_to_category
+
+from dicomnodes.validators import validate_ae_title
+
+logger = logging.getLogger(__name__)
+
+# A-ASSOCIATE-RJ (PS3.8 9.3.4): (source, reason/diag.) -> what it means for us.
+_REJECT_REASONS = {
+    (1, 1): "no reason given",
+    (1, 2): "application context name not supported",
+    (1, 3): "calling AE title {calling} (ours) not recognised by the peer",
+    (1, 7): "called AE title {called} not recognised by the peer",
+    (2, 1): "no reason given (by the peer's DICOM service provider)",
+    (2, 2): "protocol version not supported",
+    (3, 1): "temporary congestion",
+    (3, 2): "local limit exceeded (the peer has too many associations)",
+}
+_TRANSIENT = 2  # A-ASSOCIATE-RJ result: rejected-transient
+
+_TIMEOUTS = ("connection_timeout", "acse_timeout", "dimse_timeout", "network_timeout")
+
+
+@dataclass(frozen=True)
+class EchoResult:
+    ok: bool
+    round_trip_ms: float | None
+    message: str
+
+
+def echo(peer_or_host, *, port=None, ae_title=None, calling_ae=None, timeout=None) -> EchoResult:
+    """Send one C-ECHO to a peer (a `Peer` row) or to a host.
+
+    1. Find host, port and called AE title (arguments override the peer's).
+    2. Associate with our AE title as calling AE, proposing Verification only;
+       every time-out (connection, ACSE, DIMSE, network) is the service
+       time-out of the DICOM server settings unless `timeout` is given.
+    3. Send the C-ECHO, time it (`round_trip_ms` is the C-ECHO request to its
+       response, not the association), release.
+    """
+    host, port, called = _target(peer_or_host, port, ae_title)
+    if calling_ae is None or timeout is None:
+        from dicomnodes.models import DicomServerSettings
+
+        server = DicomServerSettings.load()
+        calling_ae = server.ae_title if calling_ae is None else calling_ae
+        timeout = server.service_timeout if timeout is None else timeout
+    problem = _invalid_arguments(host, port, called, calling_ae)
+    if problem:
+        return EchoResult(False, None, problem)
+    result = _echo(host, port, called, calling_ae, timeout)
+    logger.info("echo %s@%s:%s as %s: %s", called, host, port, calling_ae, result.message)
+    return result
+
+
+def echo_many(peers, *, calling_ae=None, timeout=None, max_workers=8):
+    """Echo several peers at once; [(peer, EchoResult)] in the order given.
+
+    In parallel so that ten dead peers take one time-out, not ten.  The
+    settings are read here, once: the worker threads do no database work.
+    """
+    peers = list(peers)
+    if calling_ae is None or timeout is None:
+        from dicomnodes.models import DicomServerSettings
+
+        server = DicomServerSettings.load()
+        calling_ae = server.ae_title if calling_ae is None else calling_ae
+        timeout = server.service_timeout if timeout is None else timeout
+    if not peers:
+        return []
+    with ThreadPoolExecutor(max_workers=min(max_workers, len(peers))) as pool:
+        results = pool.map(lambda p: echo(p, calling_ae=calling_ae, timeout=timeout), peers)
+        return list(zip(peers, results))
+
+
+def _target(peer_or_host, port, ae_title):
+    if isinstance(peer_or_host, str):
+        if ae_title is None:
+            raise TypeError("echo(host, ...) needs ae_title= (the peer's called AE title)")
+        return peer_or_host, 104 if port is None else port, ae_title
+    peer = peer_or_host
+    return (
+        peer.host,
+        peer.port if port is None else port,
+        peer.ae_title if ae_title is None else ae_title,
+    )
+
+
+def _invalid_arguments(host, port, called, calling):
+    if not host:
+        return "no host given"
+    if not isinstance(port, int) or not 1 <= port <= 65535:
+        return f"port {port!r} is not a TCP port (1-65535)"
+    for role, title in (("called", called), ("calling", calling)):
+        try:
+            validate_ae_title(title)
+        except ValidationError as exc:
+            return f"{role} AE title {title!r}: {' '.join(exc.messages)}"
+    return None
+
+
+def _echo(host, port, called, calling, timeout):
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(Verification)
+    for name in _TIMEOUTS:
+        setattr(ae, name, timeout)
+    connected = threading.Event()
+    started = time.monotonic()
+    try:
+        assoc = ae.associate(
+            host, port, ae_title=called, evt_handlers=[(evt.EVT_CONN_OPEN, lambda event: connected.set())]
+        )
+    except socket.gaierror as exc:
+        return EchoResult(False, None, f"host {host} unknown ({exc.strerror or exc})")
+    if not assoc.is_established:
+        return EchoResult(False, None, _why_not_established(assoc, connected, started, host, port, called, timeout))
+    try:
+        sent = time.perf_counter()
+        status = assoc.send_c_echo()
+        round_trip_ms = (time.perf_counter() - sent) * 1000
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    if "Status" not in status:
+        if assoc.is_aborted and round_trip_ms < timeout * 1000 * 0.9:
+            return EchoResult(False, None, "the peer aborted the association instead of answering the C-ECHO")
+        return EchoResult(False, None, f"peer did not answer the C-ECHO within {timeout:g} s")
+    if status.Status != 0x0000:
+        category = code_to_category(status.Status).lower()
+        return EchoResult(False, round_trip_ms, f"echo failed: status 0x{status.Status:04X} ({category})")
+    return EchoResult(True, round_trip_ms, f"echo OK in {round_trip_ms:.1f} ms")
+
+
+def _why_not_established(assoc, connected, started, host, port, called, timeout):
+    elapsed = time.monotonic() - started
+    timed_out = elapsed >= timeout * 0.9
+    answer = assoc.acceptor.primitive  # the A-ASSOCIATE-AC/RJ, if one came
+    if assoc.is_rejected and answer is not None:
+        reason = _REJECT_REASONS.get(
+            (answer.result_source, answer.diagnostic),
+            f"reason {answer.diagnostic} from source {answer.result_source}",
+        )
+        text = "association rejected: " + reason.format(calling=assoc.requestor.ae_title, called=called)
+        if answer.result == _TRANSIENT:
+            text += " (transient: try again later)"
+        return text
+    if not connected.is_set():
+        if timed_out:
+            return f"peer did not answer within {timeout:g} s (no TCP connection to {host}:{port})"
+        return _connection_error(host, port, timeout, timeout - elapsed)
+    if answer is not None and answer.result == 0:
+        return "the peer accepted the association but not the Verification SOP class (C-ECHO)"
+    if timed_out:
+        return f"peer did not answer within {timeout:g} s (connected, but no reply to the association request)"
+    return "the peer closed the connection without answering the association request"
+
+
+def _connection_error(host, port, timeout, remaining):
+    """Why a connection failed fast.
+
+    pynetdicom logs the socket error but does not keep it; one bare connection
+    attempt tells "refused" from "unreachable".  It costs nothing: we only get
+    here when the first attempt failed at once.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=max(remaining, 0.5)):
+            return f"could not connect to {host}:{port} (a second attempt got through: try again)"
+    except ConnectionRefusedError:
+        return f"connection refused: nothing listens on {host}:{port}"
+    except TimeoutError:
+        return f"peer did not answer within {timeout:g} s (no TCP connection to {host}:{port})"
+    except socket.gaierror as exc:
+        return f"host {host} unknown ({exc.strerror or exc})"
+    except OSError as exc:
+        return f"cannot connect to {host}:{port}: {exc.strerror or exc}"

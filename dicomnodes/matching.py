@@ -1,0 +1,335 @@
+"""The C-FIND SCP's query logic, without a network: identifier -> ORM query -> results.
+
+`build_query()` checks an identifier against PS3.4 C.4.1 (levels, unique
+keys) and turns its keys into a Django query over the index with the rules
+of `matching_rules` (C.2.2.2); `iter_results()` yields one response
+identifier per matching row, lazily, so that the handler can check for a
+C-CANCEL between two results.
+
+Choices where PS3.4 leaves room (the conformance statement repeats them):
+
+- Keys of the query level or above that the index does not store are
+  returned zero-length and never restrict the match; so are sequence keys
+  and private or unknown attributes.  Keys of a level below the query level
+  are refused (A900).
+- Non-unique keys of a level above the query level (StudyDate at SERIES
+  level, ...) are matched and returned from the parent row.
+- A multi-valued key other than a UID list matches when any value does.
+- Unique keys of the levels above must be one value without wildcards; the
+  unique key of the query level itself may be absent.
+- A single TM value matches the whole period it names (`1015`: 10:15:00 to
+  10:15:59.999999); ranges are padded the same way.  Combined date-time
+  matching (C.2.2.2.5.1, extended negotiation) is not supported: StudyDate
+  and StudyTime ranges are matched independently.  No stored key is a DT.
+- Responses are in UTF-8 (ISO_IR 192) and always carry RetrieveAETitle;
+  InstanceAvailability (always ONLINE) only when it was requested.
+"""
+
+import warnings
+from dataclasses import dataclass, field
+
+from django.db.models import Exists, OuterRef, Q
+from pydicom.datadict import keyword_for_tag
+from pydicom.dataelem import DataElement, empty_value_for_VR
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+from dicomnodes.matching_rules import (
+    IDENTIFIER_DOES_NOT_MATCH,
+    UNABLE_TO_PROCESS,
+    QueryError,
+    date_range_match,
+    has_wildcard,
+    is_universal,
+    multi_value_match,
+    parse_date,
+    parse_int,
+    parse_uid,
+    single_value_match,
+    time_range_match,
+    time_single_match,
+    uid_list_match,
+    universal_match,
+    wildcard_match,
+)
+from dicomnodes.models import Instance, Patient, Series, Study
+
+__all__ = ["QueryError", "Query", "build_query", "iter_results", "IDENTIFIER_DOES_NOT_MATCH", "UNABLE_TO_PROCESS"]
+
+PATIENT, STUDY, SERIES, IMAGE = "PATIENT", "STUDY", "SERIES", "IMAGE"
+
+# Information model -> its levels, top down (PS3.4 C.6.1 Patient Root, C.6.2 Study Root).
+MODELS = {
+    "PATIENT": (PATIENT, STUDY, SERIES, IMAGE),
+    "STUDY": (STUDY, SERIES, IMAGE),
+}
+
+UNIQUE_KEYS = {
+    PATIENT: "PatientID",  # (0010,0020)
+    STUDY: "StudyInstanceUID",  # (0020,000D)
+    SERIES: "SeriesInstanceUID",  # (0020,000E)
+    IMAGE: "SOPInstanceUID",  # (0008,0018)
+}
+
+# Query level -> the model searched and the path from it to each level's row.
+_LEVEL_MODELS = {
+    PATIENT: (Patient, {PATIENT: ""}),
+    STUDY: (Study, {PATIENT: "patient_record__", STUDY: ""}),
+    SERIES: (Series, {PATIENT: "study__patient_record__", STUDY: "study__", SERIES: ""}),
+    IMAGE: (Instance, {PATIENT: "series__study__patient_record__", STUDY: "series__study__", SERIES: "series__"}),
+}
+
+
+@dataclass(frozen=True)
+class Key:
+    level: str  # the level it belongs to in the Patient Root model
+    column: str  # column of that level's model
+    vr: str
+    upper: str = ""  # upper-cased copy, for case-insensitive person names
+    on_study: bool = False  # the Study row holds a copy (read it from there below PATIENT level)
+    multi: bool = False  # stored backslash-joined
+
+
+KEYS = {
+    # Patient level (PS3.4 C.6.1.1.2)
+    "PatientName": Key(PATIENT, "patient_name", "PN", upper="patient_name_upper", on_study=True),  # (0010,0010)
+    "PatientID": Key(PATIENT, "patient_id", "LO", on_study=True),  # (0010,0020) LO, unique key
+    "IssuerOfPatientID": Key(PATIENT, "issuer_of_patient_id", "LO"),  # (0010,0021)
+    "PatientBirthDate": Key(PATIENT, "patient_birth_date", "DA", on_study=True),  # (0010,0030)
+    "PatientSex": Key(PATIENT, "patient_sex", "CS", on_study=True),  # (0010,0040)
+    "NumberOfPatientRelatedStudies": Key(PATIENT, "num_studies", "IS"),  # (0020,1200)
+    # Study level (C.6.1.1.3)
+    "StudyInstanceUID": Key(STUDY, "study_instance_uid", "UI"),  # (0020,000D) UI, unique key
+    "StudyDate": Key(STUDY, "study_date", "DA"),  # (0008,0020)
+    "StudyTime": Key(STUDY, "study_time", "TM"),  # (0008,0030)
+    "AccessionNumber": Key(STUDY, "accession_number", "SH"),  # (0008,0050)
+    "StudyID": Key(STUDY, "study_id", "SH"),  # (0020,0010)
+    "StudyDescription": Key(STUDY, "study_description", "LO"),  # (0008,1030)
+    "ReferringPhysicianName": Key(
+        STUDY, "referring_physician_name", "PN", upper="referring_physician_name_upper"
+    ),  # (0008,0090)
+    "ModalitiesInStudy": Key(STUDY, "modalities_in_study", "CS", multi=True),  # (0008,0061)
+    "NumberOfStudyRelatedSeries": Key(STUDY, "num_series", "IS"),  # (0020,1206)
+    "NumberOfStudyRelatedInstances": Key(STUDY, "num_instances", "IS"),  # (0020,1208)
+    # Series level (C.6.1.1.4)
+    "SeriesInstanceUID": Key(SERIES, "series_instance_uid", "UI"),  # (0020,000E) UI, unique key
+    "Modality": Key(SERIES, "modality", "CS"),  # (0008,0060)
+    "SeriesNumber": Key(SERIES, "series_number", "IS"),  # (0020,0011)
+    "SeriesDescription": Key(SERIES, "series_description", "LO"),  # (0008,103E)
+    "BodyPartExamined": Key(SERIES, "body_part_examined", "CS"),  # (0018,0015)
+    "SeriesDate": Key(SERIES, "series_date", "DA"),  # (0008,0021)
+    "SeriesTime": Key(SERIES, "series_time", "TM"),  # (0008,0031)
+    "NumberOfSeriesRelatedInstances": Key(SERIES, "num_instances", "IS"),  # (0020,1209)
+    "InstitutionName": Key(SERIES, "institution_name", "LO"),  # (0008,0080)
+    "StationName": Key(SERIES, "station_name", "SH"),  # (0008,1010)
+    # Composite object instance level (C.6.1.1.5)
+    "SOPInstanceUID": Key(IMAGE, "sop_instance_uid", "UI"),  # (0008,0018) UI, unique key
+    "SOPClassUID": Key(IMAGE, "sop_class_uid", "UI"),  # (0008,0016)
+    "InstanceNumber": Key(IMAGE, "instance_number", "IS"),  # (0020,0013)
+}
+
+# Keys of PS3.4 C.6 that we do not store: returned empty, but still checked
+# against the query level.
+UNSTORED_KEYS = {
+    PATIENT: {
+        "PatientBirthTime", "OtherPatientIDsSequence", "OtherPatientNames", "EthnicGroup", "PatientComments",
+        "NumberOfPatientRelatedSeries", "NumberOfPatientRelatedInstances", "IssuerOfPatientIDQualifiersSequence",
+    },
+    STUDY: {
+        "OtherStudyNumbers", "NameOfPhysiciansReadingStudy", "AdmittingDiagnosesDescription", "PatientAge",
+        "PatientSize", "PatientWeight", "Occupation", "AdditionalPatientHistory", "SOPClassesInStudy",
+        "AnatomicRegionsInStudyCodeSequence", "ProcedureCodeSequence", "IssuerOfAccessionNumberSequence",
+    },
+    SERIES: {
+        "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime", "RequestAttributesSequence",
+        "Laterality", "ProtocolName", "OperatorsName", "PerformingPhysicianName", "Manufacturer",
+    },
+    IMAGE: {
+        "ContentDate", "ContentTime", "AcquisitionDate", "AcquisitionTime", "AcquisitionNumber", "ImageType",
+        "Rows", "Columns", "NumberOfFrames", "ImageComments", "ConceptNameCodeSequence",
+        "AlternateRepresentationSequence", "ContentLabel", "ContentDescription",
+    },
+}  # fmt: skip
+_UNSTORED_LEVEL = {kw: level for level, kws in UNSTORED_KEYS.items() for kw in kws}
+
+# Filled in by us for every response, never matched (C.4.1.1.3.2).
+_RESPONSE_ONLY = {"QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle", "InstanceAvailability"}
+
+
+@dataclass(frozen=True)
+class _Field:
+    tag: int
+    vr: str
+    column: str = ""  # "" -> returned empty
+    multi: bool = False
+
+
+@dataclass
+class Query:
+    """A checked C-FIND: the queryset (rows as dicts, by pk) and what to return."""
+
+    level: str
+    queryset: object
+    keywords: list = field(default_factory=list)  # requested keys, in the identifier's order
+    fields: list = field(default_factory=list)
+    wants_availability: bool = False
+
+
+def build_query(identifier: Dataset, *, model: str, case_insensitive: bool) -> Query:
+    """Check `identifier` and turn it into a Query; raises QueryError.
+
+    1. the QueryRetrieveLevel must be one of the model's levels;
+    2. the unique key of every level above it must hold a single value;
+    3. each other key must belong to that level or one above; stored keys
+       become conditions and returned columns, the rest are returned empty.
+    The identifier is only read.
+    """
+    if model not in MODELS:
+        raise ValueError(f"unknown information model {model!r}")
+    levels = MODELS[model]
+    level = _query_level(identifier, levels)
+    for upper in levels[: levels.index(level)]:
+        _check_unique_key(identifier, UNIQUE_KEYS[upper])
+
+    row_model, paths = _LEVEL_MODELS[level]
+    condition, query = Q(), Query(level=level, queryset=None)
+    for tag in sorted(identifier.keys()):
+        if tag & 0xFFFF == 0:  # group length
+            continue
+        elem = _element(identifier, tag)
+        keyword = elem.keyword or str(elem.tag)
+        query.keywords.append(keyword)
+        if keyword in _RESPONSE_ONLY:
+            query.wants_availability |= keyword == "InstanceAvailability"
+            continue
+        key = KEYS.get(keyword)
+        key_level = key.level if key else _UNSTORED_LEVEL.get(keyword, level)
+        if _rank(key_level, levels) > levels.index(level):
+            raise QueryError(IDENTIFIER_DOES_NOT_MATCH, f"{keyword} is below the {level} level")
+        if key is None or elem.VR == "SQ":
+            query.fields.append(_Field(int(elem.tag), elem.VR))
+            continue
+        path = paths[STUDY] if key.on_study and level != PATIENT else paths.get(key.level, "")
+        query.fields.append(_Field(int(elem.tag), key.vr, path + key.column, key.multi))
+        condition &= key_condition(key, path, _texts(elem), level=level, case_insensitive=case_insensitive)
+
+    columns = list(dict.fromkeys(f.column for f in query.fields if f.column))
+    query.queryset = row_model.objects.filter(condition).order_by("pk").values(*columns)
+    return query
+
+
+def key_condition(key: Key, path: str, values, *, level: str, case_insensitive: bool) -> Q:
+    """The condition one key puts on the rows: the PS3.4 C.2.2.2 rule its VR
+    and value call for, any of several values (list of UIDs, or our
+    any-value reading of other multi-valued keys)."""
+    values = [v for v in values if v]
+    if not values or any(is_universal(v) for v in values):
+        return universal_match()
+    column = path + key.column
+    if key.vr == "UI":
+        uids = [parse_uid(v) for v in values]
+        return single_value_match(column, uids[0]) if len(uids) == 1 else uid_list_match(column, uids)
+    if key.upper and case_insensitive:
+        column, values = path + key.upper, [v.upper() for v in values]
+    condition = Q()
+    for value in values:
+        condition |= _value_condition(key, column, value, level)
+    return condition
+
+
+def _value_condition(key, column, value, level):
+    if key.vr == "DA":
+        return date_range_match(column, value) if "-" in value else single_value_match(column, parse_date(value))
+    if key.vr == "TM":
+        return time_range_match(column, value) if "-" in value else time_single_match(column, value)
+    if key.vr == "IS":
+        return single_value_match(column, parse_int(value))
+    if key.multi:
+        return modality_wildcard_match(level, value) if has_wildcard(value) else multi_value_match(column, value)
+    return wildcard_match(column, value) if has_wildcard(value) else single_value_match(column, value)
+
+
+def modality_wildcard_match(level, pattern):
+    """PS3.4 C.2.2.2.4 wild card matching on ModalitiesInStudy: a study
+    matches when one of its series' modalities matches the pattern (on the
+    joined column a `*` could run across the separator)."""
+    study = {STUDY: "pk", SERIES: "study", IMAGE: "series__study"}[level]
+    return Q(Exists(Series.objects.filter(study=OuterRef(study), modality__dicom_wildcard=pattern)))
+
+
+def iter_results(query: Query, *, limit: int = 0, retrieve_ae_title: str):
+    """Yield one response identifier per matching row, reading rows lazily;
+    stop after `limit` results when it is above 0."""
+    rows = query.queryset[:limit] if limit > 0 else query.queryset
+    for row in rows.iterator(chunk_size=200):
+        yield _response(query, row, retrieve_ae_title)
+
+
+def _response(query, row, retrieve_ae_title):
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.QueryRetrieveLevel = query.level
+    ds.RetrieveAETitle = retrieve_ae_title
+    if query.wants_availability:
+        ds.InstanceAvailability = "ONLINE"
+    for f in query.fields:
+        value = row[f.column] if f.column else None
+        if f.multi and value:
+            value = value.split("\\")
+        elif value is None or value == "":
+            value = empty_value_for_VR(f.vr)
+        ds.add(DataElement(f.tag, f.vr, value))
+    return ds
+
+
+# --- Reading the identifier -------------------------------------------------------
+
+
+def _query_level(identifier, levels):
+    if "QueryRetrieveLevel" not in identifier:
+        raise QueryError(IDENTIFIER_DOES_NOT_MATCH, "missing QueryRetrieveLevel")
+    values = _texts(_element(identifier, 0x00080052))
+    if len(values) != 1 or values[0] not in levels:
+        shown = "\\".join(values)[:20]
+        raise QueryError(IDENTIFIER_DOES_NOT_MATCH, f"unknown QueryRetrieveLevel {shown!r}")
+    return values[0]
+
+
+def _check_unique_key(identifier, keyword):
+    """PS3.4 C.4.1.2.1: the unique key of every level above the query level
+    holds one value; empty, universal, wildcard and list values are refused."""
+    if keyword not in identifier:
+        raise QueryError(IDENTIFIER_DOES_NOT_MATCH, f"missing unique key {keyword}")
+    values = _texts(_element(identifier, keyword))
+    if len(values) != 1 or not values[0] or has_wildcard(values[0]):
+        raise QueryError(IDENTIFIER_DOES_NOT_MATCH, f"{keyword} must be one value")
+
+
+def _rank(level, levels):
+    """Index of a Patient Root level in `levels`; patient keys belong to the
+    STUDY level of the Study Root model."""
+    return levels.index(level) if level in levels else 0
+
+
+def _element(identifier, tag):
+    try:
+        with warnings.catch_warnings():
+            # pydicom warns about values it keeps as text (`1*` for an IS);
+            # the rules below judge them and answer with a status instead.
+            warnings.simplefilter("ignore")
+            return identifier[tag]
+    except (ValueError, TypeError, LookupError) as exc:  # a value pydicom cannot convert
+        name = keyword_for_tag(tag) if isinstance(tag, int) else tag
+        raise QueryError(UNABLE_TO_PROCESS, f"unreadable value of {name or tag}") from exc
+
+
+def _texts(elem):
+    """The values of an element as stripped strings ([] when empty)."""
+    value = elem.value
+    if value is None or value == "":
+        return []
+    items = list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
+    try:
+        return [str(v).strip() for v in items]
+    except (ValueError, TypeError) as exc:
+        raise QueryError(UNABLE_TO_PROCESS, f"unreadable value of {elem.keyword or elem.tag}") from exc
