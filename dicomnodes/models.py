@@ -88,11 +88,6 @@ class DicomServerSettings(SingletonModel):
     def __str__(self):
         return f"{self.ae_title} on port {self.port or 'off'}"
 
-    def clean(self):
-        super().clean()
-        if self.ae_title:
-            validate_ae_title(self.ae_title)
-
     def called_ae_titles(self):
         """Every called AE title we accept: ours and its publishing variants."""
         return {self.ae_title} | {self.ae_title + s for s in PUBLISHING_SUFFIXES}
@@ -124,8 +119,6 @@ class Peer(models.Model):
 
     def clean(self):
         super().clean()
-        if self.ae_title:
-            validate_ae_title(self.ae_title)
         if self.host and any(c.isspace() for c in self.host):
             raise ValidationError({"host": "A host name has no spaces."})
 

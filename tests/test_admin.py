@@ -43,6 +43,8 @@ def settings_form(**changes):
         "unknown_ae_may_echo_and_store": row.unknown_ae_may_echo_and_store,
         "fsync_on_store": row.fsync_on_store,
         "debug": row.debug,
+        "case_insensitive_names": row.case_insensitive_names,
+        "find_result_limit": row.find_result_limit,
     }
     data.update(changes)
     return {name: ("on" if value is True else value) for name, value in data.items() if value is not False}

@@ -1,0 +1,279 @@
+"""runscp C-FIND with DCMTK findscu: Patient Root and Study Root, every level."""
+
+import time
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from dicomnodes.models import DicomServerSettings, Peer
+from tests.conftest import dcmtk
+from tests.dicomdata import make_ct, make_ct_series
+
+pytestmark = pytest.mark.archive
+
+VIEWER = "VIEWER1"
+
+
+@pytest.fixture
+def archive(scp, tmp_path):
+    """Three patients, four studies; a viewer that may query."""
+    studies = {"smith1": generate_uid(), "smith2": generate_uid(), "jones": generate_uid(), "greek": generate_uid()}
+    make_ct_series(
+        tmp_path / "a",
+        3,
+        study_uid=studies["smith1"],
+        patient_id="P1",
+        patient_name="Smith^John",
+        study_date="20260105",
+        accession="ACC1",
+    )
+    make_ct_series(
+        tmp_path / "b",
+        2,
+        study_uid=studies["smith2"],
+        patient_id="P1",
+        patient_name="Smith^John",
+        study_date="20260320",
+        accession="ACC2",
+        series_number=1,
+    )
+    make_ct_series(
+        tmp_path / "b2",
+        1,
+        study_uid=studies["smith2"],
+        patient_id="P1",
+        patient_name="Smith^John",
+        study_date="20260320",
+        accession="ACC2",
+        series_number=2,
+    )
+    make_ct_series(
+        tmp_path / "c",
+        4,
+        study_uid=studies["jones"],
+        patient_id="P2",
+        patient_name="Jones^Ann",
+        study_date="20260215",
+        accession="ACC3",
+    )
+    make_ct(
+        tmp_path / "d" / "g.dcm",
+        study_uid=studies["greek"],
+        patient_id="P3",
+        patient_name="Παπαδόπουλος^Νίκος",
+        charset="ISO_IR 126",
+        study_date="20260110",
+        accession="ACC4",
+    )
+    for folder in ("a", "b", "b2", "c", "d"):
+        assert scp.store(tmp_path / folder).returncode == 0
+    Peer.objects.create(name="viewer", ae_title=VIEWER, host="127.0.0.1", may_query=True)
+    time.sleep(0.8)
+    return studies
+
+
+def find(scp, tmp_path, *keys, root="-S"):
+    """Run findscu, return the answers as datasets."""
+    out = tmp_path / f"find-{time.monotonic_ns()}"
+    out.mkdir()
+    args = [root, "-aet", VIEWER, "-aec", "PACS", "127.0.0.1", scp.port, "-X", "-od", out]
+    for key in keys:
+        args += ["-k", key]
+    result = dcmtk("findscu", *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return [pydicom.dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
+
+
+def test_study_root_study_level_by_patient_id(scp, archive, tmp_path):
+    answers = find(
+        scp,
+        tmp_path,
+        "QueryRetrieveLevel=STUDY",
+        "PatientID=P1",
+        "StudyInstanceUID",
+        "StudyDate",
+        "NumberOfStudyRelatedInstances",
+        "ModalitiesInStudy",
+    )
+    assert sorted(a.StudyInstanceUID for a in answers) == sorted([archive["smith1"], archive["smith2"]])
+    counts = {a.StudyInstanceUID: int(a.NumberOfStudyRelatedInstances) for a in answers}
+    assert counts == {archive["smith1"]: 3, archive["smith2"]: 3}
+    for a in answers:
+        assert a.SpecificCharacterSet == "ISO_IR 192"
+        assert a.ModalitiesInStudy == "CT"
+        assert set(a.dir()) >= {"StudyInstanceUID", "StudyDate", "PatientID", "QueryRetrieveLevel"}
+        assert "AccessionNumber" not in a, "only the requested keys come back"
+
+
+def test_wildcard_name_is_case_insensitive(scp, archive, tmp_path):
+    answers = find(scp, tmp_path, "QueryRetrieveLevel=STUDY", "PatientName=smi*", "StudyInstanceUID")
+    assert len(answers) == 2
+    assert {str(a.PatientName) for a in answers} == {"Smith^John"}
+
+
+def test_date_range_and_open_ranges(scp, archive, tmp_path):
+    def dates(value):
+        answers = find(scp, tmp_path, "QueryRetrieveLevel=STUDY", f"StudyDate={value}", "StudyInstanceUID")
+        return len(answers)
+
+    assert dates("20260101-20260131") == 2  # smith1 and the Greek study
+    assert dates("20260301-") == 1
+    assert dates("-20260110") == 2
+
+
+def test_uid_list(scp, archive, tmp_path):
+    value = f"{archive['jones']}\\{archive['greek']}"
+    answers = find(scp, tmp_path, "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={value}")
+    assert sorted(a.StudyInstanceUID for a in answers) == sorted([archive["jones"], archive["greek"]])
+
+
+def test_non_ascii_query_and_answer(scp, archive, tmp_path):
+    answers = find(
+        scp,
+        tmp_path,
+        "SpecificCharacterSet=ISO_IR 192",
+        "QueryRetrieveLevel=STUDY",
+        "PatientName=Παπαδό*",
+        "StudyInstanceUID",
+    )
+    assert len(answers) == 1
+    assert str(answers[0].PatientName) == "Παπαδόπουλος^Νίκος"
+
+
+def test_series_and_image_levels(scp, archive, tmp_path):
+    series = find(
+        scp,
+        tmp_path,
+        "QueryRetrieveLevel=SERIES",
+        f"StudyInstanceUID={archive['smith2']}",
+        "SeriesInstanceUID",
+        "SeriesNumber",
+        "NumberOfSeriesRelatedInstances",
+        "Modality",
+    )
+    assert sorted((int(s.SeriesNumber), int(s.NumberOfSeriesRelatedInstances)) for s in series) == [(1, 2), (2, 1)]
+    target = [s for s in series if int(s.SeriesNumber) == 1][0]
+    images = find(
+        scp,
+        tmp_path,
+        "QueryRetrieveLevel=IMAGE",
+        f"StudyInstanceUID={archive['smith2']}",
+        f"SeriesInstanceUID={target.SeriesInstanceUID}",
+        "SOPInstanceUID",
+        "InstanceNumber",
+    )
+    assert sorted(int(i.InstanceNumber) for i in images) == [1, 2]
+
+
+def test_patient_root_at_every_level(scp, archive, tmp_path):
+    patients = find(
+        scp,
+        tmp_path,
+        "QueryRetrieveLevel=PATIENT",
+        "PatientID=P*",
+        "PatientName",
+        "NumberOfPatientRelatedStudies",
+        root="-P",
+    )
+    assert {a.PatientID: int(a.NumberOfPatientRelatedStudies) for a in patients} == {"P1": 2, "P2": 1, "P3": 1}
+    studies = find(scp, tmp_path, "QueryRetrieveLevel=STUDY", "PatientID=P1", "StudyInstanceUID", root="-P")
+    assert len(studies) == 2
+    series = find(
+        scp,
+        tmp_path,
+        "QueryRetrieveLevel=SERIES",
+        "PatientID=P2",
+        f"StudyInstanceUID={archive['jones']}",
+        "SeriesInstanceUID",
+        root="-P",
+    )
+    assert len(series) == 1
+    images = find(
+        scp,
+        tmp_path,
+        "QueryRetrieveLevel=IMAGE",
+        "PatientID=P2",
+        f"StudyInstanceUID={archive['jones']}",
+        f"SeriesInstanceUID={series[0].SeriesInstanceUID}",
+        "SOPInstanceUID",
+        root="-P",
+    )
+    assert len(images) == 4
+
+
+def test_a_key_below_the_level_is_a900(scp, archive, tmp_path):
+    out = tmp_path / "err"
+    out.mkdir()
+    result = dcmtk(
+        "findscu",
+        "-v",
+        "-S",
+        "-aet",
+        VIEWER,
+        "-aec",
+        "PACS",
+        "127.0.0.1",
+        scp.port,
+        "-X",
+        "-od",
+        out,
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        "SOPInstanceUID",
+    )
+    assert "DataSetDoesNotMatchSOPClass" in result.stdout + result.stderr  # DCMTK's name for A900
+    assert not list(out.glob("rsp*.dcm"))
+
+
+def test_result_limit(scp, archive, tmp_path):
+    row = DicomServerSettings.load()
+    row.find_result_limit = 2
+    row.save()
+    time.sleep(0.8)
+    answers = find(scp, tmp_path, "QueryRetrieveLevel=STUDY", "StudyInstanceUID")
+    assert len(answers) == 2
+
+
+def test_cancel_stops_the_answers(scp, archive, tmp_path):
+    from dicomnodes.header import InstanceHeader
+    from dicomnodes.index import IndexItem, index_instances
+
+    headers = [
+        InstanceHeader(
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+            sop_instance_uid=generate_uid(),
+            study_instance_uid=generate_uid(),
+            series_instance_uid=generate_uid(),
+            transfer_syntax_uid="1.2.840.10008.1.2.1",
+            patient_id=f"BULK{i}",
+        )
+        for i in range(500)
+    ]
+    index_instances([IndexItem(header=h, file_size=1, file_is_new=True, overwrite=False) for h in headers])
+    out = tmp_path / "cancel"
+    out.mkdir()
+    result = dcmtk(
+        "findscu",
+        "-v",
+        "-S",
+        "--cancel",
+        "1",
+        "-aet",
+        VIEWER,
+        "-aec",
+        "PACS",
+        "127.0.0.1",
+        scp.port,
+        "-X",
+        "-od",
+        out,
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        "StudyInstanceUID",
+    )
+    output = result.stdout + result.stderr
+    assert "Cancel" in output, output
+    assert len(list(out.glob("rsp*.dcm"))) < 400, "the answers stopped early"
