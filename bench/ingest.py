@@ -21,36 +21,38 @@ re-run does not generate them again.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import os
 import platform
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
-from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
+from common import (
+    REPO,
+    RESULTS_DIR,
+    Orthanc,
+    Pacs,
+    StoreScp,
+    Target,
+    TargetError,
+    first_line,
+    pixel_bytes,
+    send,
+    serving,
+    tail,
+    wait_for_count,
+)
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS_DIR = REPO / "bench" / "results"
-PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
-
 PARTS = 4  # sub-folders per corpus = associations of the parallel cases
 STUDIES, SERIES_PER_STUDY, STUDIES_PER_PATIENT = 10, 2, 2
-START_TIMEOUT = 60.0  # seconds for a target to come up
-COUNT_TIMEOUT = 30.0  # seconds for a target to show every instance after sending
-STOP_TIMEOUT = 60.0  # seconds between SIGTERM and SIGKILL
 
 # ---------------------------------------------------------------------------
 # Corpus
@@ -74,15 +76,6 @@ class Corpus:
             f"{self.kind}: {self.count} × {SIZES[self.kind]}×{SIZES[self.kind]} 16-bit CT, "
             f"{self.total_bytes / self.count / 1024:.0f} KiB each, {self.total_bytes / 2**20:.0f} MiB ({self.root})"
         )
-
-
-def pixel_bytes(size: int) -> bytes:
-    """A size×size 16-bit little-endian test pattern (12 bits used)."""
-    half = size // 2
-    pixels = array("H", (((x - half) ** 2 + (y - half) ** 2) // 8 % 4096 for y in range(size) for x in range(size)))
-    if sys.byteorder != "little":
-        pixels.byteswap()
-    return pixels.tobytes()
 
 
 def ct_dataset(index: int, n: int, size: int, pixels: bytes, uids: dict) -> Dataset:
@@ -184,255 +177,6 @@ def load_or_build_corpus(kind: str, n: int) -> Corpus:
 
 
 # ---------------------------------------------------------------------------
-# Processes and ports
-# ---------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now (bind to port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_open(port: int) -> bool:
-    """True if 127.0.0.1:port accepts a TCP connection."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def http_json(url: str):
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.load(response)
-
-
-def tool_env(**extra: str) -> dict:
-    """The environment for DCMTK tools and targets: TCP_NODELAY=1 (Debian's
-    DCMTK and Orthanc otherwise leave Nagle on: ~40 ms per DIMSE message)."""
-    env = dict(os.environ, TCP_NODELAY="1")
-    env.update(extra)
-    return env
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-def first_line(cmd: list[str]) -> str:
-    """First non-empty output line of `cmd` (a version string), or ''."""
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return next((line.strip() for line in out.splitlines() if line.strip()), "")
-
-
-class TargetError(RuntimeError):
-    """A target failed to start, answer or stop."""
-
-
-# ---------------------------------------------------------------------------
-# Targets: what differs between storescp, Orthanc and ours
-# ---------------------------------------------------------------------------
-
-
-@dataclass
-class Run:
-    """One started target: its folder, ports and process."""
-
-    workdir: Path
-    port: int
-    http_port: int
-    log: Path
-    proc: subprocess.Popen | None = None
-
-
-class Target:
-    """A storage SCP under test.  Subclasses say how to prepare, start,
-    recognise as ready and count what was received."""
-
-    key = ""  # name on the command line (--only) and in the JSON
-    label = ""  # column heading
-    ae_title = ""
-    cwd: Path | None = None
-
-    def prepare(self, run: Run) -> None:
-        """Work before the server starts (configuration, database)."""
-
-    def command(self, run: Run) -> list[str]:
-        raise NotImplementedError
-
-    def env(self, run: Run) -> dict:
-        return tool_env()
-
-    def ready(self, run: Run) -> bool:
-        """True once the target takes associations."""
-        return port_open(run.port)
-
-    def count(self, run: Run) -> int:
-        """Instances the target holds now."""
-        raise NotImplementedError
-
-    def version(self) -> str:
-        return ""
-
-
-class StoreScp(Target):
-    key, label, ae_title = "storescp", "storescp", "STORESCP"
-
-    def command(self, run):
-        return ["storescp", "-aet", self.ae_title, "-od", str(run.workdir / "in"), str(run.port)]
-
-    def prepare(self, run):
-        (run.workdir / "in").mkdir()
-
-    def count(self, run):
-        return sum(1 for p in (run.workdir / "in").rglob("*") if p.is_file())
-
-    def version(self):
-        return first_line(["storescp", "--version"]).strip("$ ")
-
-
-class Orthanc(Target):
-    key, label, ae_title = "orthanc", "Orthanc", "ORTHANC"
-
-    def prepare(self, run):
-        config = {
-            "Name": "pacs-bench",
-            "StorageDirectory": str(run.workdir / "storage"),
-            "IndexDirectory": str(run.workdir / "index"),
-            "DicomAet": self.ae_title,
-            "DicomPort": run.port,
-            "HttpPort": run.http_port,
-            "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
-            "Plugins": [],
-            "SaveJobs": False,
-        }
-        (run.workdir / "config.json").write_text(json.dumps(config, indent=2))
-
-    def command(self, run):
-        return ["Orthanc", str(run.workdir / "config.json")]
-
-    def ready(self, run):
-        try:
-            http_json(f"http://127.0.0.1:{run.http_port}/system")
-        except OSError:
-            return False
-        return port_open(run.port)
-
-    def count(self, run):
-        return int(http_json(f"http://127.0.0.1:{run.http_port}/statistics")["CountInstances"])
-
-    def version(self):
-        return first_line(["Orthanc", "--version"])
-
-
-class Pacs(Target):
-    """Ours: `manage.py runscp` with a fresh PACS_DATA_DIR (so a fresh SQLite
-    database and storage folder); DATABASE_URL is dropped so that the
-    default SQLite database in that folder is really used."""
-
-    key, label, ae_title = "pacs", "ours", "PACS"
-    cwd = REPO
-
-    def __init__(self, processes: int, fsync: bool = True):
-        self.processes = processes
-        self.fsync = fsync  # the "fsync on store" setting (default on)
-
-    def env(self, run):
-        env = tool_env(PACS_DATA_DIR=str(run.workdir / "data"))
-        env.pop("DATABASE_URL", None)
-        return env
-
-    def manage(self, run: Run, *args: str, timeout: float = 300) -> str:
-        """Run a manage.py command with this run's environment; its stdout."""
-        proc = subprocess.run(
-            [PYTHON, "manage.py", *args],
-            cwd=REPO,
-            env=self.env(run),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if proc.returncode != 0:
-            raise TargetError(f"manage.py {' '.join(args)} exited {proc.returncode}:\n{proc.stderr.strip()}")
-        return proc.stdout
-
-    def prepare(self, run):
-        self.manage(run, "migrate", "--noinput")
-        if not self.fsync:
-            self.manage(
-                run,
-                "shell",
-                "-c",
-                "from dicomnodes.models import DicomServerSettings as S; "
-                "s = S.load(); s.fsync_on_store = False; s.save()",
-            )
-
-    def command(self, run):
-        return [PYTHON, "manage.py", "runscp", "--port", str(run.port), "--processes", str(self.processes)]
-
-    def count(self, run):
-        out = self.manage(run, "shell", "-c", "from dicomnodes.models import Instance; print(Instance.objects.count())")
-        return int(out.strip().splitlines()[-1])
-
-    def version(self):
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-        commit = rev.stdout.strip() or "(no commit yet)"
-        return f"git {commit}, runscp --processes {self.processes}, fsync on store {'on' if self.fsync else 'off'}"
-
-
-@contextlib.contextmanager
-def serving(target: Target, keep: bool):
-    """Start `target` in a fresh folder on free ports; yield the Run once it
-    is ready; stop it (SIGTERM, then SIGKILL) and remove the folder after."""
-    workdir = Path(tempfile.mkdtemp(prefix=f"pacs-bench-{target.key}-"))
-    run = Run(workdir, free_port(), free_port(), workdir / "target.log")
-    try:
-        target.prepare(run)
-        with open(run.log, "wb") as log:
-            run.proc = subprocess.Popen(
-                target.command(run),
-                cwd=target.cwd or workdir,
-                env=target.env(run),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + START_TIMEOUT
-        while not target.ready(run):
-            if run.proc.poll() is not None:
-                raise TargetError(f"{target.label} exited {run.proc.returncode} at start:\n{tail(run.log)}")
-            if time.monotonic() > deadline:
-                raise TargetError(f"{target.label} not ready after {START_TIMEOUT:.0f} s:\n{tail(run.log)}")
-            time.sleep(0.1)
-        yield run
-    finally:
-        stop(run.proc)
-        if not keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-
-
-def stop(proc: subprocess.Popen | None) -> None:
-    """SIGTERM the process we started and wait; SIGKILL if it lingers."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-# ---------------------------------------------------------------------------
 # Cases
 # ---------------------------------------------------------------------------
 
@@ -483,48 +227,15 @@ class Result:
         }
 
 
-def send(corpus: Corpus, associations: int, ae_title: str, port: int, logdir: Path) -> tuple[float, list[int]]:
-    """Send the corpus with storescu: one process for the whole corpus, or
-    one per sub-folder in parallel.  Seconds from the start until every
-    storescu has exited, and their exit codes."""
-    if associations == 1:
-        groups = [corpus.parts]
-    else:
-        groups = [[part] for part in corpus.parts]
-    env = tool_env()
-    started = time.monotonic()
-    procs = []
-    for i, folders in enumerate(groups):
-        log = open(logdir / f"storescu-{i + 1}.log", "wb")
-        cmd = ["storescu", "-aec", ae_title, "127.0.0.1", str(port), "+sd", *map(str, folders)]
-        procs.append(
-            (subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT), log)
-        )
-    codes = []
-    for proc, log in procs:
-        codes.append(proc.wait())
-        log.close()
-    return time.monotonic() - started, codes
-
-
-def wait_for_count(target: Target, run: Run, expected: int) -> int:
-    """What the target holds, polled until it reaches `expected` or
-    COUNT_TIMEOUT passes (a target may index after answering)."""
-    deadline = time.monotonic() + COUNT_TIMEOUT
-    while True:
-        received = target.count(run)
-        if received >= expected or time.monotonic() > deadline:
-            return received
-        time.sleep(0.5)
-
-
 def run_case(target: Target, case: Case, corpus: Corpus, keep: bool) -> Result:
     """Fresh target, send, verify, stop."""
     result = Result(corpus.count)
     try:
         with serving(target, keep) as run:
             result.kept = str(run.workdir) if keep else None
-            result.seconds, result.exit_codes = send(corpus, case.associations, target.ae_title, run.port, run.workdir)
+            result.seconds, result.exit_codes = send(
+                corpus.parts, case.associations, target.ae_title, run.port, run.workdir
+            )
             result.received = wait_for_count(target, run, corpus.count)
             if not result.ok:
                 logs = "\n".join(tail(p, 10) for p in sorted(run.workdir.glob("storescu-*.log")))

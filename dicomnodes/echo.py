@@ -17,6 +17,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.status import code_to_category
 
+from dicomnodes.sockets import NODELAY_HANDLERS
 from dicomnodes.validators import validate_ae_title
 
 logger = logging.getLogger(__name__)
@@ -124,7 +125,10 @@ def _echo(host, port, called, calling, timeout):
     started = time.monotonic()
     try:
         assoc = ae.associate(
-            host, port, ae_title=called, evt_handlers=[(evt.EVT_CONN_OPEN, lambda event: connected.set())]
+            host,
+            port,
+            ae_title=called,
+            evt_handlers=[(evt.EVT_CONN_OPEN, lambda event: connected.set()), *NODELAY_HANDLERS],
         )
     except socket.gaierror as exc:
         return EchoResult(False, None, f"host {host} unknown ({exc.strerror or exc})")

@@ -17,7 +17,8 @@ from pydicom.dataset import Dataset
 from pynetdicom import evt
 
 from dicomnodes import matching
-from dicomnodes.retrieve import RetrieveError, contexts_for, dataset_for, select_instances
+from dicomnodes.retrieve import RetrieveError, contexts_for, dataset_for, select_instances, send_files_raw
+from dicomnodes.sockets import NODELAY_HANDLERS
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ class QueryRetrieveHandlers:
             yield 0
             return
         yield len(targets)
+        send_files_raw(event.assoc)
         accepted = event.assoc.accepted_contexts
         for target in targets:
             if event.is_cancelled:
@@ -134,6 +136,7 @@ class QueryRetrieveHandlers:
 
         def remember(ev):
             sub["assoc"] = ev.assoc
+            send_files_raw(ev.assoc)
 
         yield (
             destination.host,
@@ -141,7 +144,7 @@ class QueryRetrieveHandlers:
             {
                 "ae_title": destination_ae,
                 "contexts": contexts or None,
-                "evt_handlers": [(evt.EVT_ESTABLISHED, remember)],
+                "evt_handlers": [(evt.EVT_ESTABLISHED, remember), *NODELAY_HANDLERS],
                 "max_pdu": 0,
             },
         )

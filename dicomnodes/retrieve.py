@@ -94,6 +94,35 @@ def contexts_for(targets):
     return contexts
 
 
+class StoredFile(Dataset):
+    """A stored instance that goes over the wire as it is on disk.
+
+    pynetdicom's C-MOVE/C-GET service wants a Dataset for every sub-operation
+    and would decode and re-encode it (36 instances/s for 512×512 CT here);
+    `send_files_raw()` makes the association send this one from its file,
+    bytes as stored, with pynetdicom's own chunked file sending."""
+
+    def __init__(self, target, path):
+        super().__init__()
+        self.SOPClassUID = target.sop_class_uid
+        self.SOPInstanceUID = target.sop_instance_uid
+        self.file_meta = pydicom.dataset.FileMetaDataset()
+        self.file_meta.TransferSyntaxUID = target.transfer_syntax_uid
+        self._stored_path = str(path)
+
+
+def send_files_raw(assoc):
+    """Let `assoc.send_c_store` send StoredFile datasets from their files."""
+    original = assoc.send_c_store
+
+    def send_c_store(dataset, *args, **kwargs):
+        if isinstance(dataset, StoredFile):
+            return original(dataset._stored_path, *args, **kwargs)
+        return original(dataset, *args, **kwargs)
+
+    assoc.send_c_store = send_c_store
+
+
 def dataset_for(target, accepted_contexts):
     """The Dataset to send for `target` over an association with these
     accepted contexts; a placeholder that fails the sub-operation (its SOP
@@ -103,13 +132,16 @@ def dataset_for(target, accepted_contexts):
         accepted.setdefault(str(cx.abstract_syntax), set()).update(str(ts) for ts in cx.transfer_syntax)
     syntaxes = accepted.get(target.sop_class_uid, set())
     path = instance_path(target.sop_instance_uid)
+    if target.transfer_syntax_uid in syntaxes:
+        if not path.is_file():
+            logger.error("cannot read stored instance %s: the file is missing", path.name[:12])
+            return _failure(target)
+        return StoredFile(target, path)
     try:
         ds = pydicom.dcmread(path)
     except (OSError, pydicom.errors.InvalidDicomError) as exc:
         logger.error("cannot read stored instance %s: %s", path.name[:12], exc)
         return _failure(target)
-    if target.transfer_syntax_uid in syntaxes:
-        return ds
     usable = [ts for ts in UNCOMPRESSED if ts in syntaxes]
     if not usable:
         logger.error(

@@ -50,6 +50,8 @@ _config.UNRESTRICTED_STORAGE_SERVICE = True
 # pynetdicom's standard PDU/DIMSE log handlers format every message even when
 # nobody reads it; we bind them only in debug mode.
 _config.LOG_HANDLER_LEVEL = "none"
+# C-MOVE/C-GET send stored files from disk as they are (retrieve.StoredFile).
+_config.STORE_SEND_CHUNKED_DATASET = True
 
 QUERY_RETRIEVE_CLASSES = [
     PatientRootQueryRetrieveInformationModelFind,

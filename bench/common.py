@@ -1,0 +1,360 @@
+"""What the benchmarks share: paths, free ports, the environment of DCMTK
+tools and targets, and the targets themselves (DCMTK storescp, Orthanc, our
+`manage.py runscp`) started in a fresh temporary folder and stopped again.
+
+Used by bench/ingest.py and bench/query.py (run as scripts, so this module
+is imported as `common`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from array import array
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO / "bench" / "results"
+PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
+
+START_TIMEOUT = 60.0  # seconds for a target to come up
+COUNT_TIMEOUT = 30.0  # seconds for a target to show every instance after sending
+STOP_TIMEOUT = 60.0  # seconds between SIGTERM and SIGKILL
+
+
+def pixel_bytes(size: int) -> bytes:
+    """A size×size 16-bit little-endian test pattern (12 bits used)."""
+    half = size // 2
+    pixels = array("H", (((x - half) ** 2 + (y - half) ** 2) // 8 % 4096 for y in range(size) for x in range(size)))
+    if sys.byteorder != "little":
+        pixels.byteswap()
+    return pixels.tobytes()
+
+
+# ---------------------------------------------------------------------------
+# Processes and ports
+# ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (bind to port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int) -> bool:
+    """True if 127.0.0.1:port accepts a TCP connection."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def http_json(url: str, data: dict | None = None):
+    """GET `url` (POST `data` as JSON if given); the decoded JSON answer."""
+    body = json.dumps(data).encode() if data is not None else None
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"} if body else {})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
+def tool_env(**extra: str) -> dict:
+    """The environment for DCMTK tools and targets: TCP_NODELAY=1 (Debian's
+    DCMTK and Orthanc otherwise leave Nagle on: ~40 ms per DIMSE message)."""
+    env = dict(os.environ, TCP_NODELAY="1")
+    env.update(extra)
+    return env
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def first_line(cmd: list[str]) -> str:
+    """First non-empty output line of `cmd` (a version string), or ''."""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return next((line.strip() for line in out.splitlines() if line.strip()), "")
+
+
+def git_commit() -> str:
+    """The short commit of the working tree, or '(no commit yet)'."""
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return rev.stdout.strip() or "(no commit yet)"
+
+
+def git_changes() -> list[str]:
+    """`git status --porcelain` lines: uncommitted changes the run includes."""
+    out = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if line.strip()]
+
+
+class TargetError(RuntimeError):
+    """A target failed to start, answer or stop."""
+
+
+# ---------------------------------------------------------------------------
+# Targets: what differs between storescp, Orthanc and ours
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """One started target: its folder, ports and process."""
+
+    workdir: Path
+    port: int
+    http_port: int
+    log: Path
+    proc: subprocess.Popen | None = None
+
+
+class Target:
+    """A DICOM server under test.  Subclasses say how to prepare, start,
+    recognise as ready and count what was received."""
+
+    key = ""  # name on the command line (--only) and in the JSON
+    label = ""  # column heading
+    ae_title = ""
+    cwd: Path | None = None
+
+    def prepare(self, run: Run) -> None:
+        """Work before the server starts (configuration, database)."""
+
+    def command(self, run: Run) -> list[str]:
+        raise NotImplementedError
+
+    def env(self, run: Run) -> dict:
+        return tool_env()
+
+    def ready(self, run: Run) -> bool:
+        """True once the target takes associations."""
+        return port_open(run.port)
+
+    def count(self, run: Run) -> int:
+        """Instances the target holds now."""
+        raise NotImplementedError
+
+    def version(self) -> str:
+        return ""
+
+
+class StoreScp(Target):
+    key, label, ae_title = "storescp", "storescp", "STORESCP"
+
+    def command(self, run):
+        return ["storescp", "-aet", self.ae_title, "-od", str(run.workdir / "in"), str(run.port)]
+
+    def prepare(self, run):
+        (run.workdir / "in").mkdir()
+
+    def count(self, run):
+        return sum(1 for p in (run.workdir / "in").rglob("*") if p.is_file())
+
+    def version(self):
+        return first_line(["storescp", "--version"]).strip("$ ")
+
+
+class Orthanc(Target):
+    """A throw-away Orthanc; `extra_config` is merged into its configuration
+    (e.g. DicomAlwaysAllowFind, DicomModalities)."""
+
+    key, label, ae_title = "orthanc", "Orthanc", "ORTHANC"
+
+    def __init__(self, extra_config: dict | None = None):
+        self.extra_config = dict(extra_config or {})
+
+    def config(self, run: Run) -> dict:
+        config = {
+            "Name": "pacs-bench",
+            "StorageDirectory": str(run.workdir / "storage"),
+            "IndexDirectory": str(run.workdir / "index"),
+            "DicomAet": self.ae_title,
+            "DicomPort": run.port,
+            "HttpPort": run.http_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "Plugins": [],
+            "SaveJobs": False,
+        }
+        config.update(self.extra_config)
+        return config
+
+    def prepare(self, run):
+        (run.workdir / "config.json").write_text(json.dumps(self.config(run), indent=2))
+
+    def command(self, run):
+        return ["Orthanc", str(run.workdir / "config.json")]
+
+    def ready(self, run):
+        try:
+            http_json(f"http://127.0.0.1:{run.http_port}/system")
+        except OSError:
+            return False
+        return port_open(run.port)
+
+    def statistics(self, run: Run) -> dict:
+        return http_json(f"http://127.0.0.1:{run.http_port}/statistics")
+
+    def count(self, run):
+        return int(self.statistics(run)["CountInstances"])
+
+    def version(self):
+        return first_line(["Orthanc", "--version"])
+
+
+class Pacs(Target):
+    """Ours: `manage.py runscp` with a fresh PACS_DATA_DIR (so a fresh SQLite
+    database and storage folder); DATABASE_URL is dropped so that the
+    default SQLite database in that folder is really used."""
+
+    key, label, ae_title = "pacs", "ours", "PACS"
+    cwd = REPO
+
+    def __init__(self, processes: int, fsync: bool = True):
+        self.processes = processes
+        self.fsync = fsync  # the "fsync on store" setting (default on)
+
+    def data_dir(self, run: Run) -> Path:
+        return run.workdir / "data"
+
+    def env(self, run):
+        env = tool_env(PACS_DATA_DIR=str(self.data_dir(run)))
+        env.pop("DATABASE_URL", None)
+        return env
+
+    def manage(self, run: Run, *args: str, timeout: float = 300) -> str:
+        """Run a manage.py command with this run's environment; its stdout."""
+        proc = subprocess.run(
+            [PYTHON, "manage.py", *args],
+            cwd=REPO,
+            env=self.env(run),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if proc.returncode != 0:
+            raise TargetError(f"manage.py {' '.join(args)} exited {proc.returncode}:\n{proc.stderr.strip()}")
+        return proc.stdout
+
+    def prepare(self, run):
+        self.manage(run, "migrate", "--noinput")
+        if not self.fsync:
+            self.manage(
+                run,
+                "shell",
+                "-c",
+                "from dicomnodes.models import DicomServerSettings as S; "
+                "s = S.load(); s.fsync_on_store = False; s.save()",
+            )
+
+    def command(self, run):
+        return [PYTHON, "manage.py", "runscp", "--port", str(run.port), "--processes", str(self.processes)]
+
+    def count(self, run):
+        out = self.manage(run, "shell", "-c", "from dicomnodes.models import Instance; print(Instance.objects.count())")
+        return int(out.strip().splitlines()[-1])
+
+    def version(self):
+        fsync = "on" if self.fsync else "off"
+        return f"git {git_commit()}, runscp --processes {self.processes}, fsync on store {fsync}"
+
+
+@contextlib.contextmanager
+def serving(target: Target, keep: bool):
+    """Start `target` in a fresh folder on free ports; yield the Run once it
+    is ready; stop it (SIGTERM, then SIGKILL) and remove the folder after."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"pacs-bench-{target.key}-"))
+    run = Run(workdir, free_port(), free_port(), workdir / "target.log")
+    try:
+        target.prepare(run)
+        with open(run.log, "wb") as log:
+            run.proc = subprocess.Popen(
+                target.command(run),
+                cwd=target.cwd or workdir,
+                env=target.env(run),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while not target.ready(run):
+            if run.proc.poll() is not None:
+                raise TargetError(f"{target.label} exited {run.proc.returncode} at start:\n{tail(run.log)}")
+            if time.monotonic() > deadline:
+                raise TargetError(f"{target.label} not ready after {START_TIMEOUT:.0f} s:\n{tail(run.log)}")
+            time.sleep(0.1)
+        yield run
+    finally:
+        stop(run.proc)
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def stop(proc: subprocess.Popen | None) -> None:
+    """SIGTERM the process we started and wait; SIGKILL if it lingers."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+# ---------------------------------------------------------------------------
+# Sending with storescu
+# ---------------------------------------------------------------------------
+
+
+def send(parts: list[Path], associations: int, ae_title: str, port: int, logdir: Path) -> tuple[float, list[int]]:
+    """Send the folders `parts` with storescu: one process for all of them
+    (associations == 1), or one per folder in parallel.  Seconds from the
+    start until every storescu has exited, and their exit codes."""
+    if associations == 1:
+        groups = [parts]
+    else:
+        groups = [[part] for part in parts]
+    env = tool_env()
+    started = time.monotonic()
+    procs = []
+    for i, folders in enumerate(groups):
+        log = open(logdir / f"storescu-{i + 1}.log", "wb")
+        cmd = ["storescu", "-aec", ae_title, "127.0.0.1", str(port), "+sd", *map(str, folders)]
+        procs.append(
+            (subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT), log)
+        )
+    codes = []
+    for proc, log in procs:
+        codes.append(proc.wait())
+        log.close()
+    return time.monotonic() - started, codes
+
+
+def wait_for_count(target: Target, run: Run, expected: int, timeout: float = COUNT_TIMEOUT) -> int:
+    """What the target holds, polled until it reaches `expected` or
+    `timeout` passes (a target may index after answering)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        received = target.count(run)
+        if received >= expected or time.monotonic() > deadline:
+            return received
+        time.sleep(0.5)
