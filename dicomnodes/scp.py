@@ -224,6 +224,7 @@ class ScpService:
             return False
         self._config = cfg
         self.ae.ae_title = cfg.ae_title  # calling AE of C-MOVE sub-associations
+        self.ae.connection_timeout = cfg.service_timeout  # C-MOVE sub-associations
         self.ae.acse_timeout = cfg.service_timeout
         self.ae.dimse_timeout = cfg.service_timeout
         self.ae.network_timeout = cfg.service_timeout

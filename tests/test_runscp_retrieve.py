@@ -251,3 +251,58 @@ def test_move_reports_an_instance_it_cannot_send(scp, archive, storescp):
     assert "Warning" in output or "b000" in output.lower(), output
     assert lost in output, "the Failed SOP Instance UID List names it"
     assert "cannot read stored instance" in scp.log()
+
+
+def test_patient_root_move_at_patient_level(scp, archive, storescp):
+    port, out = storescp
+    Peer.objects.create(name="dest", ae_title="DEST", host="127.0.0.1", port=port, is_move_destination=True)
+    time.sleep(0.8)
+    result = dcmtk(
+        "movescu",
+        "-P",
+        "-aet",
+        VIEWER,
+        "-aem",
+        "DEST",
+        "-aec",
+        "PACS",
+        "127.0.0.1",
+        scp.port,
+        "-k",
+        "QueryRetrieveLevel=PATIENT",
+        "-k",
+        "PatientID=P1",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(received(out)) == 6
+
+
+def test_get_one_image(scp, archive, tmp_path):
+    from dicomnodes.models import Instance
+
+    one = Instance.objects.filter(series__study__study_instance_uid=archive).order_by("pk").first()
+    out = tmp_path / "one"
+    out.mkdir()
+    result = dcmtk(
+        "getscu",
+        "-S",
+        "-aet",
+        VIEWER,
+        "-aec",
+        "PACS",
+        "127.0.0.1",
+        scp.port,
+        "-od",
+        out,
+        "-k",
+        "QueryRetrieveLevel=IMAGE",
+        "-k",
+        f"StudyInstanceUID={archive}",
+        "-k",
+        f"SeriesInstanceUID={one.series.series_instance_uid}",
+        "-k",
+        f"SOPInstanceUID={one.sop_instance_uid}",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    files = received(out)
+    assert [pydicom.dcmread(f).SOPInstanceUID for f in files] == [one.sop_instance_uid]
