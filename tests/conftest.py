@@ -118,6 +118,13 @@ class RunningScp:
             args += ["+sd"]
         return dcmtk("storescu", *args, *folders, *files)
 
+    def qr(self, tool, *keys, calling=MODALITY, root="-S", options=()):
+        """Run a DCMTK query/retrieve tool (findscu, movescu, getscu) with `-k` keys."""
+        args = [*options, root, "-aet", calling, "-aec", self.ae_title, "127.0.0.1", self.port]
+        for key in keys:
+            args += ["-k", key]
+        return dcmtk(tool, *args)
+
     def log(self):
         return self.log_path.read_text(errors="replace")
 

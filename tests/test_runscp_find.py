@@ -7,7 +7,6 @@ import pytest
 from pydicom.uid import generate_uid
 
 from dicomnodes.models import DicomServerSettings, Peer
-from tests.conftest import dcmtk
 from tests.dicomdata import make_ct, make_ct_series
 
 pytestmark = pytest.mark.archive
@@ -15,48 +14,30 @@ pytestmark = pytest.mark.archive
 VIEWER = "VIEWER1"
 
 
+# (folder, instances, study, patient ID, name, study date, accession, series number)
+_LAYOUT = [
+    ("a", 3, "smith1", "P1", "Smith^John", "20260105", "ACC1", 1),
+    ("b", 2, "smith2", "P1", "Smith^John", "20260320", "ACC2", 1),
+    ("b2", 1, "smith2", "P1", "Smith^John", "20260320", "ACC2", 2),
+    ("c", 4, "jones", "P2", "Jones^Ann", "20260215", "ACC3", 1),
+]
+
+
 @pytest.fixture
 def archive(scp, tmp_path):
     """Three patients, four studies; a viewer that may query."""
     studies = {"smith1": generate_uid(), "smith2": generate_uid(), "jones": generate_uid(), "greek": generate_uid()}
-    make_ct_series(
-        tmp_path / "a",
-        3,
-        study_uid=studies["smith1"],
-        patient_id="P1",
-        patient_name="Smith^John",
-        study_date="20260105",
-        accession="ACC1",
-    )
-    make_ct_series(
-        tmp_path / "b",
-        2,
-        study_uid=studies["smith2"],
-        patient_id="P1",
-        patient_name="Smith^John",
-        study_date="20260320",
-        accession="ACC2",
-        series_number=1,
-    )
-    make_ct_series(
-        tmp_path / "b2",
-        1,
-        study_uid=studies["smith2"],
-        patient_id="P1",
-        patient_name="Smith^John",
-        study_date="20260320",
-        accession="ACC2",
-        series_number=2,
-    )
-    make_ct_series(
-        tmp_path / "c",
-        4,
-        study_uid=studies["jones"],
-        patient_id="P2",
-        patient_name="Jones^Ann",
-        study_date="20260215",
-        accession="ACC3",
-    )
+    for folder, count, study, pid, name, date, accession, number in _LAYOUT:
+        make_ct_series(
+            tmp_path / folder,
+            count,
+            study_uid=studies[study],
+            patient_id=pid,
+            patient_name=name,
+            study_date=date,
+            accession=accession,
+            series_number=number,
+        )
     make_ct(
         tmp_path / "d" / "g.dcm",
         study_uid=studies["greek"],
@@ -73,16 +54,19 @@ def archive(scp, tmp_path):
     return studies
 
 
-def find(scp, tmp_path, *keys, root="-S"):
-    """Run findscu, return the answers as datasets."""
+def run_findscu(scp, tmp_path, *keys, root="-S", options=()):
+    """findscu as the viewer; (result, answers as datasets)."""
     out = tmp_path / f"find-{time.monotonic_ns()}"
     out.mkdir()
-    args = [root, "-aet", VIEWER, "-aec", "PACS", "127.0.0.1", scp.port, "-X", "-od", out]
-    for key in keys:
-        args += ["-k", key]
-    result = dcmtk("findscu", *args)
+    result = scp.qr("findscu", *keys, calling=VIEWER, root=root, options=[*options, "-X", "-od", out])
+    return result, [pydicom.dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
+
+
+def find(scp, tmp_path, *keys, root="-S"):
+    """The answers of a findscu query that must succeed."""
+    result, answers = run_findscu(scp, tmp_path, *keys, root=root)
     assert result.returncode == 0, result.stdout + result.stderr
-    return [pydicom.dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
+    return answers
 
 
 def test_study_root_study_level_by_patient_id(scp, archive, tmp_path):
@@ -203,28 +187,9 @@ def test_patient_root_at_every_level(scp, archive, tmp_path):
 
 
 def test_a_key_below_the_level_is_a900(scp, archive, tmp_path):
-    out = tmp_path / "err"
-    out.mkdir()
-    result = dcmtk(
-        "findscu",
-        "-v",
-        "-S",
-        "-aet",
-        VIEWER,
-        "-aec",
-        "PACS",
-        "127.0.0.1",
-        scp.port,
-        "-X",
-        "-od",
-        out,
-        "-k",
-        "QueryRetrieveLevel=STUDY",
-        "-k",
-        "SOPInstanceUID",
-    )
+    result, answers = run_findscu(scp, tmp_path, "QueryRetrieveLevel=STUDY", "SOPInstanceUID", options=["-v"])
     assert "DataSetDoesNotMatchSOPClass" in result.stdout + result.stderr  # DCMTK's name for A900
-    assert not list(out.glob("rsp*.dcm"))
+    assert answers == []
 
 
 def test_result_limit(scp, archive, tmp_path):
@@ -252,28 +217,9 @@ def test_cancel_stops_the_answers(scp, archive, tmp_path):
         for i in range(500)
     ]
     index_instances([IndexItem(header=h, file_size=1, file_is_new=True, overwrite=False) for h in headers])
-    out = tmp_path / "cancel"
-    out.mkdir()
-    result = dcmtk(
-        "findscu",
-        "-v",
-        "-S",
-        "--cancel",
-        "1",
-        "-aet",
-        VIEWER,
-        "-aec",
-        "PACS",
-        "127.0.0.1",
-        scp.port,
-        "-X",
-        "-od",
-        out,
-        "-k",
-        "QueryRetrieveLevel=STUDY",
-        "-k",
-        "StudyInstanceUID",
+    result, answers = run_findscu(
+        scp, tmp_path, "QueryRetrieveLevel=STUDY", "StudyInstanceUID", options=["-v", "--cancel", "1"]
     )
     output = result.stdout + result.stderr
     assert "Cancel" in output, output
-    assert len(list(out.glob("rsp*.dcm"))) < 400, "the answers stopped early"
+    assert len(answers) < 400, "the answers stopped early"
