@@ -112,7 +112,11 @@ class StoredFile(Dataset):
 
 
 def send_files_raw(assoc):
-    """Let `assoc.send_c_store` send StoredFile datasets from their files."""
+    """Let `assoc.send_c_store` send StoredFile datasets from their files
+    (once per association: several C-GETs may run on one)."""
+    if getattr(assoc, "_sends_files_raw", False):
+        return
+    assoc._sends_files_raw = True
     original = assoc.send_c_store
 
     def send_c_store(dataset, *args, **kwargs):
