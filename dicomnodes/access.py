@@ -10,6 +10,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from dicomnodes.services import service_of
+
 logger = logging.getLogger(__name__)
 
 _RESOLVE_TTL = 60.0
@@ -43,24 +45,6 @@ def resolve(host: str) -> frozenset:
     with _resolved_lock:
         _resolved[host] = (now + _RESOLVE_TTL, addrs)
     return addrs
-
-
-# Query/retrieve SOP classes (PS3.4 C.6) by the service they ask for.
-_QR_SERVICES = {
-    "1.2.840.10008.5.1.4.1.2.1.1": "find",  # Patient Root FIND
-    "1.2.840.10008.5.1.4.1.2.2.1": "find",  # Study Root FIND
-    "1.2.840.10008.5.1.4.31": "find",  # Modality Worklist FIND
-    "1.2.840.10008.5.1.4.1.2.1.2": "move",  # Patient Root MOVE
-    "1.2.840.10008.5.1.4.1.2.2.2": "move",  # Study Root MOVE
-    "1.2.840.10008.5.1.4.1.2.1.3": "get",  # Patient Root GET
-    "1.2.840.10008.5.1.4.1.2.2.3": "get",  # Study Root GET
-    "1.2.840.10008.1.1": "echo",  # Verification
-}
-
-
-def service_of(abstract_syntax: str) -> str:
-    """find, move, get, echo, or store for anything else (storage classes)."""
-    return _QR_SERVICES.get(str(abstract_syntax), "store")
 
 
 @dataclass(frozen=True, slots=True)

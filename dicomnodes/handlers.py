@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.utils import timezone
-from pydicom.dataset import Dataset
 from pynetdicom import evt
 
 from dicomnodes.access import normalise_address
 from dicomnodes.index import AssociationClose, AssociationOpen
 from dicomnodes.ingest import NOT_AUTHORISED, SUCCESS, store_received
 from dicomnodes.models import AssociationLog, AssociationResult
+from dicomnodes.services import status
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ class Handlers:
         req = event.request
         if not cfg.access.may_store(state.calling_ae, state.address):
             state.failed += 1
-            return _status(NOT_AUTHORISED, f"{state.calling_ae} may not store here")
+            return status(NOT_AUTHORISED, f"{state.calling_ae} may not store here")
         raw = req.DataSet.getvalue()
         state.bytes += len(raw)
         result = store_received(
@@ -190,12 +190,4 @@ class Handlers:
             state.received += 1
             return SUCCESS
         state.failed += 1
-        return _status(result.status, result.comment)
-
-
-def _status(code, comment):
-    ds = Dataset()
-    ds.Status = code
-    if comment:
-        ds.ErrorComment = comment
-    return ds
+        return status(result.status, result.comment)

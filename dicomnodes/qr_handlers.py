@@ -13,11 +13,11 @@ with an Error Comment.
 
 import logging
 
-from pydicom.dataset import Dataset
 from pynetdicom import evt
 
 from dicomnodes import matching
 from dicomnodes.retrieve import RetrieveError, contexts_for, dataset_for, select_instances, send_files_raw
+from dicomnodes.services import model_of, status
 from dicomnodes.sockets import NODELAY_HANDLERS
 
 logger = logging.getLogger(__name__)
@@ -26,24 +26,6 @@ NOT_AUTHORISED = 0x0124
 MOVE_DESTINATION_UNKNOWN = 0xA801
 PENDING = 0xFF00
 CANCEL = 0xFE00
-
-# Information model of each Q/R SOP class (its root).
-_MODELS = {
-    "1.2.840.10008.5.1.4.1.2.1.1": "PATIENT",  # Patient Root FIND
-    "1.2.840.10008.5.1.4.1.2.1.2": "PATIENT",  # Patient Root MOVE
-    "1.2.840.10008.5.1.4.1.2.1.3": "PATIENT",  # Patient Root GET
-    "1.2.840.10008.5.1.4.1.2.2.1": "STUDY",  # Study Root FIND
-    "1.2.840.10008.5.1.4.1.2.2.2": "STUDY",  # Study Root MOVE
-    "1.2.840.10008.5.1.4.1.2.2.3": "STUDY",  # Study Root GET
-}
-
-
-def status(code, comment=""):
-    ds = Dataset()
-    ds.Status = code
-    if comment:
-        ds.ErrorComment = comment.replace("\\", "/")[:64]
-    return ds
 
 
 class QueryRetrieveHandlers:
@@ -66,7 +48,7 @@ class QueryRetrieveHandlers:
             logger.info("C-FIND from %s (%s) refused: not a peer that may query", state.calling_ae, state.address)
             yield status(NOT_AUTHORISED, f"{state.calling_ae} may not query"), None
             return
-        model = _MODELS.get(str(event.request.AffectedSOPClassUID), "STUDY")
+        model = model_of(event.request.AffectedSOPClassUID)
         try:
             query = matching.build_query(event.identifier, model=model, case_insensitive=cfg.case_insensitive_names)
             results = matching.iter_results(query, limit=cfg.find_result_limit, retrieve_ae_title=cfg.ae_title)
@@ -91,7 +73,7 @@ class QueryRetrieveHandlers:
             refusal = (NOT_AUTHORISED, f"{state.calling_ae} may not retrieve")
         else:
             try:
-                targets = select_instances(event.identifier, model=_MODELS[str(event.request.AffectedSOPClassUID)])
+                targets = select_instances(event.identifier, model=model_of(event.request.AffectedSOPClassUID))
             except RetrieveError as exc:
                 refusal = (exc.status, exc.comment)
         if refusal:
@@ -123,7 +105,7 @@ class QueryRetrieveHandlers:
             refusal = (MOVE_DESTINATION_UNKNOWN, f"Move destination {destination_ae} unknown")
         else:
             try:
-                targets = select_instances(event.identifier, model=_MODELS[str(event.request.AffectedSOPClassUID)])
+                targets = select_instances(event.identifier, model=model_of(event.request.AffectedSOPClassUID))
                 contexts = contexts_for(targets) if targets else []
             except RetrieveError as exc:
                 refusal = (exc.status, exc.comment)

@@ -21,15 +21,7 @@ from pynetdicom._handlers import (
     standard_pdu_recv_handler,
     standard_pdu_sent_handler,
 )
-from pynetdicom.sop_class import (
-    PatientRootQueryRetrieveInformationModelFind,
-    PatientRootQueryRetrieveInformationModelGet,
-    PatientRootQueryRetrieveInformationModelMove,
-    StudyRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelGet,
-    StudyRootQueryRetrieveInformationModelMove,
-    Verification,
-)
+from pynetdicom.sop_class import Verification
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from dicomnodes.access import AccessPolicy
@@ -38,6 +30,7 @@ from dicomnodes.index import IndexWriter
 from dicomnodes.models import PUBLISHING_SUFFIXES, DicomServerSettings, DuplicatePolicy
 from dicomnodes.qr_handlers import QueryRetrieveHandlers
 from dicomnodes.retrieve import UNCOMPRESSED
+from dicomnodes.services import QUERY_RETRIEVE
 from dicomnodes.storage import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, remove_stale_temporaries
 from pacs_site.ports import bind_failure
 
@@ -52,15 +45,6 @@ _config.UNRESTRICTED_STORAGE_SERVICE = True
 _config.LOG_HANDLER_LEVEL = "none"
 # C-MOVE/C-GET send stored files from disk as they are (retrieve.StoredFile).
 _config.STORE_SEND_CHUNKED_DATASET = True
-
-QUERY_RETRIEVE_CLASSES = [
-    PatientRootQueryRetrieveInformationModelFind,
-    PatientRootQueryRetrieveInformationModelMove,
-    PatientRootQueryRetrieveInformationModelGet,
-    StudyRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelMove,
-    StudyRootQueryRetrieveInformationModelGet,
-]
 
 _DEBUG_BINDINGS = [
     (evt.EVT_PDU_RECV, standard_pdu_recv_handler),
@@ -182,8 +166,9 @@ def build_ae() -> AE:
     ae.maximum_pdu_size = 0  # we accept PDUs of any size
     ae.require_called_aet = False  # checked in Handlers.on_requested (we answer to several)
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
-    for sop_class in QUERY_RETRIEVE_CLASSES:
-        ae.add_supported_context(sop_class, UNCOMPRESSED)
+    for sop_class, (_, model) in QUERY_RETRIEVE.items():
+        if model != "WORKLIST":  # the worklist server comes with its own issue
+            ae.add_supported_context(sop_class, UNCOMPRESSED)
     # No storage contexts here: with UNRESTRICTED_STORAGE_SERVICE every
     # storage-like context is accepted whatever this list says, and pynetdicom
     # deep-copies the list for every association (≈50 ms with all ~130

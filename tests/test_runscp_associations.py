@@ -148,3 +148,19 @@ def test_a_worker_that_dies_is_replaced(start_scp):
     later = re.findall(r"\[(\d+)\] association \S+ from", scp.log())[2:]
     assert str(victim) not in later
     assert len(set(later)) == 2, "a new worker shares the load"
+
+
+def test_a_silent_peer_is_dropped_after_the_service_timeout(start_scp):
+    import socket
+    import time as _time
+
+    row = DicomServerSettings.load()
+    row.service_timeout = 2
+    row.save()
+    scp = start_scp()
+    with socket.create_connection(("127.0.0.1", scp.port), timeout=10) as sock:
+        started = _time.monotonic()
+        data = sock.recv(1024)  # we never send an A-ASSOCIATE-RQ
+        waited = _time.monotonic() - started
+    assert data == b"" or data[:1] == b"\x07", "closed (or aborted) by the server"
+    assert 1.5 <= waited < 6, f"dropped after {waited:.1f} s"
