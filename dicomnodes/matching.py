@@ -29,8 +29,9 @@ import warnings
 from dataclasses import dataclass, field
 
 from django.db.models import Exists, OuterRef, Q
+from pydicom.charset import convert_encodings
 from pydicom.datadict import keyword_for_tag
-from pydicom.dataelem import DataElement, empty_value_for_VR
+from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
@@ -257,15 +258,21 @@ def modality_wildcard_match(level, pattern):
     return Q(Exists(Series.objects.filter(study=OuterRef(study), modality__dicom_wildcard=pattern)))
 
 
-def iter_results(query: Query, *, limit: int = 0, retrieve_ae_title: str):
+def iter_results(query: Query, *, limit: int = 0, retrieve_ae_title: str, implicit_vr=None):
     """Yield one response identifier per matching row, reading rows lazily;
-    stop after `limit` results when it is above 0."""
+    stop after `limit` results when it is above 0.
+
+    With `implicit_vr` (True/False: the little-endian transfer syntax of the
+    response), text values come pre-encoded as raw elements that pydicom
+    writes as they are: encoding through pydicom's writers was half of the
+    time of a C-FIND with many answers."""
     rows = query.queryset[:limit] if limit > 0 else query.queryset
+    build = _response if implicit_vr is None else _raw_response
     for row in rows.iterator(chunk_size=200):
-        yield _response(query, row, retrieve_ae_title)
+        yield build(query, row, retrieve_ae_title, implicit_vr)
 
 
-def _response(query, row, retrieve_ae_title):
+def _response(query, row, retrieve_ae_title, implicit_vr=None):
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 192"
     ds.QueryRetrieveLevel = query.level
@@ -279,6 +286,37 @@ def _response(query, row, retrieve_ae_title):
         elif value is None or value == "":
             value = empty_value_for_VR(f.vr)
         ds.add(DataElement(f.tag, f.vr, value))
+    return ds
+
+
+# Text VRs and their padding (PS3.5 6.2); values of other VRs go through pydicom.
+_PAD = {vr: b" " for vr in ("AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UT")}
+_PAD["UI"] = b"\x00"
+_UTF8 = convert_encodings(["ISO_IR 192"])
+
+
+def _raw_response(query, row, retrieve_ae_title, implicit_vr):
+    """_response() as raw little-endian elements in UTF-8 (ISO_IR 192)."""
+    ds = Dataset()
+    ds.set_original_encoding(implicit_vr, True, _UTF8)
+    values = [
+        (0x00080005, "CS", "ISO_IR 192"),
+        (0x00080052, "CS", query.level),
+        (0x00080054, "AE", retrieve_ae_title),
+    ]
+    if query.wants_availability:
+        values.append((0x00080056, "CS", "ONLINE"))
+    for f in query.fields:
+        value = row[f.column] if f.column else None
+        if f.vr not in _PAD:
+            ds.add(DataElement(f.tag, f.vr, empty_value_for_VR(f.vr) if value in (None, "") else value))
+            continue
+        values.append((f.tag, f.vr, "" if value is None else str(value)))
+    for tag, vr, text in values:
+        raw = text.encode("utf-8")
+        if len(raw) % 2:
+            raw += _PAD[vr]
+        ds[tag] = RawDataElement(tag, vr, len(raw), raw, 0, implicit_vr, True, True, False)
     return ds
 
 

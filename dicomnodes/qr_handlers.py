@@ -13,6 +13,7 @@ with an Error Comment.
 
 import logging
 
+from pydicom.uid import UID
 from pynetdicom import evt
 
 from dicomnodes import matching
@@ -51,7 +52,13 @@ class QueryRetrieveHandlers:
         model = model_of(event.request.AffectedSOPClassUID)
         try:
             query = matching.build_query(event.identifier, model=model, case_insensitive=cfg.case_insensitive_names)
-            results = matching.iter_results(query, limit=cfg.find_result_limit, retrieve_ae_title=cfg.ae_title)
+            syntax = UID(event.context.transfer_syntax)
+            results = matching.iter_results(
+                query,
+                limit=cfg.find_result_limit,
+                retrieve_ae_title=cfg.ae_title,
+                implicit_vr=syntax.is_implicit_VR if syntax.is_little_endian and not syntax.is_deflated else None,
+            )
             for result in results:
                 if event.is_cancelled:
                     yield CANCEL, None

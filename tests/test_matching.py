@@ -399,3 +399,20 @@ def test_wildcards_use_a_case_sensitive_operator_on_each_database(db):
         assert "GLOB A_*" in sql  # SQLite's LIKE would ignore case
     else:
         assert "LIKE A\\_% ESCAPE" in sql
+
+
+@pytest.mark.parametrize("implicit_vr", [False, True])
+def test_raw_responses_encode_exactly_like_pydicom_ones(archive, implicit_vr):
+    keys = dict.fromkeys(
+        ["PatientName", "PatientID", "StudyInstanceUID", "StudyDate", "ModalitiesInStudy",
+         "NumberOfStudyRelatedInstances", "InstanceAvailability"],
+        "",
+    )  # fmt: skip
+
+    def encoded(mode):
+        query = build_query(identifier("STUDY", **keys), model="STUDY", case_insensitive=True)
+        return [encode(r, implicit_vr, True) for r in iter_results(query, retrieve_ae_title=OUR_AE, implicit_vr=mode)]
+
+    plain = encoded(None)
+    assert len(plain) == 6 and None not in plain
+    assert encoded(implicit_vr) == plain
