@@ -42,7 +42,7 @@ class Created:
         self.studies_with_new_series = set()
 
 
-def ensure_patients(headers, cache, created):
+def ensure_patients(headers, cache):
     """Patient pk for every (PatientID, Issuer) of `headers`."""
     wanted = {}
     for h in headers:

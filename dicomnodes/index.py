@@ -115,7 +115,7 @@ def index_instances(items, cache=None):
 
     created = Created()
     headers = [item.header for item in wanted]
-    patients = ensure_patients(headers, cache, created)
+    patients = ensure_patients(headers, cache)
     studies = ensure_studies(headers, patients, cache, created)
     series = ensure_series(headers, studies, cache, created)
 

@@ -29,7 +29,7 @@ NOT_AUTHORISED = 0x0124  # PS3.7 C.5: general; the caller may not store here
 @dataclass(slots=True)
 class StoreResult:
     status: int
-    comment: str = ""
+    comment: str = ""  # Error Comment; services.status() makes it a valid LO
     outcome: str = ""  # an index Outcome on success
     sop_instance_uid: str = ""
     study_instance_uid: str = ""
@@ -66,7 +66,7 @@ def store_received(
     except UnreadableDataset as exc:
         where = quarantine(meta, raw)
         logger.warning("C-STORE from %s: cannot understand the dataset (%s); bytes kept as %s", calling_ae, exc, where)
-        return StoreResult(CANNOT_UNDERSTAND, _comment(f"Cannot understand: {exc}"))
+        return StoreResult(CANNOT_UNDERSTAND, f"Cannot understand: {exc}")
 
     if header.sop_instance_uid != sop_instance_uid:
         # The dataset is the truth for the archive; the file meta must agree with it.
@@ -90,7 +90,7 @@ def store_received(
         return StoreResult(OUT_OF_RESOURCES, "Out of resources: storage is full")
     except OSError as exc:
         logger.error("C-STORE from %s: cannot write the file: %s", calling_ae, exc)
-        return StoreResult(OUT_OF_RESOURCES, _comment(f"Out of resources: {exc.strerror or exc}"))
+        return StoreResult(OUT_OF_RESOURCES, f"Out of resources: {exc.strerror or exc}")
 
     item = IndexItem(
         header=header,
@@ -105,7 +105,7 @@ def store_received(
         outcome = writer.submit(item).wait(wait_timeout)
     except IndexUnavailable as exc:
         logger.error("C-STORE from %s: file stored but not indexed: %s", calling_ae, exc)
-        return StoreResult(PROCESSING_FAILURE, _comment(f"Index unavailable: {exc}"))
+        return StoreResult(PROCESSING_FAILURE, f"Index unavailable: {exc}")
     return StoreResult(
         SUCCESS,
         outcome=outcome,
@@ -138,8 +138,3 @@ def quarantine(meta: bytes, raw: bytes) -> str:
         logger.error("cannot write to the quarantine folder: %s", exc)
         return "(not kept: quarantine folder not writable)"
     return f"quarantine/{name}"
-
-
-def _comment(text: str) -> str:
-    """Error Comment (0000,0902) is LO: at most 64 characters, no backslash."""
-    return text.replace("\\", "/")[:64]
