@@ -358,3 +358,16 @@ def wait_for_count(target: Target, run: Run, expected: int, timeout: float = COU
         if received >= expected or time.monotonic() > deadline:
             return received
         time.sleep(0.5)
+
+
+def print_aligned(headers: list[str], rows: list[list[str]]) -> None:
+    """A plain text table: first column left-aligned, the others right-aligned."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+
+    def line(cells):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    print(line(headers))
+    print("  ".join("-" * w for w in widths))
+    for cells in rows:
+        print(line(cells))

@@ -43,6 +43,7 @@ from common import (
     TargetError,
     first_line,
     pixel_bytes,
+    print_aligned,
     send,
     serving,
     tail,
@@ -279,15 +280,7 @@ def print_table(results: dict, targets: list[Target]) -> None:
             r = ratio(per.get("pacs"), per.get(other))
             cells.append(f"{r:.2f}" if r is not None else "—")
         rows.append(cells)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-
-    def line(cells):
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-
-    print(line(headers))
-    print("  ".join("-" * w for w in widths))
-    for cells in rows:
-        print(line(cells))
+    print_aligned(headers, rows)
 
 
 def environment(targets: list[Target], corpora: dict[str, Corpus], args) -> dict:

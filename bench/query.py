@@ -55,6 +55,7 @@ from common import (
     first_line,
     git_changes,
     pixel_bytes,
+    print_aligned,
     send,
     serving,
     tail,
@@ -971,15 +972,7 @@ def print_table(cases: list[QueryCase], queries: dict, retrieves: dict, n_retrie
                 received,
             ]
         )
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-
-    def line(cells):
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-
-    print(line(headers))
-    print("  ".join("-" * w for w in widths))
-    for cells in rows:
-        print(line(cells))
+    print_aligned(headers, rows)
 
 
 def environment(args, pacs: QueryPacs, orthanc: Orthanc, corpora: list[Corpus]) -> dict:

@@ -1,7 +1,7 @@
 """Shared fixtures: a running `runscp`, DCMTK tools, per-test data folders.
 
 Personas: `MODALITY` (a CT scanner that stores to us), `STRANGER` (an AE
-title nobody configured).
+title nobody configured), `an_admin` (a superuser in the admin).
 """
 
 import os
@@ -81,6 +81,13 @@ def server_env(data_dir, **extra):
     )
     env.update(extra)
     return env
+
+
+@pytest.fixture
+def an_admin(client, django_user_model):
+    """Persona: a logged-in superuser (Django test client)."""
+    client.force_login(django_user_model.objects.create_superuser("admin", "", None))
+    return client
 
 
 @pytest.fixture

@@ -21,12 +21,6 @@ SETTINGS_CHANGE = reverse("admin:dicomnodes_dicomserversettings_change", args=[1
 
 
 @pytest.fixture
-def an_admin(client, django_user_model):
-    client.force_login(django_user_model.objects.create_superuser("admin", "", None))
-    return client
-
-
-@pytest.fixture
 def a_user_who_is_not_staff(client, django_user_model):
     client.force_login(django_user_model.objects.create_user("jane", "", None))
     return client

@@ -27,12 +27,6 @@ def echo_url(peer):
 
 
 @pytest.fixture
-def an_admin(client, django_user_model):
-    client.force_login(django_user_model.objects.create_superuser("admin", "", None))
-    return client
-
-
-@pytest.fixture
 def a_viewer(client, django_user_model):
     user = django_user_model.objects.create_user("viewer", "", None, is_staff=True)
     user.user_permissions.add(Permission.objects.get(codename="view_peer"))
