@@ -50,6 +50,9 @@ class QueryRetrieveHandlers:
             yield status(NOT_AUTHORISED, f"{state.calling_ae} may not query"), None
             return
         model = model_of(event.request.AffectedSOPClassUID)
+        if model == "WORKLIST":
+            yield from self._find_worklist(event, state, cfg)
+            return
         try:
             query = matching.build_query(event.identifier, model=model, case_insensitive=cfg.case_insensitive_names)
             syntax = UID(event.context.transfer_syntax)
@@ -69,6 +72,37 @@ class QueryRetrieveHandlers:
         except matching.QueryError as exc:
             logger.info("C-FIND from %s refused: %s", state.calling_ae, exc)
             yield status(exc.status, exc.message), None
+
+    def _find_worklist(self, event, state, cfg):
+        """Modality Worklist C-FIND; logged only when the worklist settings say so."""
+        from worklist import mwl
+        from worklist.models import WorklistQuery, WorklistSettings
+
+        matches, outcome, keys = 0, "0000", ""
+        try:
+            query = mwl.build_worklist_query(event.identifier, case_insensitive=cfg.case_insensitive_names)
+            keys = query.keys
+            for result in mwl.iter_worklist_results(query):
+                if event.is_cancelled:
+                    outcome = "FE00"
+                    yield CANCEL, None
+                    return
+                if not event.assoc.is_established:
+                    return
+                matches += 1
+                yield PENDING, result
+        except matching.QueryError as exc:
+            outcome = f"{exc.status:04X}"
+            yield status(exc.status, exc.message), None
+        finally:
+            if WorklistSettings.load().message_logging:
+                WorklistQuery.objects.create(
+                    calling_ae=state.calling_ae[:16],
+                    peer_address=state.address[:64],
+                    keys=keys,
+                    matches=matches,
+                    status=outcome,
+                )
 
     def on_get(self, event):
         """pynetdicom wants the number of sub-operations first: a refusal

@@ -169,9 +169,8 @@ def build_ae() -> AE:
     ae.maximum_pdu_size = 0  # we accept PDUs of any size
     ae.require_called_aet = False  # checked in Handlers.on_requested (we answer to several)
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
-    for sop_class, (_, model) in QUERY_RETRIEVE.items():
-        if model != "WORKLIST":  # the worklist server comes with its own issue
-            ae.add_supported_context(sop_class, UNCOMPRESSED)
+    for sop_class in QUERY_RETRIEVE:
+        ae.add_supported_context(sop_class, UNCOMPRESSED)
     # No storage contexts here: with UNRESTRICTED_STORAGE_SERVICE every
     # storage-like context is accepted whatever this list says, and pynetdicom
     # deep-copies the list for every association (≈50 ms with all ~130
