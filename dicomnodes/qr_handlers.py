@@ -5,7 +5,7 @@ proposes is rejected at association time as "calling AE title not
 recognised" (see AccessPolicy.may_associate); one that may use some gets,
 for each request it may not make, status 0124 "Refused: not authorised"
 with an Error Comment.
-- C-FIND: a known peer with "may query".
+- C-FIND (Q/R and Modality Worklist): a known peer with "may query".
 - C-GET: a known peer with "may retrieve with C-GET".
 - C-MOVE: a known peer with "may query" or "may retrieve"; the destination
   must be a peer marked "is a C-MOVE destination" (else A801).
