@@ -204,3 +204,84 @@ def stored_files(data_dir):
 
 def temp_files(data_dir):
     return sorted((Path(data_dir) / "storage").glob("*/*/.*.tmp"))
+
+
+# --- the HL7 listener -------------------------------------------------------------
+MLLP_SEND = Path(sys.executable).parent / "mllp_send"  # python-hl7's MLLP client
+
+
+@dataclass
+class RunningMllp:
+    port: int
+    proc: subprocess.Popen
+    log_path: Path
+    stopped: bool = field(default=False)
+
+    def log(self):
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text, timeout=15):
+        wait_until(lambda: text in self.log(), timeout, message=f"{text!r} in the runmllp log")
+
+    def mllp_send(self, *messages, port=None, tmp_dir):
+        """Send with python-hl7's mllp_send; returns its output (the ACKs)."""
+        path = Path(tmp_dir) / f"messages-{time.monotonic_ns()}.hl7"
+        path.write_bytes("\r\n".join(messages).encode("latin-1"))
+        proc = subprocess.run(
+            [str(MLLP_SEND), "--loose", "-f", str(path), "-p", str(port or self.port), "127.0.0.1"],
+            capture_output=True,
+            timeout=20,
+        )
+        assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+        return proc.stdout
+
+    def stop(self):
+        if self.stopped:
+            return self.proc.returncode
+        self.stopped = True
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_mllp(transactional_db, data_dir, tmp_path):
+    """Start `manage.py runmllp` on a free port (stored in the settings, with
+    any other settings given); stopped after the test."""
+    started = []
+
+    def start(*, port=None, args=(), wait=True, **stored):
+        from worklist.models import WorklistSettings
+
+        row = WorklistSettings.load()
+        if port is None:
+            port = free_port()
+            row.hl7_port = port
+        for name, value in stored.items():
+            setattr(row, name, value)
+        row.save()
+        log_path = tmp_path / f"runmllp-{len(started)}.log"
+        argv = [sys.executable, str(BASE_DIR / "manage.py"), "runmllp", "--poll", "0.5", *args]
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(argv, cwd=BASE_DIR, env=server_env(data_dir), stdout=log, stderr=subprocess.STDOUT)
+        server = RunningMllp(port, proc, log_path)
+        started.append(server)
+        if wait and port:
+            text = f"listening on port {port}"
+            wait_until(lambda: text in server.log() or proc.poll() is not None, 30, message=f"runmllp on port {port}")
+            assert proc.poll() is None, f"runmllp exited early:\n{server.log()}"
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def mllp(start_mllp):
+    return start_mllp()

@@ -9,6 +9,7 @@ from django.core.management import call_command
 
 from dicomnodes.models import DicomServerSettings
 from tests.conftest import free_port
+from worklist.models import WorklistSettings
 
 
 def checkports():
@@ -20,6 +21,14 @@ def checkports():
 def dicom_line(output):
     (line,) = [line for line in output.splitlines() if "DICOM (runscp)" in line]
     return line
+
+
+@pytest.fixture(autouse=True)
+def hl7_listener_off(db):
+    """Only the DICOM port is under test: switch the HL7 listener's port off."""
+    row = WorklistSettings.load()
+    row.hl7_port = 0
+    row.save()
 
 
 def set_dicom_port(port):

@@ -14,6 +14,7 @@ import pytest
 
 from dicomnodes.models import DicomServerSettings
 from tests.conftest import BASE_DIR, dcmtk, free_port, port_accepts, server_env, wait_until
+from worklist.models import WorklistSettings
 
 
 def web_answers(port):
@@ -81,6 +82,9 @@ def runpacs(request, transactional_db, data_dir, tmp_path):
     row = DicomServerSettings.load()
     row.port = dicom_port
     row.save()
+    hl7 = WorklistSettings.load()
+    hl7.hl7_port = free_port()
+    hl7.save()
     log_path = tmp_path / "runpacs.log"
     env = server_env(data_dir, PACS_WEB_PORT=str(web_port), PACS_SCP_PROCESSES=str(getattr(request, "param", 1)))
     with open(log_path, "wb") as log:

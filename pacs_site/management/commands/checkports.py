@@ -12,8 +12,12 @@ from pacs_site.ports import listeners_on, machine_addresses, port_is_free
 def listener_ports():
     """(listener, port, where the port is set) for every listener we have."""
     from dicomnodes.models import DicomServerSettings
+    from worklist.models import WorklistSettings
 
-    rows = [("DICOM (runscp)", DicomServerSettings.load().port, "admin: DICOM server settings")]
+    rows = [
+        ("DICOM (runscp)", DicomServerSettings.load().port, "admin: DICOM server settings"),
+        ("HL7 (runmllp)", WorklistSettings.load().hl7_port, "admin: worklist server settings"),
+    ]
     return rows
 
 

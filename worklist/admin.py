@@ -1,0 +1,169 @@
+"""Admin: worklist server settings (one row), worklist items (editable by
+hand), the HL7 message log and the worklist query log (read-only), HL7
+destinations."""
+
+from django.contrib import admin
+from django.utils.html import format_html
+from pydicom.uid import generate_uid
+
+from pacs_site.singleton import SingletonAdmin
+from worklist.models import HL7Destination, HL7Message, WorklistItem, WorklistQuery, WorklistSettings
+from worklist.orders import fit_charset
+
+
+@admin.register(WorklistSettings)
+class WorklistSettingsAdmin(SingletonAdmin):
+    fieldsets = [
+        (None, {"fields": ["hl7_port", "default_charset"]}),
+        ("Messages we send", {"fields": ["sending_application", "sending_facility", "send_acknowledgement"]}),
+        ("Limits", {"fields": ["max_message_size", "idle_timeout"]}),
+        ("Logging", {"fields": ["message_logging"]}),
+    ]
+
+
+@admin.register(WorklistItem)
+class WorklistItemAdmin(admin.ModelAdmin):
+    list_display = [
+        "scheduled_start_date",
+        "scheduled_start_time",
+        "patient_name",
+        "patient_id",
+        "accession_number",
+        "modality",
+        "scheduled_station_ae_title",
+        "scheduled_procedure_step_description",
+        "status",
+    ]
+    list_filter = ["status", "modality", "scheduled_station_ae_title"]
+    search_fields = ["patient_name_upper", "patient_id", "accession_number", "placer_order_number"]
+    list_per_page = 50
+    readonly_fields = ["specific_character_set", "created_at", "updated_at"]
+    fieldsets = [
+        (None, {"fields": ["status"]}),
+        (
+            "Patient",
+            {"fields": ["patient_id", "issuer_of_patient_id", "patient_name", "patient_birth_date", "patient_sex"]},
+        ),
+        (
+            "Requested procedure",
+            {
+                "fields": [
+                    "accession_number",
+                    "requested_procedure_id",
+                    "requested_procedure_description",
+                    ("requested_procedure_code_value", "requested_procedure_code_scheme"),
+                    "requested_procedure_code_meaning",
+                    "requested_procedure_priority",
+                    "requesting_physician",
+                    "referring_physician_name",
+                    "study_instance_uid",
+                ]
+            },
+        ),
+        (
+            "Scheduled procedure step",
+            {
+                "fields": [
+                    "scheduled_procedure_step_id",
+                    "scheduled_procedure_step_description",
+                    ("scheduled_protocol_code_value", "scheduled_protocol_code_scheme"),
+                    "scheduled_protocol_code_meaning",
+                    "modality",
+                    "scheduled_station_ae_title",
+                    ("scheduled_start_date", "scheduled_start_time"),
+                    "scheduled_performing_physician_name",
+                ]
+            },
+        ),
+        (
+            "Order",
+            {
+                "fields": [
+                    "placer_order_number",
+                    "filler_order_number",
+                    "sending_application",
+                    "sending_facility",
+                    "specific_character_set",
+                    ("created_at", "updated_at"),
+                ]
+            },
+        ),
+    ]
+
+    def get_search_results(self, request, queryset, search_term):
+        # Names are matched on the upper-cased column.
+        return super().get_search_results(request, queryset, search_term.upper() if search_term else search_term)
+
+    def save_model(self, request, obj, form, change):
+        # An item typed in by hand still needs a study for the modality to use.
+        if not obj.study_instance_uid:
+            obj.study_instance_uid = generate_uid()
+        obj.specific_character_set = fit_charset(obj, obj.specific_character_set, "ISO_IR 100")
+        super().save_model(request, obj, form, change)
+
+
+class _LogAdmin(admin.ModelAdmin):
+    """Written by the listeners only; old rows may be deleted."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+def _pre(text):
+    return format_html('<pre style="white-space: pre-wrap">{}</pre>', text.replace("\r", "\n").strip())
+
+
+@admin.register(HL7Message)
+class HL7MessageAdmin(_LogAdmin):
+    list_display = [
+        "received_at",
+        "peer",
+        "sending_application",
+        "message_type",
+        "control_id",
+        "outcome",
+        "ack_code",
+        "summary",
+    ]
+    list_filter = ["outcome", "message_type", "ack_code"]
+    search_fields = ["control_id", "sending_application", "summary", "peer"]
+    list_per_page = 100
+    list_select_related = ["item"]
+    fields = [
+        ("received_at", "peer"),
+        ("sending_application", "sending_facility"),
+        ("message_type", "version", "charset", "control_id"),
+        "message_text",
+        "summary",
+        ("outcome", "item"),
+        "error",
+        "ack_code",
+        "ack_text",
+    ]
+    readonly_fields = ["message_text", "ack_text"]
+
+    @admin.display(description="message")
+    def message_text(self, obj):
+        return _pre(obj.raw)
+
+    @admin.display(description="ACK sent")
+    def ack_text(self, obj):
+        return _pre(obj.ack) if obj.ack else "-"
+
+
+@admin.register(WorklistQuery)
+class WorklistQueryAdmin(_LogAdmin):
+    list_display = ["received_at", "calling_ae", "peer_address", "matches", "status"]
+    list_filter = ["status", "calling_ae"]
+    search_fields = ["calling_ae", "peer_address", "keys"]
+    list_per_page = 100
+
+
+@admin.register(HL7Destination)
+class HL7DestinationAdmin(admin.ModelAdmin):
+    list_display = ["name", "host", "port", "enabled"]
+    list_filter = ["enabled"]
+    search_fields = ["name", "host"]
