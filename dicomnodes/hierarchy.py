@@ -34,9 +34,10 @@ class HierarchyCache:
 
 
 class Created:
-    """What one batch created, for the counters."""
+    """What one batch created, for the counters and the worklist."""
 
     def __init__(self):
+        self.new_studies = []  # (study uid, accession number) of the Study rows created
         self.studies_per_patient = Counter()
         self.series_per_study = Counter()
         self.studies_with_new_series = set()
@@ -110,6 +111,7 @@ def ensure_studies(headers, patients, cache, created):
             Study.objects.bulk_create(rows)
             for row in rows:
                 created.studies_per_patient[row.patient_record_id] += 1
+                created.new_studies.append((row.study_instance_uid, row.accession_number))
             cache.studies.update(
                 Study.objects.filter(study_instance_uid__in=new).values_list("study_instance_uid", "pk")
             )

@@ -64,10 +64,10 @@ class AssociationClose:
     values: dict
 
 
-def apply_batch(jobs, cache=None):
+def apply_batch(jobs, cache=None, created=None):
     """Apply a list of IndexItem / AssociationOpen / AssociationClose in one
     transaction; returns one result per job (an Outcome for IndexItem, None
-    otherwise).
+    otherwise).  `created`, a hierarchy.Created, learns what the batch created.
 
     1. association rows opened in this batch are inserted first (instances
        point at them);
@@ -80,13 +80,13 @@ def apply_batch(jobs, cache=None):
     with transaction.atomic():
         if opens:
             AssociationLog.objects.bulk_create(opens, ignore_conflicts=True)
-        outcomes = iter(index_instances(items, cache)) if items else iter(())
+        outcomes = iter(index_instances(items, cache, created)) if items else iter(())
         for close in closes:
             AssociationLog.objects.filter(pk=close.association_id).update(**close.values)
     return [next(outcomes) if isinstance(j, IndexItem) else None for j in jobs]
 
 
-def index_instances(items, cache=None):
+def index_instances(items, cache=None, created=None):
     """Create or update the rows of `items`; returns their Outcomes in order.
 
     1. sort the items into new, duplicate (kept first) and replacing ones;
@@ -113,7 +113,7 @@ def index_instances(items, cache=None):
     if not wanted:
         return outcomes
 
-    created = Created()
+    created = created if created is not None else Created()
     headers = [item.header for item in wanted]
     patients = ensure_patients(headers, cache)
     studies = ensure_studies(headers, patients, cache, created)
@@ -188,10 +188,15 @@ class IndexWriter:
     While one transaction runs, new jobs queue up; the next transaction takes
     them all (group commit without an artificial delay, so a lone sender
     waits for nothing but its own commit).
+
+    `on_studies_created(pairs)` is called after a commit that created
+    studies, with their (Study Instance UID, Accession Number); its failures
+    are logged and never fail the ingest.
     """
 
-    def __init__(self, *, max_batch=512):
+    def __init__(self, *, max_batch=512, on_studies_created=None):
         self.max_batch = max_batch
+        self.on_studies_created = on_studies_created
         self._queue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
         self.batches = 0
@@ -235,25 +240,41 @@ class IndexWriter:
         # No close_old_connections() here: with CONN_MAX_AGE=0 it would
         # reconnect for every commit.  A broken connection raises, and the
         # retry below starts with a new one.
+        created = Created()
         try:
-            results = apply_batch([p.job for p in batch], self.cache)
+            results = apply_batch([p.job for p in batch], self.cache, created)
         except Exception as exc:
             # A concurrent writer, a row deleted under our cache, a lost
             # connection: start afresh and isolate the job that fails.
             logger.warning("group commit of %d jobs failed (%s); retrying one by one", len(batch), exc)
             self.cache.clear()
             connection.close()
+            new_studies = []
             for pending in batch:
+                created = Created()  # a failed job's studies were rolled back
                 try:
-                    pending.result = apply_batch([pending.job], self.cache)[0]
+                    pending.result = apply_batch([pending.job], self.cache, created)[0]
+                    new_studies += created.new_studies
                 except Exception as exc1:
                     logger.exception("index write failed")
                     self.cache.clear()
                     pending.error = exc1
                 pending.done.set()
+            self._studies_created(new_studies)
             return
         self.batches += 1
         self.jobs += len(batch)
         for pending, result in zip(batch, results):
             pending.result = result
             pending.done.set()
+        self._studies_created(created.new_studies)
+
+    def _studies_created(self, pairs):
+        """After the commit and after the senders were released, so that the
+        hook (worklist matching) adds nothing to their wait."""
+        if not pairs or self.on_studies_created is None:
+            return
+        try:
+            self.on_studies_created(pairs)
+        except Exception:
+            logger.exception("the new-studies hook failed for %d studies; the images are stored", len(pairs))

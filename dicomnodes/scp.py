@@ -178,6 +178,13 @@ def build_ae() -> AE:
     return ae
 
 
+def _studies_arrived(pairs):
+    """Worklist items of new studies become completed (and their orderers are told)."""
+    from worklist.outgoing import studies_arrived
+
+    studies_arrived(pairs)
+
+
 class ScpService:
     """One runscp process: a listener kept in line with the settings."""
 
@@ -186,7 +193,7 @@ class ScpService:
         self.ae_title_override = ae_title
         self.channel = channel
         self.ae = build_ae()
-        self.writer = IndexWriter().start()
+        self.writer = IndexWriter(on_studies_created=_studies_arrived).start()
         self._config = None
         self.handlers = Handlers(lambda: self._config, self.writer)
         self.qr_handlers = QueryRetrieveHandlers(lambda: self._config)

@@ -113,7 +113,7 @@ ASGI_APPLICATION = "pacs_site.asgi.application"
 # Default: one SQLite file in the data folder.  DATABASE_URL switches to
 # PostgreSQL (postgres://user@host:5432/name).
 _default_db = f"sqlite:///{PACS_DATA_DIR / 'pacs.sqlite3'}"
-DATABASES = {"default": dj_database_url.parse(envstr("DATABASE_URL", _default_db), conn_max_age=0)}
+DATABASES = {"default": dj_database_url.parse(envstr("DATABASE_URL") or _default_db, conn_max_age=0)}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["OPTIONS"] = {
         # WAL lets readers (C-FIND, the admin) run while the index writer

@@ -107,7 +107,7 @@ def runpacs(request, transactional_db, data_dir, tmp_path):
 def test_ctrl_c_stops_runpacs_and_every_child(runpacs):
     children = runpacs.children()
     commands = " ".join(" ".join(kid.cmdline()) for kid in children)
-    assert "runscp" in commands and "daphne" in commands
+    assert "runscp" in commands and "daphne" in commands and "qcluster" in commands
 
     runpacs.proc.send_signal(signal.SIGINT)
     deadline = time.monotonic() + 20

@@ -1,13 +1,23 @@
 """Admin: worklist server settings (one row), worklist items (editable by
-hand), the HL7 message log and the worklist query log (read-only), HL7
-destinations."""
+hand), the HL7 message log, the worklist query log and the outgoing status
+updates (read-only), HL7 destinations."""
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.db import transaction
+from django.utils import timezone
 from django.utils.html import format_html
 from pydicom.uid import generate_uid
 
 from pacs_site.singleton import SingletonAdmin
-from worklist.models import HL7Destination, HL7Message, WorklistItem, WorklistQuery, WorklistSettings
+from worklist.models import (
+    DeliveryState,
+    HL7Destination,
+    HL7Message,
+    OutgoingHL7Message,
+    WorklistItem,
+    WorklistQuery,
+    WorklistSettings,
+)
 from worklist.orders import fit_charset
 
 
@@ -167,3 +177,42 @@ class HL7DestinationAdmin(admin.ModelAdmin):
     list_display = ["name", "host", "port", "enabled"]
     list_filter = ["enabled"]
     search_fields = ["name", "host"]
+
+
+@admin.register(OutgoingHL7Message)
+class OutgoingHL7MessageAdmin(_LogAdmin):
+    list_display = ["created_at", "destination", "item", "state", "attempts", "ack_code", "next_attempt_at"]
+    list_filter = ["state", "ack_code", "destination"]
+    search_fields = ["item__accession_number", "item__placer_order_number", "error"]
+    list_select_related = ["destination", "item"]
+    list_per_page = 100
+    actions = ["resend"]
+    fields = [
+        ("created_at", "updated_at"),
+        ("item", "destination"),
+        ("state", "attempts", "next_attempt_at"),
+        "message_text",
+        "ack_code",
+        "ack_text",
+        "error",
+    ]
+    readonly_fields = ["message_text", "ack_text"]
+
+    @admin.display(description="message")
+    def message_text(self, obj):
+        return _pre(obj.message)
+
+    @admin.display(description="ACK received")
+    def ack_text(self, obj):
+        return _pre(obj.ack) if obj.ack else "-"
+
+    @admin.action(description="Send the selected messages again")
+    def resend(self, request, queryset):
+        from worklist.outgoing import queue_delivery
+
+        pks = list(queryset.values_list("pk", flat=True))
+        queryset.update(
+            state=DeliveryState.PENDING, attempts=0, next_attempt_at=None, error="", updated_at=timezone.now()
+        )
+        transaction.on_commit(lambda: queue_delivery(pks))
+        self.message_user(request, f"{len(pks)} message(s) queued for sending.", messages.SUCCESS)

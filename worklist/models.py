@@ -223,3 +223,33 @@ class HL7Destination(models.Model):
 
     def __str__(self):
         return f"{self.name} ({self.host}:{self.port})"
+
+
+class DeliveryState(models.TextChoices):
+    PENDING = "pending", "pending"
+    SENT = "sent", "sent (ACK recorded)"
+    FAILED = "failed", "failed (gave up)"
+
+
+class OutgoingHL7Message(models.Model):
+    """An order status update for one destination, delivered by the worker
+    (worklist.outgoing.deliver) with retries."""
+
+    item = models.ForeignKey(WorklistItem, on_delete=models.CASCADE, related_name="status_updates")
+    destination = models.ForeignKey(HL7Destination, on_delete=models.CASCADE, related_name="messages")
+    message = models.TextField()  # ER7, segments separated by \r; MSH-18 names the charset it is sent in
+    state = models.CharField(max_length=16, choices=DeliveryState.choices, default=DeliveryState.PENDING, db_index=True)
+    attempts = models.PositiveIntegerField(default=0)  # failed attempts so far
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    ack_code = models.CharField(max_length=2, blank=True)  # MSA-1: AA / AE / AR (CA / CE / CR)
+    ack = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "outgoing HL7 message"
+
+    def __str__(self):
+        return f"status update of {self.item_id} to {self.destination_id} ({self.state})"

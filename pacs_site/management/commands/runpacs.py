@@ -18,10 +18,16 @@ from pacs_site.env import envint
 
 
 def process_table():
-    """name -> argv.  Each listener reads its own port from the admin settings."""
+    """name -> argv.  Each listener reads its own port from the admin settings;
+    the worker runs the queued tasks."""
     manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
     web_port = envint("PACS_WEB_PORT", 3000, minimum=0, maximum=65535)
-    table = {"scp": manage + ["runscp"], "mllp": manage + ["runmllp"]}
+    table = {
+        "scp": manage + ["runscp"],
+        "mllp": manage + ["runmllp"],
+        # django-q2: delivers the outgoing HL7 status updates and their retries.
+        "worker": manage + ["qcluster"],
+    }
     if web_port:
         table["web"] = [
             sys.executable,
@@ -38,7 +44,7 @@ def process_table():
 
 
 class Command(BaseCommand):
-    help = "Run the web server and the DICOM and HL7 listeners together; Ctrl-C stops them all."
+    help = "Run the web server, the DICOM and HL7 listeners and the task worker together; Ctrl-C stops them all."
 
     def add_arguments(self, parser):
         parser.add_argument("--only", help="comma-separated subset of: " + ", ".join(process_table()))
