@@ -133,7 +133,7 @@ def _echo(host, port, called, calling, timeout):
     except socket.gaierror as exc:
         return EchoResult(False, None, f"host {host} unknown ({exc.strerror or exc})")
     if not assoc.is_established:
-        return EchoResult(False, None, _why_not_established(assoc, connected, started, host, port, called, timeout))
+        return EchoResult(False, None, why_not_established(assoc, connected, started, host, port, called, timeout))
     try:
         sent = time.perf_counter()
         status = assoc.send_c_echo()
@@ -151,7 +151,7 @@ def _echo(host, port, called, calling, timeout):
     return EchoResult(True, round_trip_ms, f"echo OK in {round_trip_ms:.1f} ms")
 
 
-def _why_not_established(assoc, connected, started, host, port, called, timeout):
+def why_not_established(assoc, connected, started, host, port, called, timeout):
     elapsed = time.monotonic() - started
     timed_out = elapsed >= timeout * 0.9
     answer = assoc.acceptor.primitive  # the A-ASSOCIATE-AC/RJ, if one came

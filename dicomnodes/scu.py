@@ -1,0 +1,89 @@
+"""Us as a client: C-FIND against a known peer (the first piece of the
+client side; sending and retrieving as queued jobs come with their issue).
+
+Our AE title is the calling AE; the service time-out bounds the connection,
+the negotiation and every DIMSE wait.
+"""
+
+import threading
+import time
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+from dicomnodes.echo import why_not_established
+from dicomnodes.models import DicomServerSettings
+from dicomnodes.sockets import NODELAY_HANDLERS
+
+STUDY_KEYS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "StudyDescription",
+    "ModalitiesInStudy",
+    "NumberOfStudyRelatedSeries",
+    "NumberOfStudyRelatedInstances",
+)
+
+
+class ScuError(RuntimeError):
+    """The peer could not be asked, or refused: the message says why."""
+
+
+def find_studies(peer, *, patient_id="", patient_name="", accession="", date="", modality="", timeout=None):
+    """Study-level C-FIND (Study Root) at `peer`; a list of answer Datasets."""
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.SpecificCharacterSet = "ISO_IR 192"
+    for keyword in STUDY_KEYS:
+        setattr(identifier, keyword, "")
+    identifier.PatientID = patient_id
+    identifier.PatientName = patient_name
+    identifier.AccessionNumber = accession
+    identifier.StudyDate = date
+    identifier.ModalitiesInStudy = modality
+    return find(peer, identifier, timeout=timeout)
+
+
+def find(peer, identifier, *, timeout=None):
+    settings = DicomServerSettings.load()
+    timeout = timeout or settings.service_timeout
+    ae = AE(ae_title=settings.ae_title)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    for name in ("connection_timeout", "acse_timeout", "dimse_timeout", "network_timeout"):
+        setattr(ae, name, timeout)
+    connected = threading.Event()
+    started = time.monotonic()
+    assoc = ae.associate(
+        peer.host,
+        peer.port,
+        ae_title=peer.ae_title,
+        evt_handlers=[(evt.EVT_CONN_OPEN, lambda event: connected.set()), *NODELAY_HANDLERS],
+    )
+    if not assoc.is_established:
+        raise ScuError(why_not_established(assoc, connected, started, peer.host, peer.port, peer.ae_title, timeout))
+    answers = []
+    asked = time.monotonic()
+    try:
+        for status, answer in assoc.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind):
+            if status is None or "Status" not in status:
+                # pynetdicom yields an empty status for an abort, a closed
+                # connection and a DIMSE time-out alike: time tells them apart.
+                if time.monotonic() - asked < timeout * 0.9:
+                    raise ScuError("the peer aborted the association (does it know our AE title?)")
+                raise ScuError(f"peer did not answer within {timeout:g} s")
+            code = status.Status
+            if code in (0xFF00, 0xFF01):
+                answers.append(answer)
+            elif code != 0x0000:
+                comment = status.get("ErrorComment", "")
+                raise ScuError(f"C-FIND failed: status 0x{code:04X}{f' ({comment})' if comment else ''}")
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return answers
