@@ -105,8 +105,31 @@ def data_dir(tmp_path, settings):
     return root
 
 
+class RunningProcess:
+    """A listener started by a test (`manage.py runscp`, `runmllp`): its log and its stop."""
+
+    def log(self):
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text, timeout=15):
+        wait_until(lambda: text in self.log(), timeout, message=f"{text!r} in {self.log_path.name}")
+
+    def stop(self):
+        if self.stopped:
+            return self.proc.returncode
+        self.stopped = True
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
 @dataclass
-class RunningScp:
+class RunningScp(RunningProcess):
     port: int
     ae_title: str
     data_dir: Path
@@ -131,25 +154,6 @@ class RunningScp:
         for key in keys:
             args += ["-k", key]
         return dcmtk(tool, *args)
-
-    def log(self):
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for_log(self, text, timeout=15):
-        wait_until(lambda: text in self.log(), timeout, message=f"{text!r} in the runscp log")
-
-    def stop(self):
-        if self.stopped:
-            return self.proc.returncode
-        self.stopped = True
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
 
 
 @pytest.fixture
@@ -211,17 +215,11 @@ MLLP_SEND = Path(sys.executable).parent / "mllp_send"  # python-hl7's MLLP clien
 
 
 @dataclass
-class RunningMllp:
+class RunningMllp(RunningProcess):
     port: int
     proc: subprocess.Popen
     log_path: Path
     stopped: bool = field(default=False)
-
-    def log(self):
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for_log(self, text, timeout=15):
-        wait_until(lambda: text in self.log(), timeout, message=f"{text!r} in the runmllp log")
 
     def mllp_send(self, *messages, port=None, tmp_dir):
         """Send with python-hl7's mllp_send; returns its output (the ACKs)."""
@@ -234,19 +232,6 @@ class RunningMllp:
         )
         assert proc.returncode == 0, proc.stderr.decode(errors="replace")
         return proc.stdout
-
-    def stop(self):
-        if self.stopped:
-            return self.proc.returncode
-        self.stopped = True
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
 
 
 @pytest.fixture
