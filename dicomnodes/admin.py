@@ -24,6 +24,7 @@ class DicomServerSettingsAdmin(SingletonAdmin):
         ("Behaviour", {"fields": ["duplicate_policy", "unknown_ae_may_echo_and_store", "fsync_on_store"]}),
         ("Query", {"fields": ["case_insensitive_names", "find_result_limit"]}),
         ("Network", {"fields": ["service_timeout", "debug"]}),
+        ("Outgoing transfers", {"fields": ["max_outgoing_connections", "retry_delays", "open_transferred_studies"]}),
     ]
 
 

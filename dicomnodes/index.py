@@ -190,13 +190,15 @@ class IndexWriter:
     waits for nothing but its own commit).
 
     `on_studies_created(pairs)` is called after a commit that created
-    studies, with their (Study Instance UID, Accession Number); its failures
-    are logged and never fail the ingest.
+    studies, with their (Study Instance UID, Accession Number), and
+    `on_associations_closed(ids)` after a commit that closed associations;
+    their failures are logged and never fail the ingest.
     """
 
-    def __init__(self, *, max_batch=512, on_studies_created=None):
+    def __init__(self, *, max_batch=512, on_studies_created=None, on_associations_closed=None):
         self.max_batch = max_batch
         self.on_studies_created = on_studies_created
+        self.on_associations_closed = on_associations_closed
         self._queue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
         self.batches = 0
@@ -249,18 +251,20 @@ class IndexWriter:
             logger.warning("group commit of %d jobs failed (%s); retrying one by one", len(batch), exc)
             self.cache.clear()
             connection.close()
-            new_studies = []
+            new_studies, closed = [], []
             for pending in batch:
                 created = Created()  # a failed job's studies were rolled back
                 try:
                     pending.result = apply_batch([pending.job], self.cache, created)[0]
                     new_studies += created.new_studies
+                    closed += _closed_ids([pending])
                 except Exception as exc1:
                     logger.exception("index write failed")
                     self.cache.clear()
                     pending.error = exc1
                 pending.done.set()
             self._studies_created(new_studies)
+            self._associations_closed(closed)
             return
         self.batches += 1
         self.jobs += len(batch)
@@ -268,6 +272,7 @@ class IndexWriter:
             pending.result = result
             pending.done.set()
         self._studies_created(created.new_studies)
+        self._associations_closed(_closed_ids(batch))
 
     def _studies_created(self, pairs):
         """After the commit and after the senders were released, so that the
@@ -278,3 +283,15 @@ class IndexWriter:
             self.on_studies_created(pairs)
         except Exception:
             logger.exception("the new-studies hook failed for %d studies; the images are stored", len(pairs))
+
+    def _associations_closed(self, ids):
+        if not ids or self.on_associations_closed is None:
+            return
+        try:
+            self.on_associations_closed(ids)
+        except Exception:
+            logger.exception("the closed-associations hook failed; the images are stored")
+
+
+def _closed_ids(batch):
+    return [p.job.association_id for p in batch if isinstance(p.job, AssociationClose)]

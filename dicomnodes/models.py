@@ -10,7 +10,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
-from dicomnodes.validators import validate_ae_title
+from dicomnodes.validators import validate_ae_title, validate_retry_delays
 from pacs_site.singleton import SingletonModel
 
 # Called AE suffixes that also reach us: publishing (EPSON/PRIMERA, immediate
@@ -73,6 +73,28 @@ class DicomServerSettings(SingletonModel):
         "C-FIND result limit",
         default=0,
         help_text="Stop a C-FIND after this many matches (0 = unlimited).",
+    )
+    max_outgoing_connections = models.PositiveIntegerField(
+        "maximum outgoing connections",
+        default=4,
+        validators=[MinValueValidator(1), MaxValueValidator(64)],
+        help_text="How many transfer jobs (send, retrieve) may hold an association with a "
+        "peer at once; the others wait in the queue, first come first served. Incoming "
+        "associations are not limited.",
+    )
+    retry_delays = models.CharField(
+        "retry delays",
+        max_length=200,
+        default="1m 5m 15m 1h",
+        validators=[validate_retry_delays],
+        help_text="After a network failure a transfer job is tried again after each of "
+        'these delays in turn (s, m, h, e.g. "30s 5m 1h"), then fails for good. '
+        "Empty: no retries.",
+    )
+    open_transferred_studies = models.BooleanField(
+        "open transferred studies when received",
+        default=False,
+        help_text="When a study has been received or retrieved, the dashboard opens it by itself.",
     )
     fsync_on_store = models.BooleanField(
         "fsync on store",
@@ -262,3 +284,12 @@ class AssociationLog(models.Model):
 
     def __str__(self):
         return f"{self.calling_ae} → {self.called_ae} at {self.started_at:%Y-%m-%d %H:%M:%S}"
+
+
+from dicomnodes.transfer_models import (  # noqa: E402,F401  (models of this app)
+    FINISHED_STATES,
+    TransferJob,
+    TransferKind,
+    TransferLevel,
+    TransferState,
+)

@@ -185,6 +185,14 @@ def _studies_arrived(pairs):
     studies_arrived(pairs)
 
 
+def _associations_closed(ids):
+    """Tell the web UI which studies arrived, and the listeners of
+    `association_closed` (publishing) which associations ended."""
+    from dicomnodes.notifications import associations_closed
+
+    associations_closed(ids)
+
+
 class ScpService:
     """One runscp process: a listener kept in line with the settings."""
 
@@ -193,7 +201,9 @@ class ScpService:
         self.ae_title_override = ae_title
         self.channel = channel
         self.ae = build_ae()
-        self.writer = IndexWriter(on_studies_created=_studies_arrived).start()
+        self.writer = IndexWriter(
+            on_studies_created=_studies_arrived, on_associations_closed=_associations_closed
+        ).start()
         self._config = None
         self.handlers = Handlers(lambda: self._config, self.writer)
         self.qr_handlers = QueryRetrieveHandlers(lambda: self._config)

@@ -33,3 +33,30 @@ def is_valid_ae_title(value):
     except ValidationError:
         return False
     return True
+
+
+_DELAY_RE = re.compile(r"(\d+)([smh])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_delays(text):
+    """ "1m 5m 15m 1h" -> [60, 300, 900, 3600]; ValueError says what is wrong."""
+    delays = []
+    for word in (text or "").replace(",", " ").split():
+        match = _DELAY_RE.fullmatch(word.strip().lower())
+        if not match:
+            raise ValueError(f"{word!r} is not a delay: write a number and s, m or h (e.g. 5m)")
+        seconds = int(match[1]) * _UNIT_SECONDS[match[2]]
+        if not 1 <= seconds <= 7 * 86400:
+            raise ValueError(f"{word!r}: a delay is between 1 s and 7 days")
+        delays.append(seconds)
+    if len(delays) > 20:
+        raise ValueError("at most 20 retries")
+    return delays
+
+
+def validate_retry_delays(value):
+    try:
+        parse_delays(value)
+    except ValueError as exc:
+        raise ValidationError(str(exc), code="retry_delays") from None

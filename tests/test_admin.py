@@ -39,6 +39,9 @@ def settings_form(**changes):
         "debug": row.debug,
         "case_insensitive_names": row.case_insensitive_names,
         "find_result_limit": row.find_result_limit,
+        "max_outgoing_connections": row.max_outgoing_connections,
+        "retry_delays": row.retry_delays,
+        "open_transferred_studies": row.open_transferred_studies,
     }
     data.update(changes)
     return {name: ("on" if value is True else value) for name, value in data.items() if value is not False}
@@ -65,6 +68,13 @@ def test_a_valid_ae_title_and_port_are_saved(an_admin):
     assert response.status_code == 302
     row = DicomServerSettings.load()
     assert (row.ae_title, row.port, row.fsync_on_store) == ("ARCHIVE-1", 4242, False)
+
+
+def test_bad_retry_delays_are_refused_with_a_reason(an_admin):
+    response = an_admin.post(SETTINGS_CHANGE, settings_form(retry_delays="1m soon"))
+    assert response.status_code == 200
+    assert "&#x27;soon&#x27; is not a delay" in response.content.decode()
+    assert DicomServerSettings.load().retry_delays == "1m 5m 15m 1h"
 
 
 @pytest.mark.parametrize("view, args", [("delete", [1]), ("add", [])])

@@ -89,3 +89,18 @@ def test_a_peer_port_outside_1_to_65535_is_refused(db, port):
 
 def test_a_peer_host_with_a_space_is_refused(db):
     assert "host" in errors_of(a_peer(host="ct scanner.local"))
+
+
+def test_retry_delays_are_read_in_seconds_minutes_and_hours():
+    from dicomnodes.validators import parse_delays
+
+    assert parse_delays("1m 5m, 15m 1h 30s") == [60, 300, 900, 3600, 30]
+    assert parse_delays("") == []
+
+
+@pytest.mark.parametrize("text", ["5", "5 min", "0s", "8d", "-1m"])
+def test_a_delay_without_a_unit_or_out_of_range_is_refused(text):
+    from dicomnodes.validators import parse_delays
+
+    with pytest.raises(ValueError):
+        parse_delays(text)
