@@ -13,7 +13,17 @@ from django.utils.html import format_html
 from django.utils.http import url_has_allowed_host_and_scheme
 
 from dicomnodes.echo import echo, echo_many
-from dicomnodes.models import AssociationLog, DicomServerSettings, Instance, Patient, Peer, Series, Study
+from dicomnodes.models import (
+    AssociationLog,
+    DicomServerSettings,
+    Instance,
+    Patient,
+    Peer,
+    Series,
+    Study,
+    TransferLevel,
+)
+from dicomnodes.transfer_admin import TransferJobAdmin, send_to_action  # noqa: F401 (registers the job admin)
 from pacs_site.singleton import SingletonAdmin
 
 
@@ -170,6 +180,7 @@ class StudyAdmin(ReadOnlyAdmin):
     date_hierarchy = None
     list_per_page = 50
     readonly_fields = ["patient_link"]
+    actions = [send_to_action(TransferLevel.STUDY)]
 
     @admin.display(description="series")
     def series_link(self, obj):
@@ -198,6 +209,7 @@ class SeriesAdmin(ReadOnlyAdmin):
     list_filter = ["modality"]
     search_fields = ["series_instance_uid", "series_description"]
     list_per_page = 50
+    actions = [send_to_action(TransferLevel.SERIES)]
 
     @admin.display(description="study")
     def study_link(self, obj):

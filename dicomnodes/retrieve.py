@@ -165,6 +165,9 @@ def dataset_for(target, accepted_contexts):
             )
             return _failure(target)
     ds.file_meta.TransferSyntaxUID = usable[0]
+    # Encoded by pynetdicom in the syntax the peer accepted (it refuses a
+    # dataset whose original encoding differs from the file meta's).
+    ds.set_original_encoding(usable[0].is_implicit_VR, usable[0].is_little_endian)
     return ds
 
 

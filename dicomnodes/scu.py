@@ -31,6 +31,16 @@ STUDY_KEYS = (
 )
 
 
+SERIES_KEYS = (
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+    "SeriesNumber",
+    "SeriesDescription",
+    "NumberOfSeriesRelatedInstances",
+)
+
+
 class ScuError(RuntimeError):
     """The peer could not be asked, or refused: the message says why."""
 
@@ -47,6 +57,17 @@ def find_studies(peer, *, patient_id="", patient_name="", accession="", date="",
     identifier.AccessionNumber = accession
     identifier.StudyDate = date
     identifier.ModalitiesInStudy = modality
+    return find(peer, identifier, timeout=timeout)
+
+
+def find_series(peer, study_uid, *, timeout=None):
+    """Series-level C-FIND (Study Root) of one study at `peer`."""
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "SERIES"
+    identifier.SpecificCharacterSet = "ISO_IR 192"
+    for keyword in SERIES_KEYS:
+        setattr(identifier, keyword, "")
+    identifier.StudyInstanceUID = study_uid
     return find(peer, identifier, timeout=timeout)
 
 

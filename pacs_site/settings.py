@@ -166,8 +166,10 @@ else:
 Q_CLUSTER = {
     "name": "pacs",
     "workers": envint("PACS_Q_WORKERS", 2, minimum=1),
-    "timeout": 3600,
-    "retry": 3700,
+    # A task may run a transfer runner that keeps draining the queue for a
+    # long time (see dicomnodes/transfers.py): allow a day.
+    "timeout": envint("PACS_Q_TIMEOUT", 86400, minimum=60),
+    "retry": envint("PACS_Q_TIMEOUT", 86400, minimum=60) + 600,
     "catch_up": False,
     "orm": "default",
 }

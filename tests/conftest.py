@@ -71,8 +71,12 @@ def database_url():
 
 
 def server_env(data_dir, **extra):
+    from django.conf import settings
+
     env = dict(os.environ)
     env.update(
+        # The same key as this process: django-q2 signs the tasks it queues.
+        SECRET_KEY=settings.SECRET_KEY,
         PACS_DATA_DIR=str(data_dir),
         DATABASE_URL=database_url(),
         DJANGO_SETTINGS_MODULE="pacs_site.settings",
