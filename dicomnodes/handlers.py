@@ -41,6 +41,9 @@ class AssociationState:
     failed: int = 0
     bytes: int = 0
     finished: bool = False
+    # SOP Instance UIDs stored, duplicates included (publishing burns what
+    # came in this association, also when it was stored before).
+    stored: list = field(default_factory=list)
 
 
 class Handlers:
@@ -144,6 +147,7 @@ class Handlers:
                     result=result,
                     reason=reason,
                 ),
+                sop_instance_uids=state.stored,
             )
         )
 
@@ -188,6 +192,7 @@ class Handlers:
         )
         if result.status == SUCCESS:
             state.received += 1
+            state.stored.append(result.sop_instance_uid)
             return SUCCESS
         state.failed += 1
         return status(result.status, result.comment)

@@ -62,6 +62,7 @@ class AssociationOpen:
 class AssociationClose:
     association_id: object
     values: dict
+    sop_instance_uids: list = field(default_factory=list)  # stored in it, duplicates included
 
 
 def apply_batch(jobs, cache=None, created=None):
@@ -191,7 +192,8 @@ class IndexWriter:
 
     `on_studies_created(pairs)` is called after a commit that created
     studies, with their (Study Instance UID, Accession Number), and
-    `on_associations_closed(ids)` after a commit that closed associations;
+    `on_associations_closed(closes)` with the AssociationClose jobs of a
+    commit that closed associations;
     their failures are logged and never fail the ingest.
     """
 
@@ -257,7 +259,7 @@ class IndexWriter:
                 try:
                     pending.result = apply_batch([pending.job], self.cache, created)[0]
                     new_studies += created.new_studies
-                    closed += _closed_ids([pending])
+                    closed += _closes([pending])
                 except Exception as exc1:
                     logger.exception("index write failed")
                     self.cache.clear()
@@ -272,7 +274,7 @@ class IndexWriter:
             pending.result = result
             pending.done.set()
         self._studies_created(created.new_studies)
-        self._associations_closed(_closed_ids(batch))
+        self._associations_closed(_closes(batch))
 
     def _studies_created(self, pairs):
         """After the commit and after the senders were released, so that the
@@ -284,14 +286,14 @@ class IndexWriter:
         except Exception:
             logger.exception("the new-studies hook failed for %d studies; the images are stored", len(pairs))
 
-    def _associations_closed(self, ids):
-        if not ids or self.on_associations_closed is None:
+    def _associations_closed(self, closes):
+        if not closes or self.on_associations_closed is None:
             return
         try:
-            self.on_associations_closed(ids)
+            self.on_associations_closed(closes)
         except Exception:
             logger.exception("the closed-associations hook failed; the images are stored")
 
 
-def _closed_ids(batch):
-    return [p.job.association_id for p in batch if isinstance(p.job, AssociationClose)]
+def _closes(batch):
+    return [p.job for p in batch if isinstance(p.job, AssociationClose)]

@@ -15,19 +15,31 @@ from pacs_site.models import EventKind
 
 logger = logging.getLogger(__name__)
 
+_CHUNK = 2000  # UIDs per IN (...) query
 
-def associations_closed(ids):
-    rows = list(AssociationLog.objects.filter(pk__in=ids, instances_received__gt=0))
-    if rows:
-        open_study = DicomServerSettings.load().open_transferred_studies
+
+def associations_closed(closes):
+    """`closes`: the index's AssociationClose jobs just committed."""
+    uids_of = {close.association_id: list(close.sop_instance_uids) for close in closes}
+    rows = list(AssociationLog.objects.filter(pk__in=list(uids_of)))
+    open_study = DicomServerSettings.load().open_transferred_studies if rows else False
     for row in rows:
-        studies = Study.objects.filter(series__instances__association=row).distinct()
-        for study in studies:
+        uids = uids_of.get(row.pk, [])
+        for study in studies_of(uids):
             study_received(study, source=row.calling_ae, kind=EventKind.STUDY_RECEIVED, open_study=open_study)
-    for row in AssociationLog.objects.filter(pk__in=ids):
-        for receiver, result in association_closed.send_robust(sender=AssociationLog, association=row):
+        for receiver, result in association_closed.send_robust(
+            sender=AssociationLog, association=row, sop_instance_uids=uids
+        ):
             if isinstance(result, Exception):
                 logger.error("association_closed receiver %s failed: %s", receiver, result, exc_info=result)
+
+
+def studies_of(sop_instance_uids):
+    pks = set()
+    for start in range(0, len(sop_instance_uids), _CHUNK):
+        chunk = sop_instance_uids[start : start + _CHUNK]
+        pks.update(Study.objects.filter(series__instances__sop_instance_uid__in=chunk).values_list("pk", flat=True))
+    return list(Study.objects.filter(pk__in=pks).order_by("pk"))
 
 
 def study_received(study, *, source, kind, open_study):

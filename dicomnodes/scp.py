@@ -185,12 +185,12 @@ def _studies_arrived(pairs):
     studies_arrived(pairs)
 
 
-def _associations_closed(ids):
+def _associations_closed(closes):
     """Tell the web UI which studies arrived, and the listeners of
     `association_closed` (publishing) which associations ended."""
     from dicomnodes.notifications import associations_closed
 
-    associations_closed(ids)
+    associations_closed(closes)
 
 
 class ScpService:

@@ -1,18 +1,36 @@
 """Record an event for the web UI (see `pacs_site.models.Event`).
 
 Recording never fails the work that caused it: a failure is logged.
+
+How an event reaches an open dashboard (`portal/consumers.py`):
+
+1. It is a row: every process (runscp, runmllp, the django-q2 workers, the
+   web server) can write one, and the dashboard polls for rows newer than
+   the last one it showed.  This works on the embedded default, where the
+   channel layer lives in the web server's memory and other processes
+   cannot reach it.
+2. With `REDIS_URL` set the channel layer is channels-redis, which every
+   process shares: `record()` then also sends the event to the "dashboard"
+   group once the row is committed, and it shows at once instead of at the
+   next poll.  The dashboard drops whichever copy comes second.
 """
 
 import logging
 
+from django.conf import settings
+from django.db import transaction
+
 logger = logging.getLogger(__name__)
+
+# The channel-layer group every open dashboard joins.
+DASHBOARD_GROUP = "dashboard"
 
 
 def record(kind, message, *, study_instance_uid="", open_study=False, **data):
     from pacs_site.models import Event
 
     try:
-        return Event.objects.create(
+        event = Event.objects.create(
             kind=kind,
             message=message[:255],
             study_instance_uid=study_instance_uid,
@@ -22,3 +40,59 @@ def record(kind, message, *, study_instance_uid="", open_study=False, **data):
     except Exception:
         logger.exception("could not record the event %r", kind)
         return None
+    if shared_channel_layer():
+        # After commit: a dashboard that gets the message can read the row.
+        transaction.on_commit(lambda: push(event))
+    return event
+
+
+def shared_channel_layer():
+    """Does the channel layer reach other processes (channels-redis)?"""
+    backend = settings.CHANNEL_LAYERS.get("default", {}).get("BACKEND", "")
+    return backend.startswith("channels_redis.")
+
+
+def push(event):
+    """Send one event to the dashboards over the channel layer; a failure
+    (Redis down) is logged: the dashboards still get it by polling."""
+    from asgiref.sync import async_to_sync
+    from channels.layers import get_channel_layer
+
+    try:
+        layer = get_channel_layer()
+        async_to_sync(layer.group_send)(DASHBOARD_GROUP, {"type": "dashboard.event", "item": event_item(event)})
+    except Exception as exc:
+        logger.warning("event %s not pushed to the dashboards (%s); they will poll it", event.pk, exc)
+
+
+def event_item(event):
+    """An event as the dashboard shows it (JSON-ready)."""
+    return {
+        "type": "event",
+        "id": event.pk,
+        "at": event.created_at.isoformat(),
+        "kind": event.kind,
+        "message": event.message,
+        "study_instance_uid": event.study_instance_uid,
+        "open_study": event.open_study,
+        "study_url": study_url(event),
+    }
+
+
+def study_url(event):
+    """Where the dashboard opens the event's study: its page in the admin."""
+    from django.urls import NoReverseMatch, reverse
+
+    study_id = (event.data or {}).get("study_id")
+    if study_id is None and event.study_instance_uid:
+        from dicomnodes.models import Study
+
+        study_id = (
+            Study.objects.filter(study_instance_uid=event.study_instance_uid).values_list("pk", flat=True).first()
+        )
+    if study_id is None:
+        return ""
+    try:
+        return reverse("admin:dicomnodes_study_change", args=[study_id])
+    except NoReverseMatch:  # pragma: no cover - the admin is always installed
+        return ""

@@ -5,6 +5,7 @@ title, ports, time-outs, ...) are singleton models edited in the admin, not
 here.  See README.md, "Configuration".
 """
 
+import importlib.util
 import secrets
 import socket
 from pathlib import Path
@@ -69,6 +70,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
     "channels",
     "django_q",
     "pacs_site",
@@ -101,6 +104,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "portal.context_processors.http_settings",
             ],
         },
     },
@@ -151,6 +155,41 @@ STORAGES = {
 # Serve admin assets straight from the apps when collectstatic has not run.
 WHITENOISE_USE_FINDERS = True
 
+# --- REST API (portal/api) ----------------------------------------------------
+# Staff only: session login (browsable API, the dashboard) or a DRF token
+# (`Authorization: Token <key>`, made in the admin under "Tokens").  Token
+# first: an anonymous request then gets 401 with `WWW-Authenticate: Token`.
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["portal.api.permissions.IsStaff"],
+    "DEFAULT_PAGINATION_CLASS": "portal.api.filters.Pagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "PACS server API",
+    "DESCRIPTION": "The archive (studies, series, instances), peers, transfer jobs, worklist items, "
+    "burn jobs and study tokens. Staff only.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["portal.api.permissions.IsStaff"],
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "TransferKindEnum": "dicomnodes.transfer_models.TransferKind",
+        "TransferStateEnum": "dicomnodes.transfer_models.TransferState",
+        "PublisherKindEnum": "publishing.models.PublisherKind",
+        "BurnJobStateEnum": "publishing.models.JobState",
+    },
+}
+# Swagger UI and Redoc from our own static files, not a CDN (the server may
+# have no internet): drf-spectacular-sidecar, when installed.
+if importlib.util.find_spec("drf_spectacular_sidecar"):
+    INSTALLED_APPS.append("drf_spectacular_sidecar")
+    SPECTACULAR_SETTINGS.update(SWAGGER_UI_DIST="SIDECAR", SWAGGER_UI_FAVICON_HREF="SIDECAR", REDOC_DIST="SIDECAR")
+
 # --- Channels and django-q2 -------------------------------------------------
 REDIS_URL = envstr("REDIS_URL")
 if REDIS_URL:
@@ -176,6 +215,26 @@ Q_CLUSTER = {
 if REDIS_URL:
     Q_CLUSTER.pop("orm")
     Q_CLUSTER["redis"] = REDIS_URL
+
+# --- Portal (token links) -----------------------------------------------------
+# Token lookups (link pages, downloads, failed previews) per client address and minute.
+PACS_TOKEN_LOOKUPS_PER_MINUTE = envint("PACS_TOKEN_LOOKUPS_PER_MINUTE", 30, minimum=0)
+
+# --- Production (PACS_PRODUCTION=1; README "Production settings") -------------
+# HTTPS only: TLS on in the HTTP settings, or a TLS reverse proxy in front
+# (then PACS_PROXY_HEADERS=1 so daphne takes the scheme from X-Forwarded-Proto).
+PACS_PRODUCTION = envbool("PACS_PRODUCTION", False)
+if PACS_PRODUCTION:
+    if DEBUG:
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured("PACS_PRODUCTION=1 needs DEBUG off")
+    SECURE_SSL_REDIRECT = envbool("PACS_SSL_REDIRECT", True)
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = envint("PACS_HSTS_SECONDS", 31536000, minimum=0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("PACS_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = envbool("PACS_HSTS_PRELOAD", True)
 
 # --- Logging ------------------------------------------------------------------
 LOG_LEVEL = envstr("LOG_LEVEL", "INFO").upper()

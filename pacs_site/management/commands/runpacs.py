@@ -3,6 +3,10 @@
 A thin supervisor (README command 1): starts the web server (daphne) and the
 listeners as child processes, restarts one that crashes (with a back-off),
 and stops them all on Ctrl-C / SIGTERM.
+
+The web process follows the HTTP settings (admin): every `--poll` seconds
+the port and TLS files are read again, and a change restarts daphne with the
+new ones (port 0: no web process).  The listeners follow their own settings.
 """
 
 import os
@@ -14,52 +18,48 @@ import time
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from pacs_site.env import envint
+from portal.webprocess import load_web_config, web_argv, web_problems
+
+WEB = "web"
 
 
 def process_table():
-    """name -> argv.  Each listener reads its own port from the admin settings;
-    the worker runs the queued tasks."""
+    """name -> argv of the processes that run whatever the settings.  Each
+    listener reads its own port from the admin settings; the worker runs the
+    queued tasks.  The web process is started from the HTTP settings."""
     manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
-    web_port = envint("PACS_WEB_PORT", 3000, minimum=0, maximum=65535)
-    table = {
+    return {
         "scp": manage + ["runscp"],
         "mllp": manage + ["runmllp"],
         # django-q2: delivers the outgoing HL7 status updates and their retries.
         "worker": manage + ["qcluster"],
     }
-    if web_port:
-        table["web"] = [
-            sys.executable,
-            "-m",
-            "daphne",
-            "-b",
-            "::",
-            "-p",
-            str(web_port),
-            "--proxy-headers",
-            "pacs_site.asgi:application",
-        ]
-    return table
 
 
 class Command(BaseCommand):
     help = "Run the web server, the DICOM and HL7 listeners and the task worker together; Ctrl-C stops them all."
 
     def add_arguments(self, parser):
-        parser.add_argument("--only", help="comma-separated subset of: " + ", ".join(process_table()))
+        names = [*process_table(), WEB]
+        parser.add_argument("--only", help="comma-separated subset of: " + ", ".join(names))
+        parser.add_argument("--poll", type=float, default=2.0, help="seconds between HTTP settings checks (default 2)")
 
-    def handle(self, *args, only=None, **options):
+    def handle(self, *args, only=None, poll=2.0, **options):
         table = process_table()
-        if only:
-            wanted = {n.strip() for n in only.split(",")}
-            table = {n: argv for n, argv in table.items() if n in wanted}
+        wanted = {n.strip() for n in only.split(",")} if only else {*table, WEB}
+        table = {n: argv for n, argv in table.items() if n in wanted}
         self.stopping = False
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         children = {name: self._start(name, argv) for name, argv in table.items()}
-        backoff = {name: 1.0 for name in table}
+        backoff = {name: 1.0 for name in [*table, WEB]}
+        follow_web = WEB in wanted
+        web_config = None  # what the web process runs with; None: not decided yet
+        next_check = 0.0
         while not self.stopping:
+            if follow_web and time.monotonic() >= next_check:
+                web_config = self._follow_web(children, table, web_config)
+                next_check = time.monotonic() + poll
             time.sleep(0.5)
             for name, proc in list(children.items()):
                 code = proc.poll()
@@ -69,6 +69,53 @@ class Command(BaseCommand):
                 time.sleep(backoff[name])
                 backoff[name] = min(backoff[name] * 2, 60)
                 children[name] = self._start(name, table[name])
+        self._stop_all(children)
+        return "all processes stopped"
+
+    def _follow_web(self, children, table, running):
+        """Start, restart or stop the web process when its settings changed.
+
+        1. read the HTTP settings (and the TLS files' modification times);
+        2. unchanged: nothing to do;
+        3. changed: stop the running daphne; start one with the new settings,
+           unless the port is 0 or the TLS files are unusable (said once;
+           never a silent fallback to plain http).
+        """
+        config = load_web_config(running)
+        if config == running:
+            return running
+        if running is not None:
+            self.stdout.write(f"[runpacs] web settings changed: {running.describe()} -> {config.describe()}")
+        if WEB in children:
+            self._stop(WEB, children.pop(WEB))
+            table.pop(WEB, None)
+        problems = web_problems(config) if config.port else []
+        if not config.port:
+            self.stdout.write("[runpacs] web server disabled (port 0)")
+        elif problems:
+            self.stderr.write(f"[runpacs] web server not started: {' '.join(problems)} (fix it in the HTTP settings)")
+        else:
+            table[WEB] = web_argv(config)
+            children[WEB] = self._start(WEB, table[WEB])
+        return config
+
+    def _start(self, name, argv):
+        shown = " ".join(argv[1:])
+        self.stdout.write(f"[runpacs] starting {name}: {shown}")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        return subprocess.Popen(argv, cwd=settings.BASE_DIR, env=env)
+
+    def _stop(self, name, proc, timeout=15):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.stderr.write(f"[runpacs] {name} did not stop; killing it")
+            proc.kill()
+            proc.wait()
+
+    def _stop_all(self, children):
         for proc in children.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -79,12 +126,6 @@ class Command(BaseCommand):
             except subprocess.TimeoutExpired:
                 self.stderr.write(f"[runpacs] {name} did not stop; killing it")
                 proc.kill()
-        return "all processes stopped"
-
-    def _start(self, name, argv):
-        self.stdout.write(f"[runpacs] starting {name}: {' '.join(argv[1:])}")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        return subprocess.Popen(argv, cwd=settings.BASE_DIR, env=env)
 
     def _on_signal(self, signum, frame):
         self.stopping = True

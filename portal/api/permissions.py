@@ -1,0 +1,44 @@
+"""Who may use the API: staff, and for writes the model permission as well.
+
+Reads of the archive and the logs need only `is_staff` (the admin shows the
+same to every staff member).  Writes need Django's model permission
+(`dicomnodes.change_peer`, `worklist.add_worklistitem`, ...), as in the admin;
+a view's extra actions name theirs in `action_permissions`.
+"""
+
+from rest_framework.permissions import BasePermission, DjangoModelPermissions
+
+
+class IsStaff(BasePermission):
+    message = "Staff only."
+
+    def has_permission(self, request, view):
+        user = request.user
+        return bool(user and user.is_authenticated and user.is_active and user.is_staff)
+
+
+class StaffModelPermissions(DjangoModelPermissions):
+    """Staff; writes need the model permission; an extra action names its own.
+
+    `action_permissions = {"cancel": ["change"]}` on a view: the `cancel`
+    action needs `<app>.change_<model>`, whatever the HTTP method.
+    """
+
+    perms_map = {
+        "GET": [],
+        "OPTIONS": [],
+        "HEAD": [],
+        "POST": ["%(app_label)s.add_%(model_name)s"],
+        "PUT": ["%(app_label)s.change_%(model_name)s"],
+        "PATCH": ["%(app_label)s.change_%(model_name)s"],
+        "DELETE": ["%(app_label)s.delete_%(model_name)s"],
+    }
+
+    def has_permission(self, request, view):
+        if not IsStaff().has_permission(request, view):
+            return False
+        verbs = getattr(view, "action_permissions", {}).get(getattr(view, "action", None))
+        if verbs is None:
+            return super().has_permission(request, view)
+        opts = self._queryset(view).model._meta
+        return request.user.has_perms([f"{opts.app_label}.{verb}_{opts.model_name}" for verb in verbs])

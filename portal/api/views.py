@@ -1,0 +1,262 @@
+"""API views: one viewset per resource; work is delegated to the apps' modules
+(`dicomnodes.echo`, `dicomnodes.transfers`, `portal.tokens`)."""
+
+import json
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import FileResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import generics, mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.response import Response
+
+from dicomnodes.echo import echo
+from dicomnodes.models import Instance, Peer, Series, Study, TransferJob
+from portal import tokens
+from portal.api import filters as f
+from portal.api.permissions import StaffModelPermissions
+from portal.api.serializers import (
+    BurnJobSerializer,
+    EchoResultSerializer,
+    InstanceSerializer,
+    NewStudyTokenSerializer,
+    PeerSerializer,
+    SeriesSerializer,
+    StudySerializer,
+    StudyTokenCreateSerializer,
+    StudyTokenSerializer,
+    TransferJobCreateSerializer,
+    TransferJobSerializer,
+    WorklistItemSerializer,
+    model_errors,
+)
+from portal.models import StudyToken
+from publishing.models import BurnJob
+from worklist.models import WorklistItem
+
+
+class DicomFileRenderer(BaseRenderer):
+    """Lets a client ask for `Accept: application/dicom`; the file itself is a
+    FileResponse, so only error details pass through here (as JSON)."""
+
+    media_type = "application/dicom"
+    format = "dcm"
+    charset = None
+
+    def render(self, data, accepted_media_type=None, renderer_context=None):
+        return json.dumps(data).encode() if data is not None else b""
+
+
+# --- The archive (read-only) -----------------------------------------------------
+
+
+class StudyViewSet(viewsets.ReadOnlyModelViewSet):
+    queryset = Study.objects.order_by("-study_date", "-study_time", "-id")
+    serializer_class = StudySerializer
+    filter_backends = [f.ParamFilter]
+    filter_params = [
+        f.Param("patient_id", "Patient ID, exactly.", f.exact("patient_id")),
+        f.Param("patient_name", "Patient name; * and ? are wildcards; any case.", f.name_pattern("patient_name_upper")),
+        f.Param("date_from", "Study date on or after (YYYYMMDD or YYYY-MM-DD).", f.date_from("study_date")),
+        f.Param("date_to", "Study date on or before (YYYYMMDD or YYYY-MM-DD).", f.date_to("study_date")),
+        f.Param("modality", "A modality in the study (CT, MR, ...).", f.in_multi_value("modalities_in_study")),
+        f.Param("accession_number", "Accession number, exactly.", f.exact("accession_number")),
+        f.Param("study_instance_uid", "Study Instance UID.", f.exact("study_instance_uid")),
+    ]
+
+
+class SeriesViewSet(viewsets.ReadOnlyModelViewSet):
+    queryset = Series.objects.select_related("study").order_by("study_id", "series_number", "id")
+    serializer_class = SeriesSerializer
+    filter_backends = [f.ParamFilter]
+    filter_params = [
+        f.Param("study", "The study's id (from /api/studies/).", f.number("study_id"), "integer"),
+        f.Param("study_instance_uid", "The study's Study Instance UID.", f.exact("study__study_instance_uid")),
+        f.Param("series_instance_uid", "Series Instance UID.", f.exact("series_instance_uid")),
+        f.Param("modality", "Modality (CT, MR, ...).", f.exact("modality")),
+    ]
+
+
+class InstanceViewSet(viewsets.ReadOnlyModelViewSet):
+    queryset = Instance.objects.select_related("series").order_by("series_id", "instance_number", "id")
+    serializer_class = InstanceSerializer
+    filter_backends = [f.ParamFilter]
+    filter_params = [
+        f.Param("series", "The series' id (from /api/series/).", f.number("series_id"), "integer"),
+        f.Param("series_instance_uid", "The series' Series Instance UID.", f.exact("series__series_instance_uid")),
+        f.Param("sop_instance_uid", "SOP Instance UID.", f.exact("sop_instance_uid")),
+    ]
+
+
+class InstanceFileView(generics.GenericAPIView):
+    """GET /api/instances/<id>/file: the stored DICOM file, byte for byte as
+    it was received (application/dicom)."""
+
+    queryset = Instance.objects.all()
+    renderer_classes = [JSONRenderer, DicomFileRenderer]
+
+    @extend_schema(responses={(200, "application/dicom"): OpenApiTypes.BINARY}, operation_id="instances_file")
+    def get(self, request, pk):
+        instance = self.get_object()
+        try:
+            # The path comes from the hash of the UID (dicomnodes.storage),
+            # never from a value in the request.
+            handle = open(instance.path, "rb")  # noqa: SIM115 - FileResponse closes it
+        except FileNotFoundError:
+            raise NotFound("The file of this instance is missing from the storage.") from None
+        return FileResponse(
+            handle, content_type="application/dicom", as_attachment=True, filename=f"{instance.sop_instance_uid}.dcm"
+        )
+
+
+# --- Peers -------------------------------------------------------------------------
+
+
+class PeerViewSet(viewsets.ModelViewSet):
+    """Known DICOM nodes.  Changing them needs the model permissions, echoing
+    one needs `change_peer` (as the admin's Echo button)."""
+
+    queryset = Peer.objects.order_by("name", "id")
+    serializer_class = PeerSerializer
+    permission_classes = [StaffModelPermissions]
+    action_permissions = {"echo": ["change"]}
+
+    @extend_schema(request=None, responses=EchoResultSerializer)
+    @action(detail=True, methods=["post"])
+    def echo(self, request, pk=None):
+        """C-ECHO the peer: ok, the round trip in ms, and what happened in words."""
+        result = echo(self.get_object())
+        return Response(EchoResultSerializer(result).data)
+
+
+# --- Transfer jobs -------------------------------------------------------------------
+
+
+class TransferJobViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet
+):
+    """Outgoing sends and retrieves, with their progress (done/total, rate)."""
+
+    queryset = TransferJob.objects.select_related("peer", "requested_by").order_by("-id")
+    serializer_class = TransferJobSerializer
+    permission_classes = [StaffModelPermissions]
+    action_permissions = {"cancel": ["change"]}
+    filter_backends = [f.ParamFilter]
+    filter_params = [
+        f.Param("state", "queued, running, succeeded, partly_failed, failed or cancelled.", f.exact("state")),
+        f.Param("kind", "send, move or get.", f.exact("kind")),
+        f.Param("peer", "The peer's id.", f.number("peer_id"), "integer"),
+    ]
+
+    @extend_schema(request=TransferJobCreateSerializer, responses={201: TransferJobSerializer})
+    def create(self, request, *args, **kwargs):
+        """Queue a job; the worker runs it (at most "maximum outgoing connections" at once)."""
+        from dicomnodes import transfers
+
+        form = TransferJobCreateSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        try:
+            job = transfers.submit_job(**form.validated_data, requested_by=request.user)
+        except transfers.TransferError as exc:
+            raise ValidationError({"detail": str(exc)}) from None
+        except DjangoValidationError as exc:
+            raise model_errors(exc) from None
+        return Response(self.get_serializer(job).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        request=None,
+        responses={200: TransferJobSerializer, 409: OpenApiResponse(description="The job has finished already.")},
+    )
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        """Cancel a queued job, or ask a running one to stop after the current instance."""
+        from dicomnodes import transfers
+
+        job = self.get_object()
+        if not transfers.cancel_job(job):
+            job.refresh_from_db()
+            return Response(
+                {"detail": f"Job #{job.pk} is {job.get_state_display()}: nothing to cancel."},
+                status=status.HTTP_409_CONFLICT,
+            )
+        job.refresh_from_db()
+        return Response(self.get_serializer(job).data)
+
+
+# --- Worklist ------------------------------------------------------------------------
+
+
+class WorklistItemViewSet(viewsets.ModelViewSet):
+    """Modality worklist entries (from HL7 orders, or made here)."""
+
+    queryset = WorklistItem.objects.order_by("scheduled_start_date", "scheduled_start_time", "id")
+    serializer_class = WorklistItemSerializer
+    permission_classes = [StaffModelPermissions]
+    filter_backends = [f.ParamFilter]
+    filter_params = [
+        f.Param("status", "SCHEDULED, IN PROGRESS, COMPLETED, CANCELLED or DISCONTINUED.", f.exact("status")),
+        f.Param("patient_id", "Patient ID, exactly.", f.exact("patient_id")),
+        f.Param("patient_name", "Patient name; * and ? are wildcards; any case.", f.name_pattern("patient_name_upper")),
+        f.Param("accession_number", "Accession number, exactly.", f.exact("accession_number")),
+        f.Param("modality", "Modality (CT, MR, ...).", f.exact("modality")),
+        f.Param("station", "Scheduled station AE title.", f.exact("scheduled_station_ae_title")),
+        f.Param("date_from", "Scheduled on or after (YYYYMMDD or YYYY-MM-DD).", f.date_from("scheduled_start_date")),
+        f.Param("date_to", "Scheduled on or before (YYYYMMDD or YYYY-MM-DD).", f.date_to("scheduled_start_date")),
+    ]
+
+
+# --- Burn jobs ------------------------------------------------------------------------
+
+
+class BurnJobViewSet(viewsets.ReadOnlyModelViewSet):
+    """Disc publishing jobs and their state (the admin and the robots change them)."""
+
+    queryset = BurnJob.objects.select_related("publisher").prefetch_related("studies", "discs").order_by("-id")
+    serializer_class = BurnJobSerializer
+    filter_backends = [f.ParamFilter]
+    filter_params = [
+        f.Param("state", "collecting, due, staging, submitted, burning, done, failed, ...", f.exact("state")),
+        f.Param("study", "Jobs holding this study (its id).", f.number("studies")),
+    ]
+
+
+# --- Study tokens --------------------------------------------------------------------
+
+
+class StudyTokenViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet
+):
+    """Links for patients and physicians: made here or in the admin, revoked here."""
+
+    queryset = StudyToken.objects.select_related("study", "created_by").order_by("-created_at", "-id")
+    serializer_class = StudyTokenSerializer
+    permission_classes = [StaffModelPermissions]
+    action_permissions = {"revoke": ["change"]}
+    filter_backends = [f.ParamFilter]
+    filter_params = [
+        f.Param("study", "The study's id.", f.number("study_id"), "integer"),
+        f.Param("study_instance_uid", "The study's Study Instance UID.", f.exact("study__study_instance_uid")),
+    ]
+
+    @extend_schema(request=StudyTokenCreateSerializer, responses={201: NewStudyTokenSerializer})
+    def create(self, request, *args, **kwargs):
+        """A new token; the answer holds the clear token and the link, this once only."""
+        form = StudyTokenCreateSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        new = tokens.create_token(
+            form.validated_data["study"], scope=form.validated_data["scope"], created_by=request.user
+        )
+        data = NewStudyTokenSerializer(new.row, context=self.get_serializer_context()).data
+        data.update(token=new.clear, url=new.url)
+        return Response(data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses=StudyTokenSerializer)
+    @action(detail=True, methods=["post"])
+    def revoke(self, request, pk=None):
+        """Revoke the token now; the link then shows "revoked" (410)."""
+        token = self.get_object()
+        token.revoke()
+        return Response(self.get_serializer(token).data)

@@ -1,0 +1,94 @@
+"""The web process: daphne, with an access log that leaves out query strings.
+
+`python -m portal.daphne_server [daphne options] pacs_site.asgi:application`
+takes daphne's own options.  Patient links carry their token in the query
+string (`/token?<token>`), and daphne's access log prints whole URIs: ours
+prints the path only, so tokens never reach a log file.  And a streamed
+response (the study ZIP) is sent no faster than the client reads it.
+
+`endpoint()` builds daphne's (twisted's) endpoint string for a port, plain
+or TLS; `manage.py runpacs` passes it with `-e`.
+"""
+
+import asyncio
+
+from daphne.cli import CommandLineInterface
+from daphne.server import Server
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
+
+
+def _escape(value: str) -> str:
+    """Twisted endpoint strings separate fields with ':' and keys with '='."""
+    return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
+
+
+def endpoint(port: int, *, certificate: str = "", key: str = "", interface: str = "::") -> str:
+    """tcp:... or, with a certificate and key, ssl:... listening on every
+    IPv4 and IPv6 address (dual-stack "::")."""
+    where = f"port={port}:interface={_escape(interface)}"
+    if certificate and key:
+        return f"ssl:{where}:privateKey={_escape(key)}:certKey={_escape(certificate)}"
+    return f"tcp:{where}"
+
+
+def strip_query(details: dict) -> dict:
+    """The access-log details with the path cut before '?'."""
+    path = details.get("path")
+    if isinstance(path, str) and "?" in path:
+        return {**details, "path": path.split("?", 1)[0]}
+    return details
+
+
+@implementer(IPushProducer)
+class _SendGate:
+    """A push producer that is only a flag.  Twisted pauses it when the
+    connection's send buffer is full and resumes it once drained."""
+
+    def __init__(self):
+        self.open = asyncio.Event()
+        self.open.set()
+
+    def pauseProducing(self):
+        self.open.clear()
+
+    def resumeProducing(self):
+        self.open.set()
+
+    def stopProducing(self):  # the connection is gone: let the sender go on (and stop)
+        self.open.set()
+
+
+class QuietServer(Server):
+    def log_action(self, protocol, action, details):
+        super().log_action(protocol, action, strip_query(details))
+
+    async def handle_reply(self, protocol, message):
+        """daphne hands every body chunk to Twisted at once, which buffers what
+        the client has not read yet: a slow client downloading a study would
+        have it all in memory.  Here a streamed response waits, after each
+        chunk, until the connection can take more (backpressure)."""
+        body = message.get("type") == "http.response.body"
+        more = body and message.get("more_body", False)
+        gate = getattr(protocol, "_pacs_send_gate", None)
+        if body and not more and gate is not None:
+            # Unregister before the last chunk finishes the request (Twisted
+            # complains, naming the URI, about a producer left registered).
+            protocol._pacs_send_gate = None
+            if getattr(protocol, "channel", None) is not None:
+                protocol.unregisterProducer()
+        await super().handle_reply(protocol, message)
+        if not more or getattr(protocol, "_disconnected", True) or getattr(protocol, "channel", None) is None:
+            return
+        if gate is None:
+            gate = protocol._pacs_send_gate = _SendGate()
+            protocol.registerProducer(gate, True)
+        await gate.open.wait()
+
+
+class WebCommandLine(CommandLineInterface):
+    server_class = QuietServer
+
+
+if __name__ == "__main__":
+    WebCommandLine.entrypoint()

@@ -1,0 +1,177 @@
+"""Disc content: how many discs a job needs, and each disc's folder.
+
+A disc folder follows the IHE PDI layout:
+
+    DICOMDIR            the DICOM File-set directory (pydicom's FileSet)
+    DICOM/PT000000/ST000000/SE000000/IM000000 …   8-character File IDs
+    README.TXT          institution, patient, studies
+    …                   the viewer folder's contents, when one is set
+
+Names come from pydicom's generated File IDs and our own job IDs, never from
+a dataset value.  The stored files are copied byte for byte; only header-only
+copies go through pydicom (to build the DICOMDIR records).
+"""
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.fileset import FileSet
+
+SECTOR = 2048  # bytes per sector on CD and DVD
+# Room kept per instance for its DICOMDIR records and directory entries, and
+# per disc for the DICOMDIR header, README.TXT and the directories.
+RECORD_ALLOWANCE = 1024
+DISC_ALLOWANCE = 64 * 1024
+RESERVED_NAMES = {"dicomdir", "dicom", "readme.txt"}
+
+
+class DiscError(Exception):
+    """The content cannot be put on discs (too big, unreadable, …)."""
+
+
+def on_disc(size: int) -> int:
+    """Bytes a file of `size` bytes takes: whole sectors."""
+    return -(-size // SECTOR) * SECTOR
+
+
+@dataclass
+class Item:
+    """One instance to put on a disc."""
+
+    pk: int
+    path: Path
+    size: int
+
+    @property
+    def cost(self) -> int:
+        return on_disc(self.size) + RECORD_ALLOWANCE
+
+
+def folder_size(folder) -> int:
+    if not folder:
+        return 0
+    return sum(on_disc(p.stat().st_size) for p in Path(folder).rglob("*") if p.is_file())
+
+
+def plan_discs(items, *, disc_type, cd_capacity, dvd_capacity, extra=0):
+    """(media, [[Item, …] per disc]) for `items` in their order.
+
+    1. automatic: a CD if everything fits on one, else DVDs;
+    2. the items fill the discs in order (a series stays on consecutive
+       discs); `extra` (the viewer) goes on every disc;
+    3. an instance that fits on no disc is an error, not a silent skip.
+    """
+    total = DISC_ALLOWANCE + extra + sum(item.cost for item in items)
+    if disc_type == "auto":
+        media = "cd" if total <= cd_capacity else "dvd"
+    else:
+        media = disc_type
+    capacity = cd_capacity if media == "cd" else dvd_capacity
+    room = capacity - DISC_ALLOWANCE - extra
+    if room <= 0:
+        raise DiscError(f"the viewer folder ({extra} bytes) leaves no room on a {media.upper()}")
+    discs, current, used = [], [], 0
+    for item in items:
+        if item.cost > room:
+            raise DiscError(f"an instance of {item.size} bytes does not fit on a {media.upper()} ({capacity} bytes)")
+        if current and used + item.cost > room:
+            discs.append(current)
+            current, used = [], 0
+        current.append(item)
+        used += item.cost
+    if current:
+        discs.append(current)
+    return media, discs
+
+
+# --- One disc folder ----------------------------------------------------------------------------
+
+
+def _invent_missing(ds, *, fallback_date, instance_counter):
+    """Values the DICOMDIR records need (PS3.3 F.5, Type 1) that the instance
+    lacks, as DCMTK's dcmgpdir +I does.  Only the header copy used for the
+    records changes; the file on the disc is the one we stored."""
+    defaults = {
+        "PatientID": "UNKNOWN",
+        "StudyDate": ds.get("SeriesDate") or ds.get("ContentDate") or fallback_date,
+        "StudyTime": ds.get("SeriesTime") or ds.get("ContentTime") or "000000",
+        "StudyID": "1",
+        "Modality": "OT",
+        "SeriesNumber": "1",
+        "InstanceNumber": str(instance_counter),
+    }
+    for keyword, value in defaults.items():
+        if keyword not in ds or ds[keyword].VM == 0:
+            setattr(ds, keyword, value)
+
+
+def write_fileset(folder: Path, sources, *, fileset_id: str, fallback_date: str) -> list[str]:
+    """The DICOM File-set of `sources` (stored files) in `folder`: DICOMDIR at
+    the root, the files under DICOM/.  Returns the SOP Instance UIDs listed.
+
+    1. pydicom's FileSet lays out the File-set from header-only copies and
+       writes it to folder/DICOM;
+    2. the stored files replace the header-only copies, byte for byte;
+    3. the DICOMDIR moves to the root and its File IDs get the DICOM/
+       component; FileSet re-encodes it (offsets) keeping that layout.
+    """
+    dicom_root = folder / "DICOM"
+    fs = FileSet()
+    fs.ID = fileset_id
+    by_uid = {}
+    for counter, path in enumerate(sources, start=1):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            _invent_missing(ds, fallback_date=fallback_date, instance_counter=counter)
+            by_uid[ds.SOPInstanceUID] = Path(path)
+            fs.add(ds)
+        except Exception as exc:  # unreadable file, a record pydicom cannot make
+            raise DiscError(f"stored file {Path(path).name} cannot go into the DICOMDIR: {exc}") from exc
+    fs.write(dicom_root)
+    for instance in fs:
+        shutil.copyfile(by_uid[instance.SOPInstanceUID], dicom_root / instance.FileID)
+    os.replace(dicom_root / "DICOMDIR", folder / "DICOMDIR")
+    dicomdir = pydicom.dcmread(folder / "DICOMDIR")
+    for record in dicomdir.DirectoryRecordSequence:
+        if "ReferencedFileID" in record and record["ReferencedFileID"].VM:
+            value = record.ReferencedFileID
+            parts = [value] if isinstance(value, str) else list(value)
+            record.ReferencedFileID = ["DICOM", *parts]
+    relocated = FileSet(dicomdir)
+    relocated.write(use_existing=True)
+    return [instance.SOPInstanceUID for instance in relocated]
+
+
+def copy_viewer(viewer: Path, folder: Path):
+    """The viewer folder's contents at the disc root (never over our files)."""
+    for entry in Path(viewer).iterdir():
+        if entry.name.lower() in RESERVED_NAMES:
+            continue
+        target = folder / entry.name
+        if entry.is_dir():
+            shutil.copytree(entry, target)
+        else:
+            shutil.copyfile(entry, target)
+
+
+def stage_disc(folder: Path, sources, *, fileset_id, readme: str, viewer=None, fallback_date="19000101") -> int:
+    """Build one disc folder; returns its size on disc (bytes).  The folder
+    is built under a temporary name and renamed, so a half-built disc never
+    carries the name a job file points at."""
+    folder = Path(folder)
+    building = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    building.chmod(0o755)  # mkdtemp makes it private; the robot reads it over a share
+    try:
+        write_fileset(building, sources, fileset_id=fileset_id, fallback_date=fallback_date)
+        (building / "README.TXT").write_bytes(readme.replace("\n", "\r\n").encode("utf-8-sig"))
+        if viewer:
+            copy_viewer(Path(viewer), building)
+        os.replace(building, folder)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    return folder_size(folder)

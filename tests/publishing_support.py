@@ -1,0 +1,119 @@
+"""Helpers for the publishing tests: publishers with hot folders, instances
+in the archive without a network, and checks of a disc folder."""
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pydicom
+from pydicom.fileset import FileSet
+
+from tests.conftest import BASE_DIR, dcmtk, server_env
+
+
+def a_publisher(kind, root: Path, **values):
+    """Persona: a disc robot whose hot folder is a folder of the test."""
+    from publishing.models import Publisher
+
+    hot = root / f"{kind}-hot"
+    hot.mkdir(parents=True, exist_ok=True)
+    fields = dict(name=f"{kind} robot", kind=kind, is_default=True, job_folder=str(hot))
+    if kind == "epson":
+        fields["robot_name"] = "Publisher 0"
+    fields.update(values)
+    return Publisher.objects.create(**fields)
+
+
+def index_files(paths, *, called_ae="PACS", association=None):
+    """Put files into the archive as runscp would (file in storage, rows)."""
+    from dicomnodes.header import read_header_file
+    from dicomnodes.index import IndexItem, apply_batch
+    from dicomnodes.models import Instance
+    from dicomnodes.storage import instance_path
+
+    items = []
+    for path in paths:
+        header = read_header_file(path)
+        target = instance_path(header.sop_instance_uid)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+        items.append(
+            IndexItem(
+                header,
+                target.stat().st_size,
+                True,
+                False,
+                called_ae=called_ae,
+                calling_ae="MODALITY1",
+                association_id=association.pk if association else None,
+            )
+        )
+    apply_batch(items)
+    uids = [item.header.sop_instance_uid for item in items]
+    return list(Instance.objects.filter(sop_instance_uid__in=uids).select_related("series__study"))
+
+
+def sop_uids(paths):
+    return {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths}
+
+
+def dicomdir_uids(disc_folder: Path):
+    """The SOP Instance UIDs the DICOMDIR lists, after checking that each
+    referenced file exists under DICOM/ with conformant File IDs and holds
+    that instance, and that no DICOM file on the disc is unlisted."""
+    disc_folder = Path(disc_folder)
+    dicomdir = pydicom.dcmread(disc_folder / "DICOMDIR")
+    listed = {}
+    for record in dicomdir.DirectoryRecordSequence:
+        if "ReferencedFileID" not in record:
+            continue
+        parts = list(record.ReferencedFileID)
+        assert parts[0] == "DICOM", parts
+        assert len(parts) <= 8 and all(re.fullmatch("[A-Z0-9_]{1,8}", p) for p in parts), parts
+        path = disc_folder.joinpath(*parts)
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        assert ds.SOPInstanceUID == record.ReferencedSOPInstanceUIDInFile
+        listed[str(ds.SOPInstanceUID)] = path
+    on_disc = {p for p in (disc_folder / "DICOM").rglob("*") if p.is_file()}
+    assert on_disc == set(listed.values()), "a DICOM file on the disc is not in the DICOMDIR"
+    assert {str(i.SOPInstanceUID) for i in FileSet(disc_folder / "DICOMDIR")} == set(listed)
+    return set(listed)
+
+
+def dcmdump_dicomdir(disc_folder: Path) -> str:
+    proc = dcmtk("dcmdump", Path(disc_folder) / "DICOMDIR", check=True)
+    assert "E:" not in proc.stdout + proc.stderr, proc.stderr
+    return proc.stdout
+
+
+def job_file_lines(path: Path):
+    return path.read_bytes().decode("cp1252").split("\r\n")
+
+
+class QCluster:
+    """`manage.py qcluster` in its own process (the django-q2 worker)."""
+
+    def __init__(self, data_dir, log_path):
+        self.log_path = log_path
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(BASE_DIR / "manage.py"), "qcluster"],
+                cwd=BASE_DIR,
+                env=server_env(data_dir),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def log(self):
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
