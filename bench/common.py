@@ -2,8 +2,8 @@
 tools and targets, and the targets themselves (DCMTK storescp, Orthanc, our
 `manage.py runscp`) started in a fresh temporary folder and stopped again.
 
-Used by bench/ingest.py and bench/query.py (run as scripts, so this module
-is imported as `common`).
+Used by bench/ingest.py, bench/query.py and bench/transfer.py (run as
+scripts, so this module is imported as `common`).
 """
 
 from __future__ import annotations
@@ -62,12 +62,15 @@ def port_open(port: int) -> bool:
         return False
 
 
-def http_json(url: str, data: dict | None = None):
-    """GET `url` (POST `data` as JSON if given); the decoded JSON answer."""
+def http_json(url: str, data: dict | None = None, method: str | None = None, timeout: float = 10):
+    """GET `url` (POST `data` as JSON if given, or `method`); the decoded
+    JSON answer (None if empty)."""
     body = json.dumps(data).encode() if data is not None else None
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"} if body else {})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.load(response)
+    headers = {"Content-Type": "application/json"} if body else {}
+    request = urllib.request.Request(url, data=body, headers=headers, method=method)
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        raw = response.read()
+    return json.loads(raw) if raw.strip() else None
 
 
 def tool_env(**extra: str) -> dict:
@@ -329,19 +332,24 @@ def send(parts: list[Path], associations: int, ae_title: str, port: int, logdir:
     """Send the folders `parts` with storescu: one process for all of them
     (associations == 1), or one per folder in parallel.  Seconds from the
     start until every storescu has exited, and their exit codes."""
-    if associations == 1:
-        groups = [parts]
-    else:
-        groups = [[part] for part in parts]
-    env = tool_env()
+    groups = [parts] if associations == 1 else [[part] for part in parts]
+    cmd = ["storescu", "-aec", ae_title, "127.0.0.1", str(port), "+sd"]
+    return run_all([[*cmd, *map(str, folders)] for folders in groups], logdir, "storescu")
+
+
+def run_all(
+    cmds: list[list[str]], logdir: Path, name: str, env: dict | None = None, cwd: Path | None = None
+) -> tuple[float, list[int]]:
+    """Run `cmds` in parallel (output to logdir/<name>-<i>.log; tool_env()
+    unless `env` is given).  Seconds from the start until every process has
+    exited, and their exit codes."""
+    env = env or tool_env()
     started = time.monotonic()
     procs = []
-    for i, folders in enumerate(groups):
-        log = open(logdir / f"storescu-{i + 1}.log", "wb")
-        cmd = ["storescu", "-aec", ae_title, "127.0.0.1", str(port), "+sd", *map(str, folders)]
-        procs.append(
-            (subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT), log)
-        )
+    for i, cmd in enumerate(cmds):
+        log = open(logdir / f"{name}-{i + 1}.log", "wb")
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        procs.append((proc, log))
     codes = []
     for proc, log in procs:
         codes.append(proc.wait())

@@ -96,3 +96,21 @@ def study_url(event):
         return reverse("admin:dicomnodes_study_change", args=[study_id])
     except NoReverseMatch:  # pragma: no cover - the admin is always installed
         return ""
+
+
+KEEP_DAYS = 30
+
+
+def prune(days=KEEP_DAYS):
+    """Delete events older than `days` (a daily django-q2 schedule); returns how many."""
+    import datetime
+
+    from django.utils import timezone
+
+    from pacs_site.models import Event
+
+    cutoff = timezone.now() - datetime.timedelta(days=days)
+    deleted, _ = Event.objects.filter(created_at__lt=cutoff).delete()
+    if deleted:
+        logger.info("deleted %d events older than %d days", deleted, days)
+    return deleted

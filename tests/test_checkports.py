@@ -24,11 +24,17 @@ def dicom_line(output):
 
 
 @pytest.fixture(autouse=True)
-def hl7_listener_off(db):
-    """Only the DICOM port is under test: switch the HL7 listener's port off."""
+def hl7_listener_off(db, monkeypatch):
+    """Only the DICOM port is under test: switch the HL7 and web ports off."""
+    from portal.models import HttpSettings
+
     row = WorklistSettings.load()
     row.hl7_port = 0
     row.save()
+    http = HttpSettings.load()
+    http.web_port = 0
+    http.save()
+    monkeypatch.delenv("PACS_WEB_PORT", raising=False)
 
 
 def set_dicom_port(port):
@@ -79,3 +85,18 @@ def test_it_lists_the_loopback_addresses_of_both_families(db):
     addresses = checkports().split("Addresses of this machine", 1)[1].split()
     assert "127.0.0.1" in addresses
     assert "::1" in addresses
+
+
+def test_the_web_port_of_the_http_settings_is_checked_too(db, held_port, monkeypatch):
+    from portal.models import HttpSettings
+
+    monkeypatch.delenv("PACS_WEB_PORT", raising=False)
+    set_dicom_port(0)
+    http = HttpSettings.load()
+    http.web_port = held_port
+    http.save()
+    (line,) = [line for line in checkports().splitlines() if "web (daphne)" in line]
+    assert f"port {held_port}" in line and "OTHER" in line and "HTTP server settings" in line
+    monkeypatch.setenv("PACS_WEB_PORT", "0")
+    (line,) = [line for line in checkports().splitlines() if "web (daphne)" in line]
+    assert "DISABLED" in line and "PACS_WEB_PORT" in line

@@ -34,3 +34,17 @@ def test_an_echo_announces_nothing(scp):
     assert scp.echo().returncode == 0
     scp.wait_for_log("released")
     assert not Event.objects.exists()
+
+
+def test_events_older_than_thirty_days_are_pruned(db):
+    import datetime
+
+    from django.utils import timezone
+
+    from pacs_site.events import prune, record
+
+    old = record(EventKind.STUDY_RECEIVED, "old")
+    record(EventKind.STUDY_RECEIVED, "new")
+    Event.objects.filter(pk=old.pk).update(created_at=timezone.now() - datetime.timedelta(days=31))
+    assert prune() == 1
+    assert list(Event.objects.values_list("message", flat=True)) == ["new"]

@@ -59,7 +59,7 @@ def configured(db):
 
 def test_export_writes_every_setting_and_peer_with_the_documented_names(configured):
     document = json.loads(export_text())
-    assert list(document) == ["dicom", "peers"]
+    assert list(document) == ["dicom", "peers", "worklist", "hl7_destinations", "http", "publishing", "publishers"]
     settings_fields = {f.name for f in DicomServerSettings._meta.concrete_fields} - {"id", "updated_at"}
     assert set(document["dicom"]) == settings_fields
     assert document["dicom"]["ae_title"] == "ARCHIVE"
@@ -75,6 +75,29 @@ def test_export_writes_every_setting_and_peer_with_the_documented_names(configur
         "check_host": False,
         "notes": "",
     }
+
+
+def test_the_other_apps_settings_round_trip_too(configured, tmp_path):
+    from portal.models import HttpSettings
+    from publishing.models import Publisher
+    from worklist.models import HL7Destination
+
+    http = HttpSettings.load()
+    http.institution, http.web_port = "General Hospital", 8443
+    http.save()
+    Publisher.objects.create(name="Robot 1", kind="epson", job_folder=str(tmp_path), is_default=True)
+    HL7Destination.objects.create(name="RIS", host="ris.example", port=2576)
+    saved = export_config()
+    assert saved["http"]["institution"] == "General Hospital"
+    assert [p["name"] for p in saved["publishers"]] == ["Robot 1"]
+    HttpSettings.objects.update(institution="Elsewhere", web_port=3000)
+    Publisher.objects.all().delete()
+    HL7Destination.objects.update(port=9999)
+    import_config(saved)
+    assert (HttpSettings.load().institution, HttpSettings.load().web_port) == ("General Hospital", 8443)
+    assert Publisher.objects.get().job_folder == str(tmp_path)
+    assert HL7Destination.objects.get().port == 2576
+    assert export_config() == saved
 
 
 def test_export_to_stdout_is_one_json_document(configured):
@@ -133,7 +156,15 @@ def test_absent_sections_are_left_as_they_are(configured):
 
 
 def test_importing_the_current_configuration_changes_nothing(configured):
-    assert import_config(export_config()) == ["dicom: unchanged", "peers: 0 created, 0 updated, 0 deleted, 3 unchanged"]
+    assert import_config(export_config()) == [
+        "dicom: unchanged",
+        "peers: 0 created, 0 updated, 0 deleted, 3 unchanged",
+        "worklist: unchanged",
+        "hl7_destinations: 0 created, 0 updated, 0 deleted, 0 unchanged",
+        "http: unchanged",
+        "publishing: unchanged",
+        "publishers: 0 created, 0 updated, 0 deleted, 0 unchanged",
+    ]
 
 
 def test_an_import_with_several_errors_names_each_by_its_path_and_changes_nothing(configured):

@@ -133,3 +133,26 @@ def test_an_admin_creates_a_patient_link_with_a_qr_code_and_it_opens(browser, si
     patient = browser.new_page()
     assert patient.goto(url).status == 200
     assert patient.inner_text("#patient h1") == "Doe, Jane"
+
+
+def test_an_admin_presses_echo_on_a_peer_and_sees_the_round_trip(browser, site, scp, django_user_model):
+    from dicomnodes.models import Peer
+
+    base, _ = site
+    Peer.objects.create(name="ourselves", ae_title="PACS", host="127.0.0.1", port=scp.port)
+    Peer.objects.create(name="nobody home", ae_title="DOWN", host="127.0.0.1", port=free_port())
+    django_user_model.objects.create_superuser("admin", "", "a long secret passphrase")
+    page = browser.new_page()
+    page.goto(f"{base}/admin/login/")
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", "a long secret passphrase")
+    page.click("input[type=submit]")
+
+    page.goto(f"{base}/admin/dicomnodes/peer/")
+    page.locator("tr", has_text="ourselves").get_by_role("button", name="Echo").click()
+    success = page.locator("ul.messagelist li.success")
+    assert "ourselves (pacs@127.0.0.1" in success.text_content().lower()
+    assert "echo OK in" in success.inner_text()
+
+    page.locator("tr", has_text="nobody home").get_by_role("button", name="Echo").click()
+    assert "connection refused" in page.locator("ul.messagelist li.error").inner_text()

@@ -4,6 +4,8 @@ For each listener: is its port 0 (disabled), free, held by this server, or
 held by another program (PID and name)?  Then every address of the machine.
 """
 
+import os
+
 from django.core.management.base import BaseCommand
 
 from pacs_site.ports import listeners_on, machine_addresses, port_is_free
@@ -12,11 +14,20 @@ from pacs_site.ports import listeners_on, machine_addresses, port_is_free
 def listener_ports():
     """(listener, port, where the port is set) for every listener we have."""
     from dicomnodes.models import DicomServerSettings
+    from pacs_site.env import envint
+    from portal.models import HttpSettings
     from worklist.models import WorklistSettings
 
+    http = HttpSettings.load()
+    web_where = "environment: PACS_WEB_PORT" if os.environ.get("PACS_WEB_PORT") else "admin: HTTP server settings"
     rows = [
         ("DICOM (runscp)", DicomServerSettings.load().port, "admin: DICOM server settings"),
         ("HL7 (runmllp)", WorklistSettings.load().hl7_port, "admin: worklist server settings"),
+        (
+            "web (daphne)" + (" HTTPS" if http.tls_enabled else ""),
+            envint("PACS_WEB_PORT", http.web_port, minimum=0, maximum=65535),
+            web_where,
+        ),
     ]
     return rows
 
