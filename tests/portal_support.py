@@ -6,7 +6,6 @@ Personas: a patient with a token, a stranger guessing tokens.
 
 import datetime as dt
 import ipaddress
-import shutil
 import subprocess
 import sys
 import urllib.request
@@ -18,10 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from dicomnodes.header import read_header_file
-from dicomnodes.index import IndexItem, apply_batch
 from dicomnodes.models import Study
-from dicomnodes.storage import instance_path
+from tests.archive_support import archive_files
 from tests.conftest import BASE_DIR, RunningProcess, server_env, wait_until
 from tests.dicomdata import make_ct_series
 
@@ -40,24 +37,7 @@ def store_study(tmp_path, *, series=2, per_series=3, **ct_args) -> Study:
 
 def index_files(paths) -> Study:
     """Copy DICOM files of one study into storage and index them; the study."""
-    items = []
-    for path in paths:
-        header = read_header_file(path)
-        target = instance_path(header.sop_instance_uid)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
-        items.append(
-            IndexItem(
-                header,
-                file_size=target.stat().st_size,
-                file_is_new=True,
-                overwrite=False,
-                calling_ae="MODALITY1",
-                called_ae="PACS",
-            )
-        )
-    apply_batch(items)
-    return Study.objects.get(study_instance_uid=items[0].header.study_instance_uid)
+    return archive_files(paths)[0].series.study
 
 
 def self_signed(folder: Path, *, name="localhost", days=30, not_before=None, key=None):

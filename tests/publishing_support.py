@@ -2,7 +2,6 @@
 in the archive without a network, and checks of a disc folder."""
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import pydicom
 from pydicom.fileset import FileSet
 
+from tests.archive_support import archive_files
 from tests.conftest import BASE_DIR, dcmtk, server_env
 
 
@@ -28,31 +28,7 @@ def a_publisher(kind, root: Path, **values):
 
 def index_files(paths, *, called_ae="PACS", association=None):
     """Put files into the archive as runscp would (file in storage, rows)."""
-    from dicomnodes.header import read_header_file
-    from dicomnodes.index import IndexItem, apply_batch
-    from dicomnodes.models import Instance
-    from dicomnodes.storage import instance_path
-
-    items = []
-    for path in paths:
-        header = read_header_file(path)
-        target = instance_path(header.sop_instance_uid)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
-        items.append(
-            IndexItem(
-                header,
-                target.stat().st_size,
-                True,
-                False,
-                called_ae=called_ae,
-                calling_ae="MODALITY1",
-                association_id=association.pk if association else None,
-            )
-        )
-    apply_batch(items)
-    uids = [item.header.sop_instance_uid for item in items]
-    return list(Instance.objects.filter(sop_instance_uid__in=uids).select_related("series__study"))
+    return archive_files(paths, called_ae=called_ae, association=association)
 
 
 def sop_uids(paths):

@@ -6,16 +6,14 @@ received" is on."""
 import re
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
 from dicomnodes.models import DicomServerSettings, Study
+from tests.browser_support import browser_fixture  # noqa: F401 (the `browser` fixture)
 from tests.conftest import BASE_DIR, free_port, port_accepts, server_env, wait_until
 from tests.dicomdata import make_ct
 
-CHROMIUM = Path("/usr/bin/chromium")
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 PASSWORD = "a long and unguessable passphrase"
 
 
@@ -43,22 +41,6 @@ def web(transactional_db, data_dir, tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-@pytest.fixture
-def browser(monkeypatch):
-    # Playwright's sync API keeps an event loop in this thread; the test's own
-    # ORM calls are plain synchronous code between its calls, so Django's
-    # guard against ORM use inside a coroutine does not apply to them.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: README's test command (bin/test) installs Debian's chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

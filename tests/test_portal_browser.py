@@ -6,7 +6,6 @@ Personas: a patient with a token, an admin (a superuser).
 
 import datetime as dt
 import zipfile
-from pathlib import Path
 
 import pydicom
 import pytest
@@ -14,35 +13,11 @@ from django.utils import timezone
 
 from portal.models import HttpSettings
 from portal.tokens import create_token
+from tests.browser_support import browser_fixture  # noqa: F401 (the `browser` fixture)
 from tests.conftest import free_port
 from tests.portal_support import start_runpacs_web, store_study, wait_for_web
 
 pytestmark = pytest.mark.archive
-
-CHROMIUM = Path("/usr/bin/chromium")
-BROWSER_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
-@pytest.fixture
-def browser(monkeypatch):
-    """Headless Chromium.  Playwright's sync API runs an event loop in this
-    thread, so Django must be told that the test's own ORM calls are fine."""
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: README's test command (./bin/test) installs Debian's chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

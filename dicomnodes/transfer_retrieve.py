@@ -1,0 +1,292 @@
+"""C-MOVE and C-GET jobs: the retrieve half of `transfer_runner`.
+
+A first attempt retrieves the whole job with one request; a retry first asks
+the peer what the job's scope holds (C-FIND, one level at a time) and
+retrieves only the instances not stored here, series by series.  A C-GET
+always asks first, to learn the SOP classes to accept in the SCP role.
+"""
+
+import threading
+import time
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    JPEG2000,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    RLELossless,
+)
+from pynetdicom import AE, evt
+from pynetdicom.presentation import build_role
+from pynetdicom.sop_class import (
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
+
+from dicomnodes.ingest import SUCCESS, store_received
+from dicomnodes.models import DuplicatePolicy, Instance, Study, TransferLevel
+from dicomnodes.services import status as dimse_status
+from dicomnodes.transfer_runner import PENDING, Cancelled, Refused
+
+# What we accept on a C-GET association, besides little endian: the usual
+# compressed syntaxes, each in a context of its own so the peer can send an
+# instance as it stores it.
+_COMPRESSED = [JPEGBaseline8Bit, JPEGLosslessSV1, JPEGLSLossless, JPEG2000Lossless, JPEG2000, RLELossless]
+
+
+# --- C-MOVE and C-GET from the peer ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RemoteInstance:
+    study: str
+    series: str
+    sop: str
+    sop_class: str
+
+
+def _identifier(level, **keys):
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def job_identifier(job):
+    """The C-MOVE/C-GET identifier of the whole job (PS3.4 C.4.2.2.1)."""
+    uids = job.uids if len(job.uids) > 1 else job.uids[0]
+    if job.level == TransferLevel.STUDY:
+        return _identifier("STUDY", StudyInstanceUID=uids)
+    if job.level == TransferLevel.SERIES:
+        return _identifier("SERIES", StudyInstanceUID=job.study_uid, SeriesInstanceUID=uids)
+    return _identifier("IMAGE", StudyInstanceUID=job.study_uid, SeriesInstanceUID=job.series_uid, SOPInstanceUID=uids)
+
+
+def remote_instances(run):
+    """What the job's scope holds at the peer: C-FIND down to IMAGE level,
+    one level at a time with single-valued upper keys (hierarchical query)."""
+    job = run.job
+    ae = AE(ae_title=run.settings.ae_title)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    run.associate(ae)
+    try:
+        if job.level == TransferLevel.STUDY:
+            series = []
+            for study in job.uids:
+                ident = _identifier("SERIES", StudyInstanceUID=study, SeriesInstanceUID="")
+                series += [(study, str(a.SeriesInstanceUID)) for a in _find(run, ident) if "SeriesInstanceUID" in a]
+        elif job.level == TransferLevel.SERIES:
+            series = [(job.study_uid, uid) for uid in job.uids]
+        else:
+            series = [(job.study_uid, job.series_uid)]
+        found = []
+        wanted = set(job.uids) if job.level == TransferLevel.IMAGE else None
+        for study, series_uid in series:
+            ident = _identifier(
+                "IMAGE", StudyInstanceUID=study, SeriesInstanceUID=series_uid, SOPInstanceUID="", SOPClassUID=""
+            )
+            for a in _find(run, ident):
+                sop = str(a.get("SOPInstanceUID", ""))
+                if sop and (wanted is None or sop in wanted):
+                    found.append(RemoteInstance(study, series_uid, sop, str(a.get("SOPClassUID", ""))))
+    finally:
+        run.close()
+    return found
+
+
+def _find(run, identifier):
+    answers = []
+    asked = time.monotonic()
+    try:
+        responses = run.assoc.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind)
+        for status, answer in responses:
+            if not status or "Status" not in status:
+                run.lost(asked)
+            if status.Status in PENDING:
+                answers.append(answer)
+            elif status.Status != 0x0000:
+                raise Refused(f"C-FIND failed: status 0x{status.Status:04X} {status.get('ErrorComment', '')}".strip())
+            asked = time.monotonic()
+    except RuntimeError:
+        run.lost(asked)
+    return answers
+
+
+def retrieve_plan(run, remote):
+    """The identifiers to retrieve: the whole job, or (when `remote` is
+    known) only the instances not stored here, series by series."""
+    if remote is None:
+        return [run.job_identifier]
+    have = set(
+        Instance.objects.filter(sop_instance_uid__in=[r.sop for r in remote]).values_list("sop_instance_uid", flat=True)
+    )
+    p = run.progress
+    p.total = len(remote)
+    p.done = len(have)
+    by_series = {}
+    for r in remote:
+        if r.sop not in have:
+            by_series.setdefault((r.study, r.series), []).append(r.sop)
+    return [
+        _identifier("IMAGE", StudyInstanceUID=study, SeriesInstanceUID=series, SOPInstanceUID=sops)
+        for (study, series), sops in by_series.items()
+    ]
+
+
+def move(run):
+    job = run.job
+    run.job_identifier = job_identifier(job)
+    retry = job.attempts > 1
+    plan = retrieve_plan(run, remote_instances(run) if retry else None)
+    if not plan:
+        return
+    destination = job.move_destination or run.settings.ae_title
+    ae = AE(ae_title=run.settings.ae_title)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    assoc = run.associate(ae)
+    for identifier in plan:
+        base_done = run.progress.done
+        asked = time.monotonic()
+        try:
+            for answer, _ in assoc.send_c_move(identifier, destination, StudyRootQueryRetrieveInformationModelMove):
+                if not answer or "Status" not in answer:
+                    run.lost(asked)
+                _count(run, answer, base_done, final=answer.Status not in PENDING)
+                _check_final(run, answer, destination)
+                asked = time.monotonic()
+        except RuntimeError:
+            run.lost(asked)
+    run.close()
+
+
+def get(run):
+    job, p = run.job, run.progress
+    run.job_identifier = job_identifier(job)
+    remote = remote_instances(run)
+    plan = retrieve_plan(run, remote) if job.attempts > 1 else [run.job_identifier]
+    if not remote:
+        return  # nothing there: run_job says so
+    if job.attempts == 1:
+        p.total = len(remote)
+    if not plan:
+        return
+    sop_classes = sorted({r.sop_class for r in remote if r.sop_class})
+    ae = AE(ae_title=run.settings.ae_title)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    for sop_class in sop_classes[:120]:
+        ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    for syntax in _COMPRESSED:
+        for sop_class in sop_classes:
+            if len(ae.requested_contexts) < 128:
+                ae.add_requested_context(sop_class, [syntax])
+    roles = [build_role(sop_class, scp_role=True) for sop_class in sop_classes[:120]]
+    assoc = run.associate(ae, handlers=[(evt.EVT_C_STORE, lambda event: _store(run, event))], ext_neg=roles)
+    for identifier in plan:
+        asked = time.monotonic()
+        try:
+            for answer, _ in assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet):
+                if not answer or "Status" not in answer:
+                    run.lost(asked)
+                _check_final(run, answer, None)
+                asked = time.monotonic()
+        except RuntimeError:
+            run.lost(asked)
+    run.close()
+
+
+def _store(run, event):
+    """A C-STORE sub-operation of our C-GET: stored and indexed as if it had
+    come to runscp, from the peer's AE title to ours."""
+    p = run.progress
+    if p.cancelled:
+        return 0xFE00
+    raw = event.request.DataSet.getvalue()
+    req = event.request
+    result = store_received(
+        raw,
+        str(event.context.transfer_syntax),
+        sop_class_uid=str(req.AffectedSOPClassUID),
+        sop_instance_uid=str(req.AffectedSOPInstanceUID),
+        called_ae=run.settings.ae_title,
+        calling_ae=run.peer.ae_title,
+        association_id=None,
+        overwrite=run.settings.duplicate_policy == DuplicatePolicy.OVERWRITE,
+        fsync=run.settings.fsync_on_store,
+        writer=index_writer(),
+        wait_timeout=max(run.timeout, 30),
+    )
+    if result.status == SUCCESS:
+        p.delivered_one(result.sop_instance_uid, len(raw))
+        return SUCCESS
+    p.failed_one(str(req.AffectedSOPInstanceUID))
+    return dimse_status(result.status, result.comment)
+
+
+def _count(run, answer, base_done, *, final):
+    """C-MOVE progress from the sub-operation counts of a response."""
+    p = run.progress
+    counts = {
+        k: int(answer.get(f"NumberOf{k}Suboperations", 0) or 0) for k in ("Remaining", "Completed", "Failed", "Warning")
+    }
+    with p.lock:
+        p.done = base_done + counts["Completed"] + counts["Warning"]
+        if p.total is None or not final:
+            p.total = max(p.total or 0, p.done + counts["Remaining"] + counts["Failed"])
+        if final and counts["Failed"]:
+            p.failed = counts["Failed"]
+
+
+def _check_final(run, answer, destination):
+    code = answer.Status
+    if code in PENDING or code == 0x0000:
+        return
+    comment = str(answer.get("ErrorComment", "")).strip()
+    if code == 0xB000:  # some sub-operations failed
+        failed = answer.get("FailedSOPInstanceUIDList", [])
+        p = run.progress
+        with p.lock:
+            p.failed_uids += [str(u) for u in (failed if isinstance(failed, (list, tuple)) else [failed]) if u]
+            p.failed = max(p.failed, len(p.failed_uids), 1)
+        return
+    if code == 0xFE00:
+        raise Cancelled()
+    if code == 0xA801:
+        raise Refused(f"{run.peer.ae_title} does not know {destination} as a C-MOVE destination (status 0xA801)")
+    text = f"C-MOVE to {destination} failed" if destination else "C-GET failed"
+    text += f": status 0x{code:04X}"
+    raise Refused(f"{text} ({comment})" if comment else text)
+
+
+def studies_retrieved(run):
+    from dicomnodes.notifications import study_received
+    from pacs_site.models import EventKind
+
+    job = run.job
+    uids = job.uids if job.level == TransferLevel.STUDY else [job.study_uid]
+    open_study = run.settings.open_transferred_studies
+    for study in Study.objects.filter(study_instance_uid__in=uids):
+        study_received(study, source=run.peer.ae_title, kind=EventKind.STUDY_RETRIEVED, open_study=open_study)
+
+
+# --- the index writer of this process (C-GET) ---------------------------------------------------
+
+_writer = None
+_writer_lock = threading.Lock()
+
+
+def index_writer():
+    global _writer
+    with _writer_lock:
+        if _writer is None:
+            from dicomnodes.index import IndexWriter
+            from dicomnodes.scp import _studies_arrived
+
+            _writer = IndexWriter(on_studies_created=_studies_arrived).start()
+        return _writer
