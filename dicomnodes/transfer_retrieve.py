@@ -142,12 +142,14 @@ def retrieve_plan(run, remote):
 
 def move(run):
     job = run.job
+    destination = job.move_destination or run.settings.ae_title
+    if destination == run.settings.ae_title and not run.settings.port:
+        raise Refused("our DICOM server is off (port 0), so a C-MOVE to us cannot arrive: use C-GET")
     run.job_identifier = job_identifier(job)
     retry = job.attempts > 1
     plan = retrieve_plan(run, remote_instances(run) if retry else None)
     if not plan:
         return
-    destination = job.move_destination or run.settings.ae_title
     ae = AE(ae_title=run.settings.ae_title)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
     assoc = run.associate(ae)

@@ -88,18 +88,21 @@ class Progress:
             self.failed += 1
             self.failed_uids.append(uid)
 
-    def row_values(self):
+    def row_values(self, *, with_uids=True):
+        """The job row's progress columns; the UID lists (which grow with
+        the job) only when `with_uids`."""
         with self.lock:
             elapsed = time.monotonic() - self.started
-            return dict(
+            values = dict(
                 total=self.total,
                 done=self.done,
                 failed=self.failed,
                 bytes=self.bytes,
                 rate=round(self.done_here / elapsed, 2) if elapsed > 0.5 and self.done_here else None,
-                delivered=list(self.delivered),
-                failed_uids=list(self.failed_uids)[-1000:],
             )
+            if with_uids:
+                values.update(delivered=list(self.delivered), failed_uids=list(self.failed_uids)[-1000:])
+            return values
 
 
 class Monitor(threading.Thread):
@@ -112,8 +115,13 @@ class Monitor(threading.Thread):
 
     def run(self):
         try:
+            ticks = 0
             while not self.stopping.wait(1.0):
-                self.run_.save_progress()
+                # The delivered list (what a retry leaves out) every 5 s: a
+                # worker that dies may resend up to 5 s of instances, and a
+                # job of 10,000 instances does not rewrite 600 KB a second.
+                ticks += 1
+                self.run_.save_progress(with_uids=ticks % 5 == 0)
                 if TransferJob.objects.filter(pk=self.run_.job.pk, cancel_requested=True).exists():
                     self.run_.cancel()
         except Exception:
@@ -138,9 +146,12 @@ class JobRun:
         self.assoc = None
 
     # --- the row --------------------------------------------------------------------
-    def save_progress(self, **extra):
+    def save_progress(self, *, with_uids=True, **extra):
         TransferJob.objects.filter(pk=self.job.pk).update(
-            heartbeat_at=timezone.now(), updated_at=timezone.now(), **self.progress.row_values(), **extra
+            heartbeat_at=timezone.now(),
+            updated_at=timezone.now(),
+            **self.progress.row_values(with_uids=with_uids),
+            **extra,
         )
 
     def cancel(self):

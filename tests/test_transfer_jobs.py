@@ -128,6 +128,16 @@ def test_a_move_to_a_destination_orthanc_does_not_know_fails_with_a_reason(ortha
     assert job.last_error.startswith("C-MOVE to NOBODY failed")
 
 
+def test_a_move_to_us_while_our_dicom_server_is_off_fails_with_a_reason(transactional_db):
+    settings(port=0)
+    peer = Peer.objects.create(name="remote", ae_title="REMOTE", host="127.0.0.1", port=104)
+    job = submit_job(kind="move", peer=peer, uids=["1.2.3"], kick_runner=False)
+    run_next()
+    job.refresh_from_db()
+    assert job.state == TransferState.FAILED
+    assert job.last_error == "our DICOM server is off (port 0), so a C-MOVE to us cannot arrive: use C-GET"
+
+
 # --- the connection limit ------------------------------------------------------------------
 
 
