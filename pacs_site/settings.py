@@ -252,5 +252,8 @@ LOGGING = {
         # pynetdicom is chatty at INFO; the DICOM debug mode turns it up.
         "pynetdicom": {"level": "WARNING"},
         "daphne": {"level": "WARNING"},
+        # django-q2 logs two lines for every task, schedules included (several
+        # a minute); our tasks log what they do themselves.
+        "django-q": {"level": envstr("PACS_Q_LOG_LEVEL", "WARNING").upper()},
     },
 }

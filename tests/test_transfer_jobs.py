@@ -3,7 +3,7 @@ remote PACS; the connection limit, time-outs, retries and cancel against
 small peers that record what they see.
 
 Jobs run through `transfers.run_next()` in this process (its threads are the
-runner's own); `test_transfer_qcluster.py` runs them in django-q2's cluster.
+runner's own); `test_transfer_admin.py` also runs one in django-q2's cluster.
 """
 
 import threading
