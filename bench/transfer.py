@@ -5,7 +5,7 @@ studies to a peer and retrieve them from one, next to DCMTK and Orthanc?
     .venv/bin/python bench/transfer.py [--quick] [--small N] [--large N] [--only dcmtk,orthanc,pacs]
         [--ops send,move,get] [--pacs-processes N] [--pacs-no-fsync] [--keep]
 
-Corpora of bench/ingest.py (10 studies).  Cases: send to a fresh storescp
+Corpora of bench/ingest.py (10 studies).  Cases: send to a fresh storescp --fork
 (storescu, Orthanc's REST store, `manage.py dicom send`); C-MOVE and C-GET
 from an Orthanc holding the corpora (movescu to a fresh storescp, getscu, and
 `manage.py dicom retrieve [--get]` into a fresh archive).  Each with one
@@ -33,6 +33,7 @@ from pathlib import Path
 
 import pydicom
 from common import (
+    COUNT_TIMEOUT,
     PYTHON,
     REPO,
     RESULTS_DIR,
@@ -84,8 +85,8 @@ sys.exit(0 if all(state == "succeeded" for _, state, _, _ in states) else 1)
 JOB_SECONDS = """
 from dicomnodes.models import TransferJob
 jobs = list(TransferJob.objects.order_by("-id")[:{n}])
-if all(j.started_at and j.finished_at for j in jobs):
-    print((max(j.finished_at for j in jobs) - min(j.started_at for j in jobs)).total_seconds())
+if jobs and all(j.started_at and j.finished_at for j in jobs):
+    print("seconds", (max(j.finished_at for j in jobs) - min(j.started_at for j in jobs)).total_seconds())
 """
 
 
@@ -131,8 +132,16 @@ class TransferPacs(Pacs):
         self.shell(run, SET_PEER.format(name="orthanc", ae=Orthanc.ae_title, port=self.orthanc_port) + SET_LIMIT)
 
     def job_seconds(self, run: Run, n: int) -> float | None:
-        out = self.shell(run, JOB_SECONDS.format(n=n)).strip()
-        return float(out) if out else None
+        out = self.shell(run, JOB_SECONDS.format(n=n))
+        return next((float(line.split()[1]) for line in out.splitlines() if line.startswith("seconds ")), None)
+
+
+class ForkingStoreScp(StoreScp):
+    """storescp --fork: a child per association, so parallel senders are
+    not served one after the other."""
+
+    def command(self, run):
+        return [*super().command(run), "--fork"]
 
 
 @dataclass
@@ -230,7 +239,7 @@ def run_case(case: Case, tool: str, ctx: Context, corpus: Corpus, studies: dict)
                 if not keep:
                     stack.callback(shutil.rmtree, workdir, True)
             else:
-                dest = StoreScp()
+                dest = ForkingStoreScp()
                 drun = stack.enter_context(serving(dest, keep))
                 ctx.modality("dest", dest.ae_title, drun.port)
             result.kept = str(drun.workdir) if keep else None
@@ -246,7 +255,8 @@ def run_case(case: Case, tool: str, ctx: Context, corpus: Corpus, studies: dict)
                 cmds = ours_cmds(case, groups, "dest" if case.op == "send" else "orthanc")
                 result.seconds, result.exit_codes = run_all(cmds, drun.workdir, "manage", archive.env(arun), REPO)
                 result.job_seconds = archive.job_seconds(arun, len(groups))
-            result.received = wait_for_count(dest, drun, corpus.count)
+            timeout = 0 if any(result.exit_codes) else COUNT_TIMEOUT  # no waiting after a failure
+            result.received = wait_for_count(dest, drun, corpus.count, timeout)
             if not result.ok:
                 logs = "\n".join(f"--- {p.name}\n{tail(p, 12)}" for p in sorted(drun.workdir.glob("*-*.log")))
                 result.error = (
@@ -359,7 +369,9 @@ def main(argv=None) -> int:
             for case in cases:
                 for tool in (t for t in TOOLS if t in args.only and (t != "orthanc" or case.op == "send")):
                     print(f"{case.name:16} {tool:8} ... ", end="", flush=True)
-                    result = results[case.name][tool] = run_case(case, tool, ctx, corpora[case.corpus], studies)
+                    result = results[case.name][tool] = run_case(
+                        case, tool, ctx, corpora[case.corpus], studies[case.corpus]
+                    )
                     if result.rate is not None:
                         print(f"{result.seconds:.2f} s, {result.rate:.0f} inst/s, received {result.received}", end="")
                     if result.job_seconds:

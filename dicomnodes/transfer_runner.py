@@ -37,7 +37,7 @@ from dicomnodes.models import (
     TransferState,
 )
 from dicomnodes.retrieve import RetrieveError, Target, contexts_for, dataset_for, send_files_raw
-from dicomnodes.sockets import NODELAY_HANDLERS
+from dicomnodes.sockets import NODELAY_HANDLERS, leave_responses_to_callers
 from dicomnodes.transfers import instances_for, retry_delay
 
 logger = logging.getLogger(__name__)
@@ -185,6 +185,7 @@ class JobRun:
         except socket.gaierror as exc:
             raise NetworkFailure(f"host {self.peer.host} unknown ({exc.strerror or exc})") from None
         self.assoc = assoc
+        leave_responses_to_callers(assoc)  # also done at EVT_ESTABLISHED; this closes the gap before it
         if not assoc.is_established:
             if self.progress.cancelled:
                 raise Cancelled()
