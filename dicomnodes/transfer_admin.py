@@ -49,10 +49,13 @@ class TransferJobAdmin(admin.ModelAdmin):
         return False  # jobs come from the Query/Retrieve page and "Send to…"
 
     def has_change_permission(self, request, obj=None):
-        # The detail page is read-only; "change" is what cancel/resubmit need.
-        return request.method != "POST" and super().has_change_permission(request, obj)
+        return False  # a job is not edited: the detail page is read-only
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # the history stays; cancel stops a job
 
     def has_cancel_permission(self, request):
+        # "change transfer job" is what cancel and resubmit need.
         return request.user.has_perm("dicomnodes.change_transferjob")
 
     @admin.display(description="state", ordering="state")

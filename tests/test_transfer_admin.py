@@ -184,3 +184,15 @@ def test_jobs_submitted_from_the_admin_are_run_by_the_qcluster(an_admin, scp, tm
     job.refresh_from_db()
     assert job.state == TransferState.SUCCEEDED, (job.last_error, (tmp_path / "qcluster.log").read_text())
     assert len(recorder.received) == 3
+
+
+def test_a_job_page_is_read_only_and_jobs_are_not_deleted(an_admin, transactional_db):
+    peer = Peer.objects.create(name="remote", ae_title="REMOTE", host="127.0.0.1", port=104)
+    job = TransferJob.objects.create(kind="move", peer=peer, uids=["1.2.3"])
+    page = an_admin.get(reverse("admin:dicomnodes_transferjob_change", args=[job.pk]))
+    assert page.status_code == 200 and 'name="_save"' not in page.content.decode()
+    assert an_admin.post(reverse("admin:dicomnodes_transferjob_change", args=[job.pk]), {}).status_code == 403
+    assert (
+        an_admin.post(reverse("admin:dicomnodes_transferjob_delete", args=[job.pk]), {"post": "yes"}).status_code == 403
+    )
+    assert TransferJob.objects.filter(pk=job.pk).exists()
