@@ -181,9 +181,26 @@ def test_a_restart_between_two_series_keeps_the_pending_group_and_its_due_time(s
 
 def test_the_worker_submits_a_delayed_job_at_its_due_time_by_itself(scp, qcluster, data_dir, tmp_path):
     publisher = a_publisher("primera", tmp_path)
+    delayed_settings(delay=3)
+    worker = qcluster()
+    files = sent(scp, make_ct_series(tmp_path / "s1", 2), "PACS_TP")
+    (job,) = jobs_with(1)
+    # runscp's timer queues the submission at the due time; django-q2's
+    # scheduler alone (every 30 s) would be up to 30 s late.
+    wait_until(lambda: job_files(publisher), 3 + 8, message=f"the .JRQ of the delayed job\n{worker.log()}")
+    job.refresh_from_db()
+    assert job.state == JobState.SUBMITTED
+    assert job.submitted_at >= job.due_at
+    (job_file,) = job_files(publisher)
+    assert dicomdir_uids(data_folder("primera", job_file)) == sop_uids(files)
+
+
+def test_a_delayed_job_whose_runscp_stopped_is_submitted_by_its_schedule(scp, qcluster, data_dir, tmp_path):
+    publisher = a_publisher("primera", tmp_path)
     delayed_settings(delay=2)
     files = sent(scp, make_ct_series(tmp_path / "s1", 2), "PACS_TP")
     jobs_with(1)
+    scp.stop()  # its timer goes with it; the schedule row stays
     worker = qcluster()  # django-q2's scheduler looks at due schedules every 30 s
     wait_until(lambda: job_files(publisher), 90, message=f"the .JRQ of the delayed job\n{worker.log()}")
     (job_file,) = job_files(publisher)
