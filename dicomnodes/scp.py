@@ -201,10 +201,10 @@ class ScpService:
         self.ae_title_override = ae_title
         self.channel = channel
         self.ae = build_ae()
-        # Delayed burn jobs are armed by this process's index writer.
-        from publishing import due_timer
+        # Delayed burn jobs on time, robot status every few seconds.
+        from publishing import clock
 
-        due_timer.enable()
+        clock.enable()
         self.writer = IndexWriter(
             on_studies_created=_studies_arrived, on_associations_closed=_associations_closed
         ).start()

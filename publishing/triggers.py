@@ -6,7 +6,7 @@ job files are the django-q2 worker's (publishing.tasks).
 * `<AE>_E` / `<AE>_P`: one job with every instance of the association, due now.
 * `<AE>_TE` / `<AE>_TP`: the instances join the collecting job of their group
   (same Patient ID or Study UID, a setting) and push its due time to
-  now + delay; the worker submits it once that time passes (publishing.due_timer
+  now + delay; the worker submits it once that time passes (publishing.clock
   says when, to the second).
 """
 
@@ -114,7 +114,7 @@ def group_key(grouping, instance) -> str:
 
 def delayed_jobs(kind, instances):
     """Add the instances to their groups' collecting jobs, each due at now + delay."""
-    from publishing import due_timer, tasks
+    from publishing import clock, tasks
 
     cfg = PublishingSettings.load()
     groups = {}
@@ -126,7 +126,7 @@ def delayed_jobs(kind, instances):
         job = join_group(kind, key, members, due)
         jobs.append(job)
         transaction.on_commit(lambda pk=job.pk, due=due: tasks.schedule_submit(pk, due))
-        transaction.on_commit(lambda pk=job.pk, due=due: due_timer.arm(pk, due))
+        transaction.on_commit(lambda pk=job.pk, due=due: clock.arm(pk, due))
         logger.info("burn job %s: %d more instances, due at %s", job.pk, len(members), due.isoformat())
     return jobs
 
