@@ -4,7 +4,8 @@
   once for _E/_P and manual jobs, scheduled at the due time for _TE/_TP);
 * `tick()` runs every minute: submits whatever is overdue (a restart of any
   process loses nothing: due times are rows), retries jobs that waited for a
-  publisher, and reads the robots' status into the jobs;
+  publisher (also queued when a default publisher is saved), and reads the
+  robots' status into the jobs;
 * `cancel(job)` / `resubmit(job)` are the admin's actions.
 """
 
@@ -37,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 SUBMIT_TASK = "publishing.tasks.submit"
 TICK_TASK = "publishing.tasks.tick"
+RETRY_WAITING_TASK = "publishing.tasks.retry_waiting"
 TICK_NAME = "publishing-tick"
 # A job left in "staging" this long was abandoned by a worker that died (the
 # django-q2 task time-out is an hour too); the tick makes it due again.
@@ -92,6 +94,15 @@ def submit_due():
     now = timezone.now()
     due = BurnJob.objects.filter(Q(state=JobState.DUE) | Q(state=JobState.COLLECTING, due_at__lte=now))
     return [pk for pk in due.values_list("pk", flat=True) if submit(pk) == "submitted"]
+
+
+def on_publisher_saved(sender, instance, **kwargs):
+    """A default publisher added or enabled: jobs waiting for one go now,
+    not at the next tick."""
+    if not (instance.enabled and instance.is_default):
+        return
+    if BurnJob.objects.filter(state=JobState.NO_PUBLISHER, kind=instance.kind).exists():
+        transaction.on_commit(lambda: async_task(RETRY_WAITING_TASK))
 
 
 def retry_waiting():

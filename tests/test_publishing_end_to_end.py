@@ -115,13 +115,28 @@ def test_images_sent_to_the_plain_ae_title_are_not_burned(scp, data_dir, tmp_pat
     assert not BurnJob.objects.exists()
 
 
-def test_with_no_publisher_the_images_are_stored_and_the_job_waits(scp, data_dir, tmp_path):
+def test_with_no_publisher_the_images_are_stored_and_the_job_waits(scp, qcluster, data_dir, tmp_path):
     from dicomnodes.models import Instance
 
+    worker = qcluster()
     files = sent(scp, make_ct_series(tmp_path / "series", 2), "PACS_P")
     (job,) = jobs_with(1)
     assert job.state == JobState.NO_PUBLISHER and "No enabled default PRIMERA" in job.message
     assert set(Instance.objects.values_list("sop_instance_uid", flat=True)) == sop_uids(files)
+
+    # An EPSON robot does not help a _P job; a PRIMERA one, once saved as
+    # the default, gets it at once (not at the worker's next minute tick).
+    a_publisher("epson", tmp_path)
+    publisher = a_publisher("primera", tmp_path, is_default=False)
+    time.sleep(1)
+    assert BurnJob.objects.get().state == JobState.NO_PUBLISHER
+    publisher.is_default = True
+    publisher.save()
+    wait_until(lambda: job_files(publisher), 10, message=f"the .JRQ of the waiting job\n{worker.log()}")
+    job.refresh_from_db()
+    assert (job.state, job.publisher_id) == (JobState.SUBMITTED, publisher.pk)
+    assert "No enabled" not in job.message
+    assert dicomdir_uids(data_folder("primera", job_files(publisher)[0])) == sop_uids(files)
 
 
 def test_two_series_sent_one_second_apart_to_pacs_te_make_one_job(scp, data_dir, tmp_path):
