@@ -12,8 +12,10 @@ The queue is the TransferJob table.  django-q2 supplies the workers:
   does not depend on how many django-q2 workers there are, and a changed
   setting applies at the next claim;
 - a job that fails for a network reason goes back to the queue with
-  `next_attempt_at` set from the retry delays, and a one-off django-q2
-  schedule wakes `run_next` then;
+  `next_attempt_at` set from the retry delays; runscp's main loop kicks
+  `run_next` within its 2 s poll once that time passes, and a one-off
+  django-q2 schedule does too (up to 30 s late: the safety net when runscp
+  is stopped);
 - `cancel_job()` cancels a queued job at once, and asks a running one to stop:
   its monitor thread sees the flag within a second and aborts the
   association.
@@ -321,6 +323,30 @@ def retry_delay(attempts):
     if attempts - 1 < len(delays):
         return datetime.timedelta(seconds=delays[attempts - 1])
     return None
+
+
+def wake_due_retries(since):
+    """Kick the runner when a queued job's retry time passed since `since`.
+
+    runscp's main loop calls this at every settings poll (2 s): the one-off
+    django-q2 schedule of `_wake_for_retries` alone would run a retry up to
+    30 s late (django-q2 looks at schedules every 30 s).  Returns the time
+    to pass as `since` next time."""
+    now = timezone.now()
+    try:
+        due = (
+            TransferJob.objects.filter(
+                state=TransferState.QUEUED, next_attempt_at__gt=since, next_attempt_at__lte=now, attempts__gt=0
+            )
+            .values_list("pk", flat=True)
+            .first()
+        )
+    except Exception as exc:  # the database briefly away: the schedules still run it
+        logger.warning("cannot look for due transfer retries (%s)", exc)
+        return since
+    if due is not None:
+        kick()
+    return now
 
 
 def _wake_for_retries():

@@ -9,9 +9,11 @@ import time
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
+from django.utils import timezone
 
 from dicomnodes.dispatch import Dispatcher
 from dicomnodes.scp import ScpService, load_config, prepare_storage
+from dicomnodes.transfers import wake_due_retries
 from dicomnodes.validators import validate_ae_title
 
 logger = logging.getLogger("dicomnodes.runscp")
@@ -64,8 +66,11 @@ class Command(BaseCommand):
 
     def _serve(self, port, ae_title, poll, *, channel=None, parent=None):
         service = ScpService(port=port, ae_title=ae_title, channel=channel)
+        retries_since = timezone.now()
         while not self.shutdown:
             service.step()
+            if channel is None:  # one process: it also wakes transfer retries (else the dispatcher does)
+                retries_since = wake_due_retries(retries_since)
             deadline = time.monotonic() + poll
             while not self.shutdown and time.monotonic() < deadline:
                 time.sleep(0.1)
@@ -90,8 +95,10 @@ class Command(BaseCommand):
         )
         restarts = 0
         next_check = 0.0
+        retries_since = timezone.now()
         while not self.shutdown:
             if time.monotonic() >= next_check:
+                retries_since = wake_due_retries(retries_since)
                 gone = dispatcher.reap()
                 restarts += gone
                 if len(dispatcher.workers) < processes:
