@@ -6,20 +6,17 @@ class PublishingConfig(AppConfig):
     verbose_name = "Publishing (CD/DVD)"
 
     def ready(self):
+        from django.db.models.signals import post_save
+
+        from dicomnodes.config_io import ListSection, SingletonSection, register
         from dicomnodes.signals import association_closed
+        from publishing.models import Publisher, PublishingSettings
+        from publishing.tasks import on_publisher_saved
         from publishing.triggers import on_association_closed
 
         association_closed.connect(on_association_closed, dispatch_uid="publishing.on_association_closed")
-
-        from django.db.models.signals import post_save
-
-        from publishing.models import Publisher as PublisherModel
-        from publishing.tasks import on_publisher_saved
-
-        post_save.connect(on_publisher_saved, sender=PublisherModel, dispatch_uid="publishing.on_publisher_saved")
-
-        from dicomnodes.config_io import ListSection, SingletonSection, register
-        from publishing.models import Publisher, PublishingSettings
+        # A default publisher saved: the jobs that waited for one go at once.
+        post_save.connect(on_publisher_saved, sender=Publisher, dispatch_uid="publishing.on_publisher_saved")
 
         register(SingletonSection("publishing", PublishingSettings))
         register(ListSection("publishers", Publisher, key=("name",), ordering=("name",)))
