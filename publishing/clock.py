@@ -9,7 +9,7 @@ DICOM port at 0) and its index writer is what pushes due times, so each
 runscp process that calls `enable()` keeps one thread that
 
 * queues a delayed job's submission at its due time (`arm()`, called by the
-  trigger after its commit).  The task claims the job only if it is still
+  trigger after its commit; at start, for every job already collecting).  The task claims the job only if it is still
   due (a conditional update), so a timer for a due time that a later series
   pushed does nothing; that push armed a later timer, in whichever runscp
   process received the series;
@@ -103,6 +103,19 @@ def _next_due(until):
         raise _Stopped
 
 
+def _arm_collecting():
+    """Timers for the jobs already collecting (runscp restarted between two series)."""
+    from publishing.models import BurnJob, JobState
+
+    try:
+        close_old_connections()
+        for pk, due in BurnJob.objects.filter(state=JobState.COLLECTING).values_list("pk", "due_at"):
+            if due is not None and pk not in _latest:
+                arm(pk, due)
+    except Exception as exc:  # the schedules still submit them
+        logger.warning("publishing clock: cannot read the collecting burn jobs (%s)", exc)
+
+
 class _Stopped(Exception):
     pass
 
@@ -111,6 +124,7 @@ def _run(robot_poll):
     from publishing import tasks
     from publishing.models import ACTIVE_STATES, BurnJob
 
+    _arm_collecting()
     next_poll = time.monotonic() + robot_poll
     while True:
         try:

@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.utils import timezone
 from django_q.models import Schedule
 
 from publishing import tasks
@@ -196,6 +197,21 @@ def test_a_restart_between_two_series_keeps_the_pending_group_and_its_due_time(s
     job.refresh_from_db()
     assert job.due_at > due
     assert Schedule.objects.get(name=f"publishing-job-{job.pk}").next_run == job.due_at
+
+
+def test_a_restarted_runscp_submits_a_pending_group_at_its_due_time(start_scp, qcluster, data_dir, tmp_path):
+    publisher = a_publisher("epson", tmp_path)
+    delayed_settings(delay=6)
+    scp = start_scp()
+    files = sent(scp, make_ct_series(tmp_path / "s1", 2), "PACS_TE")
+    (job,) = jobs_with(1)
+    scp.stop()
+    start_scp()  # its clock arms the collecting job again, from the row
+    worker = qcluster()
+    left = (job.due_at - timezone.now()).total_seconds()
+    wait_until(lambda: job_files(publisher), max(left, 0) + 8, message=f"the .JDF on time\n{worker.log()}")
+    (job_file,) = job_files(publisher)
+    assert dicomdir_uids(data_folder("epson", job_file)) == sop_uids(files)
 
 
 def test_the_worker_submits_a_delayed_job_at_its_due_time_by_itself(scp, qcluster, data_dir, tmp_path):
