@@ -274,3 +274,48 @@ def start_mllp(transactional_db, data_dir, tmp_path):
 @pytest.fixture
 def mllp(start_mllp):
     return start_mllp()
+
+
+# --- django-q2 -------------------------------------------------------------------------------------
+
+
+class QCluster:
+    """`manage.py qcluster` in its own process (the django-q2 worker)."""
+
+    def __init__(self, data_dir, log_path):
+        self.log_path = log_path
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(BASE_DIR / "manage.py"), "qcluster"],
+                cwd=BASE_DIR,
+                env=server_env(data_dir),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def log(self):
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def qcluster(transactional_db, data_dir, tmp_path):
+    """Start `manage.py qcluster` (the django-q2 worker); stopped after the test."""
+    started = []
+
+    def start():
+        worker = QCluster(data_dir, tmp_path / f"qcluster-{len(started)}.log")
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()

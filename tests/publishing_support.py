@@ -2,15 +2,13 @@
 in the archive without a network, and checks of a disc folder."""
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pydicom
 from pydicom.fileset import FileSet
 
 from tests.archive_support import archive_files
-from tests.conftest import BASE_DIR, dcmtk, server_env
+from tests.conftest import dcmtk
 
 
 def a_publisher(kind, root: Path, **values):
@@ -66,30 +64,3 @@ def dcmdump_dicomdir(disc_folder: Path) -> str:
 
 def job_file_lines(path: Path):
     return path.read_bytes().decode("cp1252").split("\r\n")
-
-
-class QCluster:
-    """`manage.py qcluster` in its own process (the django-q2 worker)."""
-
-    def __init__(self, data_dir, log_path):
-        self.log_path = log_path
-        with open(log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(BASE_DIR / "manage.py"), "qcluster"],
-                cwd=BASE_DIR,
-                env=server_env(data_dir),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def log(self):
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()

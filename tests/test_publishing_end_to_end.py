@@ -17,26 +17,11 @@ from publishing import tasks
 from publishing.models import BurnJob, Grouping, JobState, PublishingSettings, Trigger
 from tests.conftest import wait_until
 from tests.dicomdata import make_ct_series
-from tests.publishing_support import QCluster, a_publisher, dcmdump_dicomdir, dicomdir_uids, job_file_lines, sop_uids
+from tests.publishing_support import a_publisher, dcmdump_dicomdir, dicomdir_uids, job_file_lines, sop_uids
 from tests.robot_simulator import RobotSimulator
 
 JOB_EXT = {"epson": ".JDF", "primera": ".JRQ"}
 SUFFIX = {"epson": "E", "primera": "P"}
-
-
-@pytest.fixture
-def qcluster(transactional_db, data_dir, tmp_path):
-    """Start `manage.py qcluster` (the django-q2 worker); stopped after the test."""
-    started = []
-
-    def start():
-        worker = QCluster(data_dir, tmp_path / f"qcluster-{len(started)}.log")
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.stop()
 
 
 def delayed_settings(delay=3, grouping=Grouping.PATIENT_ID):

@@ -2,8 +2,6 @@
 to…", the job list's actions, `manage.py dicom send|retrieve`, and jobs run
 by django-q2's cluster (`manage.py qcluster`), against Orthanc."""
 
-import subprocess
-import sys
 from io import StringIO
 
 import pytest
@@ -13,7 +11,7 @@ from pydicom import dcmread
 
 from dicomnodes.models import Instance, Peer, Study, TransferJob, TransferState
 from dicomnodes.transfers import run_next
-from tests.conftest import BASE_DIR, server_env, wait_until
+from tests.conftest import wait_until
 from tests.dicomdata import make_ct_series
 from tests.orthanc import start_orthanc, stop_orthanc
 from tests.transfer_support import RecordingScp, store_to_orthanc, store_to_us
@@ -157,17 +155,11 @@ def test_dicom_send_then_a_failed_send_exits_non_zero(orthanc, scp, tmp_path):
 # --- django-q2 -------------------------------------------------------------------------------------
 
 
-def test_jobs_submitted_from_the_admin_are_run_by_the_qcluster(an_admin, scp, tmp_path, data_dir):
+def test_jobs_submitted_from_the_admin_are_run_by_the_qcluster(an_admin, scp, qcluster, tmp_path):
     make_ct_series(tmp_path / "a", 3)
     store_to_us(scp, tmp_path / "a")
     recorder = RecordingScp().start()
-    cluster = subprocess.Popen(
-        [sys.executable, str(BASE_DIR / "manage.py"), "qcluster"],
-        cwd=BASE_DIR,
-        env=server_env(data_dir),
-        stdout=open(tmp_path / "qcluster.log", "wb"),
-        stderr=subprocess.STDOUT,
-    )
+    worker = qcluster()
     try:
         peer = Peer.objects.create(name="rec", ae_title=recorder.ae_title, host="127.0.0.1", port=recorder.port)
         changelist = reverse("admin:dicomnodes_study_changelist")
@@ -178,11 +170,9 @@ def test_jobs_submitted_from_the_admin_are_run_by_the_qcluster(an_admin, scp, tm
         job = TransferJob.objects.get()
         wait_until(lambda: TransferJob.objects.get(pk=job.pk).is_finished(), 30, message="the job to finish")
     finally:
-        cluster.terminate()
-        cluster.wait(20)
         recorder.stop()
     job.refresh_from_db()
-    assert job.state == TransferState.SUCCEEDED, (job.last_error, (tmp_path / "qcluster.log").read_text())
+    assert job.state == TransferState.SUCCEEDED, (job.last_error, worker.log())
     assert len(recorder.received) == 3
 
 

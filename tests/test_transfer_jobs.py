@@ -203,17 +203,15 @@ def test_a_peer_that_is_down_then_up_gets_the_study_on_a_retry_without_duplicate
 
 
 @pytest.mark.parametrize("processes", [1, 2])
-def test_the_worker_retries_when_the_retry_time_comes(start_scp, data_dir, tmp_path, processes):
+def test_the_worker_retries_when_the_retry_time_comes(start_scp, qcluster, tmp_path, processes):
     """A real qcluster worker runs the job; runscp's loop (its dispatcher's,
     with several processes) wakes it at the retry time (django-q2's schedule
     alone would be up to 30 s late)."""
-    from tests.publishing_support import QCluster
-
     scp = start_scp(processes=processes)
     study_uid, _ = a_study_here(scp, tmp_path, "s", count=2)
     settings(retry_delays="3s")
     recorder = RecordingScp()
-    worker = QCluster(data_dir, tmp_path / "qcluster.log")
+    worker = qcluster()
     try:
         job = submit_job(kind="send", peer=recorder_peer(recorder), uids=[study_uid])
         wait_until(
@@ -230,7 +228,6 @@ def test_the_worker_retries_when_the_retry_time_comes(start_scp, data_dir, tmp_p
             message=f"the retry\n{worker.log()}",
         )
     finally:
-        worker.stop()
         recorder.stop()
     job.refresh_from_db()
     assert job.attempts == 2
