@@ -8,7 +8,7 @@ and Orthanc, each holding the same synthetic archive.
 
 The archive: N tiny instances (16×16) in studies of a realistic shape, plus
 one retrieve study of 600 × 512×512 16-bit CT.  Ours gets the N instances by
-a direct bulk load of its index (dicomnodes.index.index_instances, no files)
+a direct bulk load of its index (dicomnodes.archive.index.index_instances, no files)
 and the retrieve study over the network (storescu → runscp, so that C-MOVE
 and C-GET have files to read); Orthanc gets everything with storescu.  Both
 run side by side; every query is run R times with `findscu -S`, alternating
@@ -432,7 +432,7 @@ def load_or_build_corpus(plan: Plan, name: str) -> Corpus:
 
 def header_for(study: StudyPlan, series: SeriesPlan, k: int):
     """The InstanceHeader our ingest would read from this instance's file."""
-    from dicomnodes.header import InstanceHeader
+    from dicomnodes.archive.header import InstanceHeader
 
     p = study.patient
     return InstanceHeader(
@@ -480,9 +480,9 @@ def bulk_load_index(corpus_root: Path, n: int, seed: int) -> dict:
     from django.db import transaction
     from django.utils import timezone
 
-    from dicomnodes.header import read_header_file
-    from dicomnodes.hierarchy import HierarchyCache
-    from dicomnodes.index import IndexItem, index_instances
+    from dicomnodes.archive.header import read_header_file
+    from dicomnodes.archive.hierarchy import HierarchyCache
+    from dicomnodes.archive.index import IndexItem, index_instances
     from dicomnodes.models import Instance, Series, Study
 
     plan = tiny_plan(n, seed)

@@ -73,7 +73,7 @@ s = DicomServerSettings.load(); s.max_outgoing_connections = {PARALLEL}; s.save(
 RUN_JOBS = """
 import sys
 from dicomnodes.models import Peer, TransferJob
-from dicomnodes.transfers import run_next, submit_job
+from dicomnodes.transfers.jobs import run_next, submit_job
 peer = Peer.objects.get(name={peer!r})
 pks = [submit_job(kind={kind!r}, peer=peer, uids=uids, kick_runner=False).pk for uids in {groups!r}]
 run_next()

@@ -12,7 +12,6 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.http import url_has_allowed_host_and_scheme
 
-from dicomnodes.echo import echo, echo_many
 from dicomnodes.models import (
     AssociationLog,
     DicomServerSettings,
@@ -23,7 +22,8 @@ from dicomnodes.models import (
     Study,
     TransferLevel,
 )
-from dicomnodes.transfer_admin import TransferJobAdmin, send_to_action  # noqa: F401 (registers the job admin)
+from dicomnodes.transfers.admin import TransferJobAdmin, send_to_action  # noqa: F401 (registers the job admin)
+from dicomnodes.transfers.echo import echo, echo_many
 from pacs_site.singleton import SingletonAdmin
 
 

@@ -249,7 +249,7 @@ class Instance(models.Model):
 
     @property
     def path(self):
-        from dicomnodes.storage import instance_path
+        from dicomnodes.archive.storage import instance_path
 
         return instance_path(self.sop_instance_uid)
 
@@ -286,7 +286,7 @@ class AssociationLog(models.Model):
         return f"{self.calling_ae} → {self.called_ae} at {self.started_at:%Y-%m-%d %H:%M:%S}"
 
 
-from dicomnodes.transfer_models import (  # noqa: E402,F401  (models of this app)
+from dicomnodes.transfers.models import (  # noqa: E402,F401  (models of this app)
     FINISHED_STATES,
     TransferJob,
     TransferKind,

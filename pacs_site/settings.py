@@ -178,8 +178,8 @@ SPECTACULAR_SETTINGS = {
     "SERVE_PERMISSIONS": ["portal.api.permissions.IsStaff"],
     "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_NAME_OVERRIDES": {
-        "TransferKindEnum": "dicomnodes.transfer_models.TransferKind",
-        "TransferStateEnum": "dicomnodes.transfer_models.TransferState",
+        "TransferKindEnum": "dicomnodes.transfers.models.TransferKind",
+        "TransferStateEnum": "dicomnodes.transfers.models.TransferState",
         "PublisherKindEnum": "publishing.models.PublisherKind",
         "BurnJobStateEnum": "publishing.models.JobState",
     },

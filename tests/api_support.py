@@ -11,10 +11,10 @@ import uuid
 import pytest
 from rest_framework.test import APIClient
 
-from dicomnodes.header import read_header_file
-from dicomnodes.index import IndexItem, apply_batch
+from dicomnodes.archive.header import read_header_file
+from dicomnodes.archive.index import IndexItem, apply_batch
+from dicomnodes.archive.storage import instance_path
 from dicomnodes.models import Instance
-from dicomnodes.storage import instance_path
 from tests.dicomdata import make_ct
 
 

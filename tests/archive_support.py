@@ -3,10 +3,10 @@ rows), without a network: for tests about what is done with the archive."""
 
 import shutil
 
-from dicomnodes.header import read_header_file
-from dicomnodes.index import IndexItem, apply_batch
+from dicomnodes.archive.header import read_header_file
+from dicomnodes.archive.index import IndexItem, apply_batch
+from dicomnodes.archive.storage import instance_path
 from dicomnodes.models import Instance
-from dicomnodes.storage import instance_path
 
 
 def archive_files(paths, *, called_ae="PACS", calling_ae="MODALITY1", association=None):

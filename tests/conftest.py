@@ -103,7 +103,7 @@ def data_dir(tmp_path, settings):
     settings.PACS_STORAGE_DIR = root / "storage"
     settings.PACS_QUARANTINE_DIR = root / "quarantine"
     settings.PACS_LOG_DIR = root / "logs"
-    from dicomnodes import storage
+    from dicomnodes.archive import storage
 
     storage._made_dirs.clear()
     return root

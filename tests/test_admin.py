@@ -9,8 +9,8 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from dicomnodes.header import read_header_file
-from dicomnodes.index import AssociationOpen, IndexItem, apply_batch
+from dicomnodes.archive.header import read_header_file
+from dicomnodes.archive.index import AssociationOpen, IndexItem, apply_batch
 from dicomnodes.models import AssociationLog, DicomServerSettings, Instance, Patient, Series, Study
 from tests.dicomdata import make_ct
 

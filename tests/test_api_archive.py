@@ -4,8 +4,8 @@ pagination, and the stored file of an instance."""
 import pytest
 from pydicom.uid import generate_uid
 
+from dicomnodes.archive.storage import instance_path
 from dicomnodes.models import Instance
-from dicomnodes.storage import instance_path
 from tests.api_support import a_staff_member_fixture, an_api_admin_fixture, archived  # noqa: F401 (fixtures)
 from tests.dicomdata import make_ct
 

@@ -1,4 +1,4 @@
-"""C-ECHO as a client (`dicomnodes.echo`), against a running runscp and
+"""C-ECHO as a client (`dicomnodes.transfers.echo`), against a running runscp and
 against sockets that misbehave on purpose.
 
 Personas: `MODALITY` (a peer runscp knows), `STRANGER` (an AE title nobody
@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from dicomnodes.echo import echo, echo_many
 from dicomnodes.models import DicomServerSettings, Peer
+from dicomnodes.transfers.echo import echo, echo_many
 from tests.conftest import MODALITY, STRANGER, free_port, wait_until
 
 

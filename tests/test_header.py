@@ -3,14 +3,14 @@
 import pydicom
 import pytest
 
-from dicomnodes.header import (
+from dicomnodes.archive.header import (
     UnreadableDataset,
     normalise_date,
     normalise_time,
     read_header_bytes,
     read_header_file,
 )
-from dicomnodes.storage import file_meta_bytes
+from dicomnodes.archive.storage import file_meta_bytes
 from tests.dicomdata import BUNDLED, make_ct
 
 # Bundled pydicom files, one per transfer syntax the header reader must walk.
@@ -152,7 +152,7 @@ def _dataset_part(path):
 
 
 def test_the_fast_reader_agrees_with_pydicom_on_every_bundled_file():
-    from dicomnodes.fastheader import read_header_fast
+    from dicomnodes.archive.fastheader import read_header_fast
 
     compared = 0
     for path in sorted(BUNDLED.glob("*.dcm")):
@@ -174,7 +174,7 @@ def test_the_fast_reader_agrees_with_pydicom_on_every_bundled_file():
 
 
 def test_the_fast_reader_declines_big_endian_and_deflate():
-    from dicomnodes.fastheader import read_header_fast
+    from dicomnodes.archive.fastheader import read_header_fast
 
     for name in ("MR_small_bigendian.dcm", "image_dfl.dcm"):
         meta, raw = _dataset_part(BUNDLED / name)
@@ -186,7 +186,7 @@ def test_the_fast_reader_skips_nested_undefined_length_sequences(tmp_path):
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
 
-    from dicomnodes.fastheader import read_header_fast
+    from dicomnodes.archive.fastheader import read_header_fast
 
     path = make_ct(tmp_path / "seq.dcm", patient_name="Nested^Seq")
     ds = pydicom.dcmread(path)

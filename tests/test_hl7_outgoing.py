@@ -14,8 +14,8 @@ from django.urls import reverse
 from django.utils import timezone
 from django_q.models import Schedule
 
-from dicomnodes.header import read_header_file
-from dicomnodes.index import IndexItem, IndexWriter
+from dicomnodes.archive.header import read_header_file
+from dicomnodes.archive.index import IndexItem, IndexWriter
 from pacs_site.management.commands.runpacs import process_table
 from tests.conftest import free_port, wait_until
 from tests.dicomdata import make_ct

@@ -9,8 +9,8 @@ import pytest
 from django.utils import timezone
 from pydicom.uid import generate_uid
 
-from dicomnodes.header import read_header_file
-from dicomnodes.index import (
+from dicomnodes.archive.header import read_header_file
+from dicomnodes.archive.index import (
     AssociationClose,
     AssociationOpen,
     IndexItem,

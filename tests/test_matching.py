@@ -18,11 +18,11 @@ from pydicom.tag import Tag
 from pydicom.uid import CTImageStorage, generate_uid
 from pynetdicom.dsutils import decode, encode
 
-from dicomnodes.header import read_header_file
-from dicomnodes.index import IndexItem, apply_batch
-from dicomnodes.matching import QueryError, build_query, iter_results
-from dicomnodes.matching_rules import glob_pattern, like_pattern, time_upper_bound
+from dicomnodes.archive.header import read_header_file
+from dicomnodes.archive.index import IndexItem, apply_batch
 from dicomnodes.models import Study
+from dicomnodes.query.matching import QueryError, build_query, iter_results
+from dicomnodes.query.rules import glob_pattern, like_pattern, time_upper_bound
 from tests.dicomdata import make_ct
 
 pytestmark = pytest.mark.archive

@@ -5,8 +5,8 @@ import subprocess
 import pydicom
 import pytest
 
+from dicomnodes.archive.storage import instance_path
 from dicomnodes.models import Instance
-from dicomnodes.storage import instance_path
 from tests.conftest import stored_files, temp_files
 from tests.dicomdata import make_ct
 

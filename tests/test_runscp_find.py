@@ -202,8 +202,8 @@ def test_result_limit(scp, archive, tmp_path):
 
 
 def test_cancel_stops_the_answers(scp, archive, tmp_path):
-    from dicomnodes.header import InstanceHeader
-    from dicomnodes.index import IndexItem, index_instances
+    from dicomnodes.archive.header import InstanceHeader
+    from dicomnodes.archive.index import IndexItem, index_instances
 
     headers = [
         InstanceHeader(

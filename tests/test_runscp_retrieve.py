@@ -7,8 +7,8 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
+from dicomnodes.archive.storage import instance_path
 from dicomnodes.models import Instance, Peer
-from dicomnodes.storage import instance_path
 from tests.conftest import free_port, port_accepts, wait_until
 from tests.dicomdata import fresh_copy, make_ct_series
 

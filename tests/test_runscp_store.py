@@ -8,6 +8,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
+from dicomnodes.archive.storage import instance_path
 from dicomnodes.models import (
     AssociationLog,
     AssociationResult,
@@ -18,7 +19,6 @@ from dicomnodes.models import (
     Series,
     Study,
 )
-from dicomnodes.storage import instance_path
 from tests.conftest import MODALITY, dcmtk, stored_files, temp_files, wait_until
 from tests.dicomdata import TRANSFER_SYNTAX_CASES, fresh_copy, make_ct, make_ct_series
 

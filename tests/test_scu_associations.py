@@ -8,7 +8,7 @@ from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import CTImageStorage
 
-from dicomnodes.sockets import NODELAY_HANDLERS
+from dicomnodes.scp.compat import NODELAY_HANDLERS
 from tests.transfer_support import RecordingScp
 
 

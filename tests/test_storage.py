@@ -9,7 +9,7 @@ import warnings
 import pydicom
 import pytest
 
-from dicomnodes.storage import (
+from dicomnodes.archive.storage import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
     file_meta_bytes,

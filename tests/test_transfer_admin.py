@@ -10,7 +10,7 @@ from django.urls import reverse
 from pydicom import dcmread
 
 from dicomnodes.models import Instance, Peer, Study, TransferJob, TransferState
-from dicomnodes.transfers import run_next
+from dicomnodes.transfers.jobs import run_next
 from tests.conftest import wait_until
 from tests.dicomdata import make_ct_series
 from tests.orthanc import start_orthanc, stop_orthanc

@@ -12,9 +12,9 @@ import time
 import pytest
 from pydicom import dcmread
 
+from dicomnodes.archive.storage import instance_path
 from dicomnodes.models import DicomServerSettings, Instance, Peer, TransferJob, TransferLevel, TransferState
-from dicomnodes.storage import instance_path
-from dicomnodes.transfers import cancel_job, run_next, submit_job
+from dicomnodes.transfers.jobs import cancel_job, run_next, submit_job
 from pacs_site.models import Event, EventKind
 from tests.conftest import wait_until
 from tests.dicomdata import make_ct_series

@@ -6,7 +6,7 @@ import pytest
 from django.utils import timezone
 
 from dicomnodes.models import DicomServerSettings, Peer, TransferJob, TransferState
-from dicomnodes.transfers import (
+from dicomnodes.transfers.jobs import (
     TransferError,
     cancel_job,
     claim_next,

@@ -10,7 +10,7 @@ import datetime
 import re
 from dataclasses import dataclass
 
-from dicomnodes.header import normalise_time
+from dicomnodes.archive.header import normalise_time
 from worklist.models import DICOM_CHARSETS, HL7_CHARSETS
 
 HL7_NULL = '""'  # "delete the stored value" in HL7 v2 (2.5 section 2.5.3)

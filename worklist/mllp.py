@@ -175,7 +175,7 @@ def drop_broken_connections():
 
     Django's close_old_connections() without the age rule: with CONN_MAX_AGE=0
     that would reconnect before every message, a third of a message's cost
-    on SQLite (like dicomnodes.index, which closes on error instead).
+    on SQLite (like dicomnodes.archive.index, which closes on error instead).
     """
     for conn in connections.all(initialized_only=True):
         if conn.connection is not None and conn.errors_occurred:

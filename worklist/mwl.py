@@ -1,6 +1,6 @@
 """Modality Worklist C-FIND (PS3.4 K.6): worklist items -> response identifiers.
 
-Network-free like dicomnodes.matching, and built on its matching rules.
+Network-free like dicomnodes.query.matching, and built on its matching rules.
 Matching keys: ScheduledStationAETitle, ScheduledProcedureStepStartDate
 (single value or range), ScheduledProcedureStepStartTime, Modality,
 ScheduledPerformingPhysicianName (in the Scheduled Procedure Step Sequence),
@@ -18,7 +18,7 @@ from pydicom.charset import convert_encodings
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from dicomnodes.matching_rules import (
+from dicomnodes.query.rules import (
     IDENTIFIER_DOES_NOT_MATCH,
     UNABLE_TO_PROCESS,
     QueryError,

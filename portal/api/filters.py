@@ -16,7 +16,7 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.filters import BaseFilterBackend
 from rest_framework.pagination import PageNumberPagination
 
-import dicomnodes.matching_rules  # noqa: F401 - registers the dicom_wildcard lookup
+import dicomnodes.query.rules  # noqa: F401 - registers the dicom_wildcard lookup
 
 
 @dataclass(frozen=True)

@@ -187,7 +187,7 @@ class TransferJobSerializer(serializers.ModelSerializer):
 
 
 class TransferJobCreateSerializer(serializers.Serializer):
-    """A new job; `dicomnodes.transfers.submit_job` checks it and queues it."""
+    """A new job; `dicomnodes.transfers.jobs.submit_job` checks it and queues it."""
 
     kind = serializers.ChoiceField(choices=TransferKind.choices)
     peer = serializers.PrimaryKeyRelatedField(queryset=Peer.objects.all())

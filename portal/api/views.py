@@ -1,5 +1,5 @@
 """API views: one viewset per resource; work is delegated to the apps' modules
-(`dicomnodes.echo`, `dicomnodes.transfers`, `portal.tokens`)."""
+(`dicomnodes.transfers.echo`, `dicomnodes.transfers.jobs`, `portal.tokens`)."""
 
 import json
 
@@ -13,8 +13,8 @@ from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.response import Response
 
-from dicomnodes.echo import echo
 from dicomnodes.models import Instance, Peer, Series, Study, TransferJob
+from dicomnodes.transfers.echo import echo
 from portal import tokens
 from portal.api import filters as f
 from portal.api.permissions import StaffModelPermissions
@@ -102,7 +102,7 @@ class InstanceFileView(generics.GenericAPIView):
     def get(self, request, pk):
         instance = self.get_object()
         try:
-            # The path comes from the hash of the UID (dicomnodes.storage),
+            # The path comes from the hash of the UID (dicomnodes.archive.storage),
             # never from a value in the request.
             handle = open(instance.path, "rb")  # noqa: SIM115 - FileResponse closes it
         except FileNotFoundError:
@@ -154,7 +154,7 @@ class TransferJobViewSet(
     @extend_schema(request=TransferJobCreateSerializer, responses={201: TransferJobSerializer})
     def create(self, request, *args, **kwargs):
         """Queue a job; the worker runs it (at most "maximum outgoing connections" at once)."""
-        from dicomnodes import transfers
+        from dicomnodes.transfers import jobs as transfers
 
         form = TransferJobCreateSerializer(data=request.data)
         form.is_valid(raise_exception=True)
@@ -173,7 +173,7 @@ class TransferJobViewSet(
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
         """Cancel a queued job, or ask a running one to stop after the current instance."""
-        from dicomnodes import transfers
+        from dicomnodes.transfers import jobs as transfers
 
         job = self.get_object()
         if not transfers.cancel_job(job):

@@ -15,10 +15,10 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Q
 from django.utils import timezone
 
-from dicomnodes.echo import echo
 from dicomnodes.models import Peer, TransferLevel, TransferState
-from dicomnodes.scu import ScuError, find_studies
-from dicomnodes.transfers import TransferError, kick, run_next, submit_job
+from dicomnodes.transfers.echo import echo
+from dicomnodes.transfers.jobs import TransferError, kick, run_next, submit_job
+from dicomnodes.transfers.scu import ScuError, find_studies
 
 
 def peer_named(text):

@@ -7,11 +7,11 @@ from datetime import timezone as dt_timezone
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from dicomnodes.header import UnreadableDataset, read_header_file
-from dicomnodes.hierarchy import HierarchyCache
-from dicomnodes.index import IndexItem, index_instances
+from dicomnodes.archive.header import UnreadableDataset, read_header_file
+from dicomnodes.archive.hierarchy import HierarchyCache
+from dicomnodes.archive.index import IndexItem, index_instances
+from dicomnodes.archive.storage import instance_path, iter_stored_files, storage_root
 from dicomnodes.models import Instance, Patient, Series, Study
-from dicomnodes.storage import instance_path, iter_stored_files, storage_root
 
 logger = logging.getLogger(__name__)
 

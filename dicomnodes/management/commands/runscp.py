@@ -11,9 +11,9 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 from django.utils import timezone
 
-from dicomnodes.dispatch import Dispatcher
-from dicomnodes.scp import ScpService, load_config, prepare_storage
-from dicomnodes.transfers import wake_due_retries
+from dicomnodes.scp.dispatch import Dispatcher
+from dicomnodes.scp.server import ScpService, load_config, prepare_storage
+from dicomnodes.transfers.jobs import wake_due_retries
 from dicomnodes.validators import validate_ae_title
 
 logger = logging.getLogger("dicomnodes.runscp")

@@ -14,8 +14,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.presentation import build_context
 
+from dicomnodes.archive.storage import instance_path
 from dicomnodes.models import Instance
-from dicomnodes.storage import instance_path
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from collections import Counter
 from django.db.models import Count, OuterRef, Subquery, Sum
 from django.db.models.functions import Coalesce
 
+from dicomnodes.archive.rawsql import increment
 from dicomnodes.models import Instance, Patient, Series, Study
-from dicomnodes.rawsql import increment
 
 
 class HierarchyCache:

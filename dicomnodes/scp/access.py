@@ -10,7 +10,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from dicomnodes.services import service_of
+from dicomnodes.dimse import service_of
 
 logger = logging.getLogger(__name__)
 

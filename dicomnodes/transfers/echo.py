@@ -17,7 +17,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.status import code_to_category
 
-from dicomnodes.sockets import NODELAY_HANDLERS
+from dicomnodes.scp.compat import NODELAY_HANDLERS
 from dicomnodes.validators import validate_ae_title
 
 logger = logging.getLogger(__name__)

@@ -16,10 +16,10 @@ import logging
 from pydicom.uid import UID
 from pynetdicom import evt
 
-from dicomnodes import matching
-from dicomnodes.retrieve import RetrieveError, contexts_for, dataset_for, select_instances, send_files_raw
-from dicomnodes.services import model_of, status
-from dicomnodes.sockets import NODELAY_HANDLERS
+from dicomnodes.dimse import model_of, status
+from dicomnodes.query import matching
+from dicomnodes.scp.compat import NODELAY_HANDLERS
+from dicomnodes.scp.sending import RetrieveError, contexts_for, dataset_for, select_instances, send_files_raw
 
 logger = logging.getLogger(__name__)
 

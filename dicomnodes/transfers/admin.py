@@ -16,8 +16,8 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from dicomnodes.models import Peer, TransferJob, TransferLevel, TransferState
-from dicomnodes.scu import ScuError, find_series, find_studies
-from dicomnodes.transfers import TransferError, cancel_job, resubmit_job, submit_job
+from dicomnodes.transfers.jobs import TransferError, cancel_job, resubmit_job, submit_job
+from dicomnodes.transfers.scu import ScuError, find_series, find_studies
 
 ADD_PERMISSION = "dicomnodes.add_transferjob"
 

@@ -29,16 +29,16 @@ from django.utils import timezone
 from pynetdicom import AE, evt
 from pynetdicom.status import code_to_category
 
-from dicomnodes.echo import why_not_established
 from dicomnodes.models import (
     DicomServerSettings,
     TransferJob,
     TransferKind,
     TransferState,
 )
-from dicomnodes.retrieve import RetrieveError, Target, contexts_for, dataset_for, send_files_raw
-from dicomnodes.sockets import NODELAY_HANDLERS, leave_responses_to_callers
-from dicomnodes.transfers import instances_for, retry_delay
+from dicomnodes.scp.compat import NODELAY_HANDLERS, leave_responses_to_callers
+from dicomnodes.scp.sending import RetrieveError, Target, contexts_for, dataset_for, send_files_raw
+from dicomnodes.transfers.echo import why_not_established
+from dicomnodes.transfers.jobs import instances_for, retry_delay
 
 logger = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def run_job(job):
     run = JobRun(job)
     monitor = Monitor(run)
     monitor.start()
-    from dicomnodes.transfer_retrieve import get, move, studies_retrieved
+    from dicomnodes.transfers.retrieve import get, move, studies_retrieved
 
     kind = {TransferKind.SEND: send, TransferKind.MOVE: move, TransferKind.GET: get}[job.kind]
     logger.info("transfer job %s: attempt %d: %s", job.pk, job.attempts, job.description)

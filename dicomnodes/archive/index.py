@@ -17,8 +17,8 @@ from datetime import datetime
 from django.db import connection, transaction
 from django.utils import timezone
 
-from dicomnodes.header import InstanceHeader
-from dicomnodes.hierarchy import (
+from dicomnodes.archive.header import InstanceHeader
+from dicomnodes.archive.hierarchy import (
     Created,
     HierarchyCache,
     add_to_counters,
@@ -27,8 +27,8 @@ from dicomnodes.hierarchy import (
     ensure_studies,
     recount,
 )
+from dicomnodes.archive.rawsql import existing_instances, insert_instances
 from dicomnodes.models import AssociationLog, Instance
-from dicomnodes.rawsql import existing_instances, insert_instances
 
 logger = logging.getLogger(__name__)
 

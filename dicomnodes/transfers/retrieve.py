@@ -29,10 +29,10 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from dicomnodes.ingest import SUCCESS, store_received
+from dicomnodes.archive.ingest import SUCCESS, store_received
+from dicomnodes.dimse import status as dimse_status
 from dicomnodes.models import DuplicatePolicy, Instance, Study, TransferLevel
-from dicomnodes.services import status as dimse_status
-from dicomnodes.transfer_runner import PENDING, Cancelled, Refused
+from dicomnodes.transfers.runner import PENDING, Cancelled, Refused
 
 # What we accept on a C-GET association, besides little endian: the usual
 # compressed syntaxes, each in a context of its own so the peer can send an
@@ -267,7 +267,7 @@ def _check_final(run, answer, destination):
 
 
 def studies_retrieved(run):
-    from dicomnodes.notifications import study_received
+    from dicomnodes.archive.notifications import study_received
     from pacs_site.models import EventKind
 
     job = run.job
@@ -287,8 +287,8 @@ def index_writer():
     global _writer
     with _writer_lock:
         if _writer is None:
-            from dicomnodes.index import IndexWriter
-            from dicomnodes.scp import _studies_arrived
+            from dicomnodes.archive.index import IndexWriter
+            from dicomnodes.scp.server import _studies_arrived
 
             _writer = IndexWriter(on_studies_created=_studies_arrived).start()
         return _writer

@@ -12,9 +12,9 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
-from dicomnodes.echo import why_not_established
 from dicomnodes.models import DicomServerSettings
-from dicomnodes.sockets import NODELAY_HANDLERS
+from dicomnodes.scp.compat import NODELAY_HANDLERS
+from dicomnodes.transfers.echo import why_not_established
 
 STUDY_KEYS = (
     "PatientName",

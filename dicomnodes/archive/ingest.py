@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
-from dicomnodes.fastheader import read_header_fast
-from dicomnodes.header import UnreadableDataset, read_header
-from dicomnodes.index import IndexItem, IndexUnavailable
-from dicomnodes.storage import StorageFull, file_meta_bytes, instance_path, write_atomically
+from dicomnodes.archive.fastheader import read_header_fast
+from dicomnodes.archive.header import UnreadableDataset, read_header
+from dicomnodes.archive.index import IndexItem, IndexUnavailable
+from dicomnodes.archive.storage import StorageFull, file_meta_bytes, instance_path, write_atomically
 
 logger = logging.getLogger(__name__)
 

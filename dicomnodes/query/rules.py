@@ -1,7 +1,7 @@
 """C-FIND attribute matching (PS3.4 C.2.2.2): one function per rule.
 
 Each rule turns a column path and the text of one key value into a Django
-`Q`; `dicomnodes.matching` picks the rule from the key's VR and the value's
+`Q`; `dicomnodes.query.matching` picks the rule from the key's VR and the value's
 form.  Values are Unicode strings (the caller decoded the identifier); the
 index keeps dates as YYYYMMDD and times padded to HHMMSS[.ffffff], so both
 compare correctly as text.
@@ -15,7 +15,7 @@ import re
 
 from django.db.models import CharField, Lookup, Q
 
-from dicomnodes.header import normalise_date, normalise_time
+from dicomnodes.archive.header import normalise_date, normalise_time
 
 IDENTIFIER_DOES_NOT_MATCH = 0xA900  # PS3.4 C.4.1.1.4: Identifier does not match SOP Class
 UNABLE_TO_PROCESS = 0xC000  # PS3.4 C.4.1.1.4: Failed, unable to process (Cxxx)

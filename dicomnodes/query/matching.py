@@ -35,7 +35,8 @@ from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from dicomnodes.matching_rules import (
+from dicomnodes.models import Instance, Patient, Series, Study
+from dicomnodes.query.rules import (
     IDENTIFIER_DOES_NOT_MATCH,
     UNABLE_TO_PROCESS,
     QueryError,
@@ -53,7 +54,6 @@ from dicomnodes.matching_rules import (
     universal_match,
     wildcard_match,
 )
-from dicomnodes.models import Instance, Patient, Series, Study
 
 __all__ = ["QueryError", "Query", "build_query", "iter_results", "IDENTIFIER_DOES_NOT_MATCH", "UNABLE_TO_PROCESS"]
 

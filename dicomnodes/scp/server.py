@@ -24,14 +24,14 @@ from pynetdicom._handlers import (
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from dicomnodes.access import AccessPolicy
-from dicomnodes.handlers import Handlers
-from dicomnodes.index import IndexWriter
+from dicomnodes.archive.index import IndexWriter
+from dicomnodes.archive.storage import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, remove_stale_temporaries
+from dicomnodes.dimse import QUERY_RETRIEVE
 from dicomnodes.models import PUBLISHING_SUFFIXES, DicomServerSettings, DuplicatePolicy
-from dicomnodes.qr_handlers import QueryRetrieveHandlers
-from dicomnodes.retrieve import UNCOMPRESSED
-from dicomnodes.services import QUERY_RETRIEVE
-from dicomnodes.storage import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, remove_stale_temporaries
+from dicomnodes.scp.access import AccessPolicy
+from dicomnodes.scp.handlers import Handlers
+from dicomnodes.scp.qr import QueryRetrieveHandlers
+from dicomnodes.scp.sending import UNCOMPRESSED
 from pacs_site.ports import bind_failure
 
 logger = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ def _studies_arrived(pairs):
 def _associations_closed(closes):
     """Tell the web UI which studies arrived, and the listeners of
     `association_closed` (publishing) which associations ended."""
-    from dicomnodes.notifications import associations_closed
+    from dicomnodes.archive.notifications import associations_closed
 
     associations_closed(closes)
 

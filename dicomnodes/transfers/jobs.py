@@ -48,7 +48,7 @@ from dicomnodes.validators import is_valid_ae_title, parse_delays
 
 logger = logging.getLogger(__name__)
 
-RUN_TASK = "dicomnodes.transfers.run_next"
+RUN_TASK = "dicomnodes.transfers.jobs.run_next"
 # A running job's monitor writes a heartbeat every second; a job whose
 # heartbeat is older than this lost its worker (killed, machine restarted)
 # and goes back to the queue.
@@ -303,7 +303,7 @@ def run_next(*, job_id=None):
 
 
 def _run_in_thread(job, finished):
-    from dicomnodes.transfer_runner import run_job
+    from dicomnodes.transfers.runner import run_job
 
     try:
         run_job(job)

@@ -14,7 +14,7 @@ import struct
 from pydicom.charset import TEXT_VR_DELIMS, convert_encodings, decode_bytes
 from pydicom.valuerep import PersonName
 
-from dicomnodes.header import _LAST_TAG, _WANTED, build_header
+from dicomnodes.archive.header import _LAST_TAG, _WANTED, build_header
 
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 _NOT_LITTLE_ENDIAN_EXPLICIT = {"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.101.1"}

@@ -13,11 +13,11 @@ from datetime import datetime
 from django.utils import timezone
 from pynetdicom import evt
 
-from dicomnodes.access import normalise_address
-from dicomnodes.index import AssociationClose, AssociationOpen
-from dicomnodes.ingest import NOT_AUTHORISED, SUCCESS, store_received
+from dicomnodes.archive.index import AssociationClose, AssociationOpen
+from dicomnodes.archive.ingest import NOT_AUTHORISED, SUCCESS, store_received
+from dicomnodes.dimse import status
 from dicomnodes.models import AssociationLog, AssociationResult
-from dicomnodes.services import status
+from dicomnodes.scp.access import normalise_address
 
 logger = logging.getLogger(__name__)
 
