@@ -56,39 +56,19 @@ class DicomFileRenderer(BaseRenderer):
 class StudyViewSet(viewsets.ReadOnlyModelViewSet):
     queryset = Study.objects.order_by("-study_date", "-study_time", "-id")
     serializer_class = StudySerializer
-    filter_backends = [f.ParamFilter]
-    filter_params = [
-        f.Param("patient_id", "Patient ID, exactly.", f.exact("patient_id")),
-        f.Param("patient_name", "Patient name; * and ? are wildcards; any case.", f.name_pattern("patient_name_upper")),
-        f.Param("date_from", "Study date on or after (YYYYMMDD or YYYY-MM-DD).", f.date_from("study_date")),
-        f.Param("date_to", "Study date on or before (YYYYMMDD or YYYY-MM-DD).", f.date_to("study_date")),
-        f.Param("modality", "A modality in the study (CT, MR, ...).", f.in_multi_value("modalities_in_study")),
-        f.Param("accession_number", "Accession number, exactly.", f.exact("accession_number")),
-        f.Param("study_instance_uid", "Study Instance UID.", f.exact("study_instance_uid")),
-    ]
+    filterset_class = f.StudyFilter
 
 
 class SeriesViewSet(viewsets.ReadOnlyModelViewSet):
     queryset = Series.objects.select_related("study").order_by("study_id", "series_number", "id")
     serializer_class = SeriesSerializer
-    filter_backends = [f.ParamFilter]
-    filter_params = [
-        f.Param("study", "The study's id (from /api/studies/).", f.number("study_id"), "integer"),
-        f.Param("study_instance_uid", "The study's Study Instance UID.", f.exact("study__study_instance_uid")),
-        f.Param("series_instance_uid", "Series Instance UID.", f.exact("series_instance_uid")),
-        f.Param("modality", "Modality (CT, MR, ...).", f.exact("modality")),
-    ]
+    filterset_class = f.SeriesFilter
 
 
 class InstanceViewSet(viewsets.ReadOnlyModelViewSet):
     queryset = Instance.objects.select_related("series").order_by("series_id", "instance_number", "id")
     serializer_class = InstanceSerializer
-    filter_backends = [f.ParamFilter]
-    filter_params = [
-        f.Param("series", "The series' id (from /api/series/).", f.number("series_id"), "integer"),
-        f.Param("series_instance_uid", "The series' Series Instance UID.", f.exact("series__series_instance_uid")),
-        f.Param("sop_instance_uid", "SOP Instance UID.", f.exact("sop_instance_uid")),
-    ]
+    filterset_class = f.InstanceFilter
 
 
 class InstanceFileView(generics.GenericAPIView):
@@ -144,12 +124,7 @@ class TransferJobViewSet(
     serializer_class = TransferJobSerializer
     permission_classes = [StaffModelPermissions]
     action_permissions = {"cancel": ["change"]}
-    filter_backends = [f.ParamFilter]
-    filter_params = [
-        f.Param("state", "queued, running, succeeded, partly_failed, failed or cancelled.", f.exact("state")),
-        f.Param("kind", "send, move or get.", f.exact("kind")),
-        f.Param("peer", "The peer's id.", f.number("peer_id"), "integer"),
-    ]
+    filterset_class = f.TransferJobFilter
 
     @extend_schema(request=TransferJobCreateSerializer, responses={201: TransferJobSerializer})
     def create(self, request, *args, **kwargs):
@@ -195,17 +170,7 @@ class WorklistItemViewSet(viewsets.ModelViewSet):
     queryset = WorklistItem.objects.order_by("scheduled_start_date", "scheduled_start_time", "id")
     serializer_class = WorklistItemSerializer
     permission_classes = [StaffModelPermissions]
-    filter_backends = [f.ParamFilter]
-    filter_params = [
-        f.Param("status", "SCHEDULED, IN PROGRESS, COMPLETED, CANCELLED or DISCONTINUED.", f.exact("status")),
-        f.Param("patient_id", "Patient ID, exactly.", f.exact("patient_id")),
-        f.Param("patient_name", "Patient name; * and ? are wildcards; any case.", f.name_pattern("patient_name_upper")),
-        f.Param("accession_number", "Accession number, exactly.", f.exact("accession_number")),
-        f.Param("modality", "Modality (CT, MR, ...).", f.exact("modality")),
-        f.Param("station", "Scheduled station AE title.", f.exact("scheduled_station_ae_title")),
-        f.Param("date_from", "Scheduled on or after (YYYYMMDD or YYYY-MM-DD).", f.date_from("scheduled_start_date")),
-        f.Param("date_to", "Scheduled on or before (YYYYMMDD or YYYY-MM-DD).", f.date_to("scheduled_start_date")),
-    ]
+    filterset_class = f.WorklistItemFilter
 
 
 # --- Burn jobs ------------------------------------------------------------------------
@@ -216,11 +181,7 @@ class BurnJobViewSet(viewsets.ReadOnlyModelViewSet):
 
     queryset = BurnJob.objects.select_related("publisher").prefetch_related("studies", "discs").order_by("-id")
     serializer_class = BurnJobSerializer
-    filter_backends = [f.ParamFilter]
-    filter_params = [
-        f.Param("state", "collecting, due, staging, submitted, burning, done, failed, ...", f.exact("state")),
-        f.Param("study", "Jobs holding this study (its id).", f.number("studies")),
-    ]
+    filterset_class = f.BurnJobFilter
 
 
 # --- Study tokens --------------------------------------------------------------------
@@ -235,11 +196,7 @@ class StudyTokenViewSet(
     serializer_class = StudyTokenSerializer
     permission_classes = [StaffModelPermissions]
     action_permissions = {"revoke": ["change"]}
-    filter_backends = [f.ParamFilter]
-    filter_params = [
-        f.Param("study", "The study's id.", f.number("study_id"), "integer"),
-        f.Param("study_instance_uid", "The study's Study Instance UID.", f.exact("study__study_instance_uid")),
-    ]
+    filterset_class = f.StudyTokenFilter
 
     @extend_schema(request=StudyTokenCreateSerializer, responses={201: NewStudyTokenSerializer})
     def create(self, request, *args, **kwargs):
