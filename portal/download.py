@@ -1,55 +1,21 @@
 """A study as a DICOM File-set (DICOMDIR) in a ZIP, streamed.
 
-1. `plan_fileset()` reads each stored file's header (no pixels), lets
+1. `dicomnodes.archive.fileset.plan_fileset()` reads each stored file's
+   header (no pixels), fills the values the DICOMDIR records need, lets
    pydicom's FileSet lay out the File-set (PT000000/ST000000/...) and write
-   the DICOMDIR, and returns the DICOMDIR bytes plus (name in the ZIP, stored
-   file) pairs.  Only header-only copies touch a temporary folder.
+   the DICOMDIR; the disc folders of publishing come from the same plan.
 2. `zip_chunks()` writes the ZIP (stored, not compressed: images barely
    compress and the CPU stays free) into a small buffer that is drained after
    every block: the archive is never held whole in memory, whatever its size.
    The stored files go into the ZIP byte for byte.
 """
 
-import logging
-import tempfile
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
-import pydicom
-from pydicom.errors import InvalidDicomError
-from pydicom.fileset import FileSet
-
-logger = logging.getLogger(__name__)
+from dicomnodes.archive.fileset import FileSetPlan, plan_fileset
 
 BLOCK = 256 * 1024
-
-
-@dataclass
-class FileSetPlan:
-    dicomdir: bytes
-    files: list  # [(name in the ZIP, Path of the stored file)]
-
-
-def plan_fileset(instance_paths, *, fileset_id="PACS") -> FileSetPlan:
-    """The DICOMDIR and layout for the stored files `instance_paths`."""
-    fs = FileSet()
-    fs.ID = fileset_id
-    source = {}
-    for path in instance_paths:
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except (OSError, InvalidDicomError) as exc:
-            # The index names a file that is gone or damaged: the rest still goes out.
-            logger.warning("download: %s left out (%s)", Path(path).name, exc)
-            continue
-        source[ds.SOPInstanceUID] = Path(path)
-        fs.add(ds)
-    with tempfile.TemporaryDirectory(prefix="fileset-") as folder:
-        fs.write(folder)
-        dicomdir = (Path(folder) / "DICOMDIR").read_bytes()
-        files = [(instance.FileID.replace("\\", "/"), source[instance.SOPInstanceUID]) for instance in fs]
-    return FileSetPlan(dicomdir, files)
 
 
 class _Drain:
@@ -108,5 +74,7 @@ def _info(name, size):
 
 def fileset_zip(instance_paths):
     """plan_fileset() then zip_chunks(), lazily: the header reading happens
-    in whichever thread sends the response, not in the view."""
-    yield from zip_chunks(plan_fileset(instance_paths))
+    in whichever thread sends the response, not in the view.  A stored file
+    that is gone or damaged is left out; the rest still goes out (the 200 is
+    sent by then)."""
+    yield from zip_chunks(plan_fileset(instance_paths, fileset_id="PACS", skip_unreadable=True))

@@ -9,7 +9,8 @@ A disc folder follows the IHE PDI layout:
 
 Names come from pydicom's generated File IDs and our own job IDs, never from
 a dataset value.  The stored files are copied byte for byte; only header-only
-copies go through pydicom (to build the DICOMDIR records).
+copies go through pydicom (to build the DICOMDIR records), in
+`dicomnodes.archive.fileset`, which the ZIP download uses too.
 """
 
 import os
@@ -18,8 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import pydicom
-from pydicom.fileset import FileSet
+from dicomnodes.archive.fileset import FileSetError, plan_fileset
 
 SECTOR = 2048  # bytes per sector on CD and DVD
 # Room kept per instance for its DICOMDIR records and directory entries, and
@@ -91,59 +91,19 @@ def plan_discs(items, *, disc_type, cd_capacity, dvd_capacity, extra=0):
 # --- One disc folder ----------------------------------------------------------------------------
 
 
-def _invent_missing(ds, *, fallback_date, instance_counter):
-    """Values the DICOMDIR records need (PS3.3 F.5, Type 1) that the instance
-    lacks, as DCMTK's dcmgpdir +I does.  Only the header copy used for the
-    records changes; the file on the disc is the one we stored."""
-    defaults = {
-        "PatientID": "UNKNOWN",
-        "StudyDate": ds.get("SeriesDate") or ds.get("ContentDate") or fallback_date,
-        "StudyTime": ds.get("SeriesTime") or ds.get("ContentTime") or "000000",
-        "StudyID": "1",
-        "Modality": "OT",
-        "SeriesNumber": "1",
-        "InstanceNumber": str(instance_counter),
-    }
-    for keyword, value in defaults.items():
-        if keyword not in ds or ds[keyword].VM == 0:
-            setattr(ds, keyword, value)
-
-
-def write_fileset(folder: Path, sources, *, fileset_id: str, fallback_date: str) -> list[str]:
+def write_fileset(folder: Path, sources, *, fileset_id: str, fallback_date: str):
     """The DICOM File-set of `sources` (stored files) in `folder`: DICOMDIR at
-    the root, the files under DICOM/.  Returns the SOP Instance UIDs listed.
-
-    1. pydicom's FileSet lays out the File-set from header-only copies and
-       writes it to folder/DICOM;
-    2. the stored files replace the header-only copies, byte for byte;
-    3. the DICOMDIR moves to the root and its File IDs get the DICOM/
-       component; FileSet re-encodes it (offsets) keeping that layout.
-    """
-    dicom_root = folder / "DICOM"
-    fs = FileSet()
-    fs.ID = fileset_id
-    by_uid = {}
-    for counter, path in enumerate(sources, start=1):
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-            _invent_missing(ds, fallback_date=fallback_date, instance_counter=counter)
-            by_uid[ds.SOPInstanceUID] = Path(path)
-            fs.add(ds)
-        except Exception as exc:  # unreadable file, a record pydicom cannot make
-            raise DiscError(f"stored file {Path(path).name} cannot go into the DICOMDIR: {exc}") from exc
-    fs.write(dicom_root)
-    for instance in fs:
-        shutil.copyfile(by_uid[instance.SOPInstanceUID], dicom_root / instance.FileID)
-    os.replace(dicom_root / "DICOMDIR", folder / "DICOMDIR")
-    dicomdir = pydicom.dcmread(folder / "DICOMDIR")
-    for record in dicomdir.DirectoryRecordSequence:
-        if "ReferencedFileID" in record and record["ReferencedFileID"].VM:
-            value = record.ReferencedFileID
-            parts = [value] if isinstance(value, str) else list(value)
-            record.ReferencedFileID = ["DICOM", *parts]
-    relocated = FileSet(dicomdir)
-    relocated.write(use_existing=True)
-    return [instance.SOPInstanceUID for instance in relocated]
+    the root, the stored files, byte for byte, under DICOM/ (the layout and
+    the DICOMDIR come from `dicomnodes.archive.fileset`)."""
+    try:
+        plan = plan_fileset(sources, fileset_id=fileset_id, folder="DICOM", fallback_date=fallback_date)
+    except FileSetError as exc:
+        raise DiscError(str(exc)) from exc
+    (folder / "DICOMDIR").write_bytes(plan.dicomdir)
+    for name, stored in plan.files:
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(stored, target)
 
 
 def copy_viewer(viewer: Path, folder: Path):
