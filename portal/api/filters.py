@@ -39,7 +39,7 @@ class WholeNumberField(forms.IntegerField):
             raise ValidationError(self.error_messages["invalid"], code="invalid") from None
 
 
-class DateField(forms.CharField):
+class DateTextField(forms.CharField):
     """A date as the index keeps it (YYYYMMDD), given as YYYYMMDD or YYYY-MM-DD."""
 
     def to_python(self, value):
@@ -57,7 +57,7 @@ class DateField(forms.CharField):
 # --- Filters -----------------------------------------------------------------------
 
 
-class NumberFilter(df.NumberFilter):
+class WholeNumberFilter(df.NumberFilter):
     field_class = WholeNumberField
 
 
@@ -82,24 +82,18 @@ class MultiValueFilter(df.CharFilter):
         return qs.filter(rules.multi_value_match(self.field_name, value.upper()))
 
 
-class DateFromFilter(df.CharFilter):
-    """On or after the date: a range open at its upper end (PS3.4 C.2.2.2.5),
-    so a stored empty date never matches."""
+class DateFilter(df.CharFilter):
+    """A date bound, `lookup_expr` "gte" (on or after) or "lte" (on or
+    before): a range open at the other end (PS3.4 C.2.2.2.5), so a stored
+    empty date never matches, though it sorts before every date."""
 
-    field_class = DateField
-
-    def filter(self, qs, value):
-        return qs.filter(rules.date_range_match(self.field_name, f"{value}-")) if value else qs
-
-
-class DateToFilter(df.CharFilter):
-    """On or before the date: a range open at its lower end (PS3.4 C.2.2.2.5),
-    so a stored empty date (sorting before every date) never matches."""
-
-    field_class = DateField
+    field_class = DateTextField
 
     def filter(self, qs, value):
-        return qs.filter(rules.date_range_match(self.field_name, f"-{value}")) if value else qs
+        if not value:
+            return qs
+        bounds = f"{value}-" if self.lookup_expr == "gte" else f"-{value}"
+        return qs.filter(rules.date_range_match(self.field_name, bounds))
 
 
 PATIENT_ID = "Patient ID, exactly."
@@ -114,8 +108,8 @@ STUDY_UID = "The study's Study Instance UID."
 class StudyFilter(df.FilterSet):
     patient_id = df.CharFilter("patient_id", help_text=PATIENT_ID)
     patient_name = NameFilter("patient_name_upper", help_text=PATIENT_NAME)
-    date_from = DateFromFilter("study_date", help_text="Study date on or after (YYYYMMDD or YYYY-MM-DD).")
-    date_to = DateToFilter("study_date", help_text="Study date on or before (YYYYMMDD or YYYY-MM-DD).")
+    date_from = DateFilter("study_date", "gte", help_text="Study date on or after (YYYYMMDD or YYYY-MM-DD).")
+    date_to = DateFilter("study_date", "lte", help_text="Study date on or before (YYYYMMDD or YYYY-MM-DD).")
     modality = MultiValueFilter("modalities_in_study", help_text="A modality in the study (CT, MR, ...).")
     accession_number = df.CharFilter("accession_number", help_text=ACCESSION_NUMBER)
     study_instance_uid = df.CharFilter("study_instance_uid", help_text="Study Instance UID.")
@@ -126,7 +120,7 @@ class StudyFilter(df.FilterSet):
 
 
 class SeriesFilter(df.FilterSet):
-    study = NumberFilter("study", help_text="The study's id (from /api/studies/).")
+    study = WholeNumberFilter("study", help_text="The study's id (from /api/studies/).")
     study_instance_uid = df.CharFilter("study__study_instance_uid", help_text=STUDY_UID)
     series_instance_uid = df.CharFilter("series_instance_uid", help_text="Series Instance UID.")
     modality = df.CharFilter("modality", help_text="Modality (CT, MR, ...).")
@@ -137,7 +131,7 @@ class SeriesFilter(df.FilterSet):
 
 
 class InstanceFilter(df.FilterSet):
-    series = NumberFilter("series", help_text="The series' id (from /api/series/).")
+    series = WholeNumberFilter("series", help_text="The series' id (from /api/series/).")
     series_instance_uid = df.CharFilter("series__series_instance_uid", help_text="The series' Series Instance UID.")
     sop_instance_uid = df.CharFilter("sop_instance_uid", help_text="SOP Instance UID.")
 
@@ -149,7 +143,7 @@ class InstanceFilter(df.FilterSet):
 class TransferJobFilter(df.FilterSet):
     state = df.CharFilter("state", help_text="queued, running, succeeded, partly_failed, failed or cancelled.")
     kind = df.CharFilter("kind", help_text="send, move or get.")
-    peer = NumberFilter("peer", help_text="The peer's id.")
+    peer = WholeNumberFilter("peer", help_text="The peer's id.")
 
     class Meta:
         model = TransferJob
@@ -163,8 +157,8 @@ class WorklistItemFilter(df.FilterSet):
     accession_number = df.CharFilter("accession_number", help_text=ACCESSION_NUMBER)
     modality = df.CharFilter("modality", help_text="Modality (CT, MR, ...).")
     station = df.CharFilter("scheduled_station_ae_title", help_text="Scheduled station AE title.")
-    date_from = DateFromFilter("scheduled_start_date", help_text="Scheduled on or after (YYYYMMDD or YYYY-MM-DD).")
-    date_to = DateToFilter("scheduled_start_date", help_text="Scheduled on or before (YYYYMMDD or YYYY-MM-DD).")
+    date_from = DateFilter("scheduled_start_date", "gte", help_text="Scheduled on or after (YYYYMMDD or YYYY-MM-DD).")
+    date_to = DateFilter("scheduled_start_date", "lte", help_text="Scheduled on or before (YYYYMMDD or YYYY-MM-DD).")
 
     class Meta:
         model = WorklistItem
@@ -173,7 +167,7 @@ class WorklistItemFilter(df.FilterSet):
 
 class BurnJobFilter(df.FilterSet):
     state = df.CharFilter("state", help_text="collecting, due, staging, submitted, burning, done, failed, ...")
-    study = NumberFilter("studies", help_text="Jobs holding this study (its id).")
+    study = WholeNumberFilter("studies", help_text="Jobs holding this study (its id).")
 
     class Meta:
         model = BurnJob
@@ -181,7 +175,7 @@ class BurnJobFilter(df.FilterSet):
 
 
 class StudyTokenFilter(df.FilterSet):
-    study = NumberFilter("study", help_text="The study's id.")
+    study = WholeNumberFilter("study", help_text="The study's id.")
     study_instance_uid = df.CharFilter("study__study_instance_uid", help_text=STUDY_UID)
 
     class Meta:
