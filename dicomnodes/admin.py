@@ -182,6 +182,20 @@ class StudyAdmin(ReadOnlyAdmin):
     readonly_fields = ["patient_link"]
     actions = [send_to_action(TransferLevel.STUDY)]
 
+    def get_actions(self, request):
+        """Ours, then those other apps registered (`register_study_action`)."""
+        actions = super().get_actions(request)
+        if actions is None or self.actions is None:
+            return actions
+        for action, permission in _study_actions:
+            if request.user.has_perm(permission):
+                actions[action.__name__] = (
+                    action,
+                    action.__name__,
+                    self._get_action_description(action, action.__name__),
+                )
+        return actions
+
     @admin.display(description="series")
     def series_link(self, obj):
         return _children_link("series", "study__id__exact", obj.pk, obj.num_series, "series")
@@ -201,6 +215,19 @@ class StudyAdmin(ReadOnlyAdmin):
             if digits.isdigit() and len(digits) == 8:
                 queryset |= base.filter(study_date=digits)
         return queryset, dup
+
+
+# Study list actions of other apps: (action function, permission that shows it).
+_study_actions = []
+
+
+def register_study_action(action, *, permission):
+    """Add an admin action to the study list (called by other apps' admin
+    modules, e.g. "Burn to CD/DVD…", "Create patient link"); shown to users
+    with `permission` ("app_label.codename")."""
+    if any(existing is action for existing, _ in _study_actions):
+        raise ValueError(f"study action {action.__name__} is registered twice")
+    _study_actions.append((action, permission))
 
 
 @admin.register(Series)

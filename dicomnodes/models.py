@@ -10,6 +10,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
+from dicomnodes.archive.storage import instance_path
 from dicomnodes.validators import validate_ae_title, validate_retry_delays
 from pacs_site.singleton import SingletonModel
 
@@ -249,8 +250,6 @@ class Instance(models.Model):
 
     @property
     def path(self):
-        from dicomnodes.archive.storage import instance_path
-
         return instance_path(self.sop_instance_uid)
 
 

@@ -1,12 +1,36 @@
-"""Signals other apps listen to (publishing, notifications).
+"""The hooks other apps subscribe to (in their AppConfig.ready()), so that
+dicomnodes never imports them.
 
-`association_closed` is sent by runscp's index writer thread once the end of
-an incoming association is committed, with `association` (the AssociationLog
-row, called AE included) and `sop_instance_uids`: every instance stored in
-it, duplicates included (`association.instances` holds only those it stored
-first).  Receivers must be quick, or hand work to django-q2.
+- `scp_started`: a runscp process (dispatcher or worker) has started; no
+  arguments.  Publishing starts its clock (delayed burns, robot status).
+- `studies_created`: the index writer committed new studies;
+  `studies` = [(Study Instance UID, Accession Number)].  Sent after the
+  commit and after the senders were released.  Worklist completes the
+  matching items and tells the RIS.
+- `association_closed`: sent by the index writer once the end of an
+  incoming association is committed, with `association` (the AssociationLog
+  row, called AE included) and `sop_instance_uids`: every instance stored in
+  it, duplicates included (`association.instances` holds only those it
+  stored first).  Publishing turns `_E`/`_P`/`_TE`/`_TP` associations into
+  burn jobs.
+
+Receivers must be quick, or hand work to django-q2; `send_robust()` is used,
+so a failing receiver is logged and never fails the ingest.
 """
+
+import logging
 
 from django.dispatch import Signal
 
+logger = logging.getLogger(__name__)
+
+scp_started = Signal()
+studies_created = Signal()
 association_closed = Signal()
+
+
+def send_logged(signal, sender, **kwargs):
+    """`signal.send_robust()`, with every receiver's failure logged."""
+    for receiver, result in signal.send_robust(sender=sender, **kwargs):
+        if isinstance(result, Exception):
+            logger.error("receiver %s failed: %s", getattr(receiver, "__qualname__", receiver), result, exc_info=result)

@@ -15,10 +15,16 @@ How an event reaches an open dashboard (`portal/consumers.py`):
    next poll.  The dashboard drops whichever copy comes second.
 """
 
+import datetime
 import logging
 
 from django.conf import settings
 from django.db import transaction
+from django.urls import NoReverseMatch, reverse
+from django.utils import timezone
+
+from dicomnodes.models import Study
+from pacs_site.models import Event
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +33,6 @@ DASHBOARD_GROUP = "dashboard"
 
 
 def record(kind, message, *, study_instance_uid="", open_study=False, **data):
-    from pacs_site.models import Event
-
     try:
         event = Event.objects.create(
             kind=kind,
@@ -81,12 +85,8 @@ def event_item(event):
 
 def study_url(event):
     """Where the dashboard opens the event's study: its page in the admin."""
-    from django.urls import NoReverseMatch, reverse
-
     study_id = (event.data or {}).get("study_id")
     if study_id is None and event.study_instance_uid:
-        from dicomnodes.models import Study
-
         study_id = (
             Study.objects.filter(study_instance_uid=event.study_instance_uid).values_list("pk", flat=True).first()
         )
@@ -103,12 +103,6 @@ KEEP_DAYS = 30
 
 def prune(days=KEEP_DAYS):
     """Delete events older than `days` (a daily django-q2 schedule); returns how many."""
-    import datetime
-
-    from django.utils import timezone
-
-    from pacs_site.models import Event
-
     cutoff = timezone.now() - datetime.timedelta(days=days)
     deleted, _ = Event.objects.filter(created_at__lt=cutoff).delete()
     if deleted:

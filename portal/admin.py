@@ -12,7 +12,7 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.safestring import mark_safe
 
-from dicomnodes.admin import StudyAdmin
+from dicomnodes.admin import register_study_action
 from pacs_site.singleton import SingletonAdmin
 from portal.models import HttpSettings, StudyToken, TokenScope, detected_public_ip
 from portal.tls import certificate_expiry
@@ -106,21 +106,17 @@ def _create_links(modeladmin, request, queryset, scope):
     return TemplateResponse(request, "admin/portal/patient_links.html", context)
 
 
-@admin.action(description="Create patient link", permissions=["create_patient_link"])
+@admin.action(description="Create patient link")
 def create_patient_link(modeladmin, request, queryset):
     return _create_links(modeladmin, request, queryset, TokenScope.STUDY)
 
 
-@admin.action(description="Create patient link (all studies of the patient)", permissions=["create_patient_link"])
+@admin.action(description="Create patient link (all studies of the patient)")
 def create_patient_link_all_studies(modeladmin, request, queryset):
     return _create_links(modeladmin, request, queryset, TokenScope.PATIENT)
 
 
-def _may_create_patient_link(self, request):
-    return request.user.has_perm("portal.add_studytoken")
-
-
-# The study list is read-only (no change permission), so the actions name a
-# permission of their own: whoever may add study tokens.
-StudyAdmin.has_create_patient_link_permission = _may_create_patient_link
-StudyAdmin.actions = [*(StudyAdmin.actions or []), create_patient_link, create_patient_link_all_studies]
+# The study list is read-only (no change permission): whoever may add study
+# tokens may create patient links.
+register_study_action(create_patient_link, permission="portal.add_studytoken")
+register_study_action(create_patient_link_all_studies, permission="portal.add_studytoken")

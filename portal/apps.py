@@ -5,7 +5,7 @@ class PortalConfig(AppConfig):
     name = "portal"
 
     def ready(self):
-        from dicomnodes.config_io import SingletonSection, register
+        from pacs_site.config_io import SingletonSection, register
         from portal.models import HttpSettings
 
         register(SingletonSection("http", HttpSettings))

@@ -2,10 +2,10 @@
 
 from django.db import DatabaseError
 
+from portal.models import HttpSettings
+
 
 def http_settings(request):
-    from portal.models import HttpSettings
-
     try:
         row = HttpSettings.load()
     except DatabaseError:  # before `migrate`: pages still render

@@ -33,6 +33,8 @@ from django.utils import timezone
 from dicomnodes.models import AssociationLog, AssociationResult, TransferJob, TransferState
 from pacs_site.events import event_item
 from pacs_site.models import Event
+from portal.models import HttpSettings
+from publishing.models import FINAL_STATES
 from worklist.models import HL7Message
 
 logger = logging.getLogger(__name__)
@@ -59,10 +61,8 @@ def dashboard(request):
 
 def _header():
     try:
-        from portal.models import HttpSettings
-
         row = HttpSettings.load()
-    except (ImportError, DatabaseError):
+    except DatabaseError:
         return {}
     return {"institution": row.institution, "department": row.department}
 
@@ -76,8 +76,6 @@ def burn_job_model():
 
 
 def _final_burn_states():
-    from publishing.models import FINAL_STATES
-
     return FINAL_STATES
 
 

@@ -18,7 +18,11 @@ from django.db import models
 from django.db.models import F
 from django.utils import timezone
 
+from dicomnodes.models import DicomServerSettings, Study
+from pacs_site.ports import machine_addresses
 from pacs_site.singleton import SingletonModel
+from portal.tls import check_certificate_pair
+from worklist.models import WorklistSettings
 
 # 48 random bytes -> 64 URL-safe characters, 384 bits (≥ 128 asked).
 TOKEN_BYTES = 48
@@ -61,8 +65,6 @@ def add_period(day: dt.date, accessibility: str) -> dt.date | None:
 def detected_public_ip() -> str:
     """The address others most likely reach us at: the first global IPv4,
     else a private IPv4, else a global IPv6, else 127.0.0.1."""
-    from pacs_site.ports import machine_addresses
-
     ranked = []
     for _iface, _family, text in machine_addresses():
         try:
@@ -136,8 +138,6 @@ class HttpSettings(SingletonModel):
             if taken:
                 raise ValidationError({"web_port": f"Port {self.web_port} is the {taken}'s: choose another."})
         if self.tls_enabled:
-            from portal.tls import check_certificate_pair
-
             field = {"certificate": "tls_certificate_file", "key": "tls_key_file"}
             errors = {}
             for problem in check_certificate_pair(self.tls_certificate_file, self.tls_key_file):
@@ -159,9 +159,6 @@ class HttpSettings(SingletonModel):
 
 def _listener_ports() -> dict:
     """port -> which of our other listeners uses it."""
-    from dicomnodes.models import DicomServerSettings
-    from worklist.models import WorklistSettings
-
     ports = {WorklistSettings.load().hl7_port: "HL7 listener", DicomServerSettings.load().port: "DICOM server"}
     ports.pop(0, None)
     return ports
@@ -219,8 +216,6 @@ class StudyToken(models.Model):
 
     def studies(self):
         """The studies this token opens."""
-        from dicomnodes.models import Study
-
         if self.scope == TokenScope.PATIENT:
             return Study.objects.filter(patient_record_id=self.study.patient_record_id)
         return Study.objects.filter(pk=self.study_id)

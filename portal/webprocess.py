@@ -14,6 +14,8 @@ from django.db import DatabaseError, connection
 
 from pacs_site.env import envbool, envint
 from portal.daphne_server import endpoint
+from portal.models import HttpSettings
+from portal.tls import check_certificate_pair
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +47,6 @@ def load_web_config(current: WebConfig | None = None) -> WebConfig:
     When the database does not answer, `current` stays (a database restart
     must not move the web server), or the defaults before the first read
     (not migrated yet)."""
-    from portal.models import HttpSettings
-
     try:
         row = HttpSettings.load()
     except DatabaseError as exc:
@@ -67,8 +67,6 @@ def web_problems(config: WebConfig) -> list:
     """Why the web process cannot start with `config` ([] if it can)."""
     if not config.tls:
         return []
-    from portal.tls import check_certificate_pair
-
     return [str(p) for p in check_certificate_pair(config.certificate, config.key)]
 
 

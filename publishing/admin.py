@@ -5,7 +5,7 @@ from django.contrib import admin, messages
 from django.db import transaction
 from django.template.response import TemplateResponse
 
-from dicomnodes.admin import StudyAdmin
+from dicomnodes.admin import register_study_action
 from dicomnodes.models import Instance
 from pacs_site.singleton import SingletonAdmin
 from publishing import tasks
@@ -125,7 +125,7 @@ class BurnJobAdmin(admin.ModelAdmin):
 # --- On studies ----------------------------------------------------------------------------------
 
 
-@admin.action(description="Burn to CD/DVD…", permissions=["burn"])
+@admin.action(description="Burn to CD/DVD…")
 def burn_to_disc(modeladmin, request, queryset):
     """Ask for the publisher, then one job per patient with every instance of
     the selected studies."""
@@ -160,10 +160,5 @@ def burn_to_disc(modeladmin, request, queryset):
     )
 
 
-def _has_burn_permission(self, request):
-    return request.user.has_perm(BURN_PERMISSION)
-
-
 # The archive admin is read-only; burning needs the permission to add burn jobs.
-StudyAdmin.has_burn_permission = _has_burn_permission
-StudyAdmin.actions = [*StudyAdmin.actions, burn_to_disc]
+register_study_action(burn_to_disc, permission=BURN_PERMISSION)

@@ -29,6 +29,10 @@ import time
 from django.db import close_old_connections
 from django.utils import timezone
 
+from publishing import tasks
+from publishing.models import ACTIVE_STATES, BurnJob, JobState
+from publishing.queueing import queue_submit
+
 logger = logging.getLogger(__name__)
 
 ROBOT_POLL_SECONDS = 5.0
@@ -38,6 +42,11 @@ _heap = []  # (due, pk)
 _latest = {}  # pk -> the latest due time armed for it
 _enabled = False
 _thread = None
+
+
+def on_scp_started(sender, **kwargs):
+    """Receiver of dicomnodes.signals.scp_started: every runscp process keeps the clock."""
+    enable()
 
 
 def enable(*, robot_poll=ROBOT_POLL_SECONDS):
@@ -105,8 +114,6 @@ def _next_due(until):
 
 def _arm_collecting():
     """Timers for the jobs already collecting (runscp restarted between two series)."""
-    from publishing.models import BurnJob, JobState
-
     try:
         close_old_connections()
         for pk, due in BurnJob.objects.filter(state=JobState.COLLECTING).values_list("pk", "due_at"):
@@ -121,9 +128,6 @@ class _Stopped(Exception):
 
 
 def _run(robot_poll):
-    from publishing import tasks
-    from publishing.models import ACTIVE_STATES, BurnJob
-
     _arm_collecting()
     next_poll = time.monotonic() + robot_poll
     while True:
@@ -134,7 +138,7 @@ def _run(robot_poll):
         try:
             close_old_connections()
             if pk is not None:
-                tasks.queue_submit(pk)
+                queue_submit(pk)
                 logger.debug("burn job %s is due: submit queued", pk)
                 continue
             next_poll = time.monotonic() + robot_poll

@@ -33,42 +33,13 @@ from publishing.models import (
     Publisher,
     PublishingSettings,
 )
+from publishing.queueing import RETRY_WAITING_TASK, no_publisher_message, queue_submit
 
 logger = logging.getLogger(__name__)
 
-SUBMIT_TASK = "publishing.tasks.submit"
-TICK_TASK = "publishing.tasks.tick"
-RETRY_WAITING_TASK = "publishing.tasks.retry_waiting"
-TICK_NAME = "publishing-tick"
 # A job left in "staging" this long was abandoned by a worker that died (the
 # django-q2 task time-out is an hour too); the tick makes it due again.
 STAGING_LEASE = datetime.timedelta(hours=1)
-
-
-# --- Scheduling ---------------------------------------------------------------------------------
-
-
-def queue_submit(pk):
-    ensure_tick()
-    async_task(SUBMIT_TASK, pk)
-
-
-def schedule_submit(pk, due):
-    """A one-off schedule at the job's due time (moved when a series pushes it)."""
-    ensure_tick()
-    name = f"publishing-job-{pk}"
-    if not Schedule.objects.filter(name=name).update(next_run=due, repeats=-1):
-        Schedule.objects.create(
-            name=name, func=SUBMIT_TASK, args=repr((pk,)), schedule_type=Schedule.ONCE, next_run=due
-        )
-
-
-def ensure_tick():
-    """The every-minute tick, created on first use (it lives in the database)."""
-    Schedule.objects.get_or_create(
-        name=TICK_NAME,
-        defaults=dict(func=TICK_TASK, schedule_type=Schedule.MINUTES, minutes=1, repeats=-1, next_run=timezone.now()),
-    )
 
 
 def tick():
@@ -144,8 +115,6 @@ def submit(pk) -> str:
     job = BurnJob.objects.select_related("publisher").get(pk=pk)
     publisher = job.publisher if job.publisher and job.publisher.enabled else Publisher.default_for(job.kind)
     if publisher is None:
-        from publishing.triggers import no_publisher_message
-
         BurnJob.objects.filter(pk=pk, state=JobState.STAGING).update(
             state=JobState.NO_PUBLISHER, publisher=None, message=no_publisher_message(job.kind)
         )

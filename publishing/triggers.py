@@ -17,6 +17,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from dicomnodes.models import DicomServerSettings, Instance
+from publishing import clock, queueing
 from publishing.models import BurnJob, Grouping, JobState, Publisher, PublisherKind, PublishingSettings, Trigger
 
 logger = logging.getLogger(__name__)
@@ -76,8 +77,6 @@ def add_content(job, instances):
 
 def immediate_job(kind, instances, *, trigger=Trigger.IMMEDIATE, publisher=None):
     """A job due now (also the admin's manual jobs, with their publisher)."""
-    from publishing import tasks
-
     publisher = publisher or Publisher.default_for(kind)
     with transaction.atomic():
         job = BurnJob.objects.create(
@@ -86,23 +85,15 @@ def immediate_job(kind, instances, *, trigger=Trigger.IMMEDIATE, publisher=None)
             trigger=trigger,
             state=JobState.DUE if publisher else JobState.NO_PUBLISHER,
             due_at=timezone.now(),
-            message="" if publisher else no_publisher_message(kind),
+            message="" if publisher else queueing.no_publisher_message(kind),
         )
         add_content(job, instances)
         if publisher:
-            transaction.on_commit(lambda: tasks.queue_submit(job.pk))
+            transaction.on_commit(lambda: queueing.queue_submit(job.pk))
         else:
-            transaction.on_commit(tasks.ensure_tick)
+            transaction.on_commit(queueing.ensure_tick)
     logger.info("burn job %s: %d instances for %s (%s)", job.pk, len(instances), kind, job.get_state_display())
     return job
-
-
-def no_publisher_message(kind) -> str:
-    label = PublisherKind(kind).label
-    return (
-        f"No enabled default {label} publisher is configured. The images are stored; this job waits "
-        f"and is submitted once one is added in Publishing › Publishers (or cancel it)."
-    )
 
 
 def group_key(grouping, instance) -> str:
@@ -114,8 +105,6 @@ def group_key(grouping, instance) -> str:
 
 def delayed_jobs(kind, instances):
     """Add the instances to their groups' collecting jobs, each due at now + delay."""
-    from publishing import clock, tasks
-
     cfg = PublishingSettings.load()
     groups = {}
     for instance in instances:
@@ -125,7 +114,7 @@ def delayed_jobs(kind, instances):
         due = timezone.now() + datetime.timedelta(seconds=cfg.delay_seconds)
         job = join_group(kind, key, members, due)
         jobs.append(job)
-        transaction.on_commit(lambda pk=job.pk, due=due: tasks.schedule_submit(pk, due))
+        transaction.on_commit(lambda pk=job.pk, due=due: queueing.schedule_submit(pk, due))
         transaction.on_commit(lambda pk=job.pk, due=due: clock.arm(pk, due))
         logger.info("burn job %s: %d more instances, due at %s", job.pk, len(members), due.isoformat())
     return jobs

@@ -1,5 +1,5 @@
 """Configuration as code: `manage.py pacsconfig export|import` and
-`dicomnodes.config_io` behind it.
+`pacs_site.config_io` behind it.
 
 Personas: `MODALITY` (a CT scanner that stores to us), `STRANGER` (an AE
 title nobody configured).
@@ -13,8 +13,8 @@ import sys
 import pytest
 from django.core.management import CommandError, call_command
 
-from dicomnodes.config_io import ConfigError, export_config, import_config
 from dicomnodes.models import DicomServerSettings, DuplicatePolicy, Peer
+from pacs_site.config_io import ConfigError, export_config, import_config
 from tests.conftest import BASE_DIR, MODALITY, STRANGER, server_env, wait_until
 
 AE_CHARS = (

@@ -9,7 +9,7 @@ import pytest
 from django.utils import timezone
 from django_q.models import OrmQ
 
-from publishing import clock, tasks
+from publishing import clock, queueing
 from tests.conftest import wait_until
 
 
@@ -21,7 +21,7 @@ def running_clock(transactional_db):
 
 
 def queued_submits():
-    return [q.task["args"] for q in OrmQ.objects.all() if q.task["func"] == tasks.SUBMIT_TASK]
+    return [q.task["args"] for q in OrmQ.objects.all() if q.task["func"] == queueing.SUBMIT_TASK]
 
 
 def test_a_pushed_due_time_fires_once_at_the_latest_time(running_clock):

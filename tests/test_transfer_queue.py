@@ -6,15 +6,8 @@ import pytest
 from django.utils import timezone
 
 from dicomnodes.models import DicomServerSettings, Peer, TransferJob, TransferState
-from dicomnodes.transfers.jobs import (
-    TransferError,
-    cancel_job,
-    claim_next,
-    requeue_stale,
-    resubmit_job,
-    retry_delay,
-    submit_job,
-)
+from dicomnodes.transfers.jobs import TransferError, cancel_job, resubmit_job, submit_job
+from dicomnodes.transfers.queue import claim_next, requeue_stale, retry_delay
 
 pytestmark = [pytest.mark.django_db, pytest.mark.archive]
 

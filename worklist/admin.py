@@ -19,6 +19,7 @@ from worklist.models import (
     WorklistSettings,
 )
 from worklist.orders import fit_charset
+from worklist.outgoing import queue_delivery
 
 
 @admin.register(WorklistSettings)
@@ -208,8 +209,6 @@ class OutgoingHL7MessageAdmin(_LogAdmin):
 
     @admin.action(description="Send the selected messages again")
     def resend(self, request, queryset):
-        from worklist.outgoing import queue_delivery
-
         pks = list(queryset.values_list("pk", flat=True))
         queryset.update(
             state=DeliveryState.PENDING, attempts=0, next_attempt_at=None, error="", updated_at=timezone.now()

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from django.db import connections
 
 from pacs_site.ports import bind_failure
+from worklist.models import WorklistSettings
 
 logger = logging.getLogger(__name__)
 
@@ -129,8 +130,6 @@ class MllpConfig:
 
 def load_config(*, port=None) -> MllpConfig:
     """The stored settings, with the command-line port applied."""
-    from worklist.models import WorklistSettings
-
     row = WorklistSettings.load()
     return MllpConfig(
         port=port if port is not None else row.hl7_port,

@@ -18,6 +18,7 @@ from pydicom.charset import convert_encodings
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from dicomnodes.dimse import Status, status
 from dicomnodes.query.rules import (
     IDENTIFIER_DOES_NOT_MATCH,
     UNABLE_TO_PROCESS,
@@ -32,7 +33,8 @@ from dicomnodes.query.rules import (
     uid_list_match,
     wildcard_match,
 )
-from worklist.models import HIDDEN_STATUSES, WorklistItem
+from worklist.models import HIDDEN_STATUSES, WorklistItem, WorklistSettings
+from worklist.models import WorklistQuery as QueryLog
 
 SPS = "ScheduledProcedureStepSequence"  # (0040,0100)
 
@@ -194,3 +196,33 @@ def _charset_for(item):
         except (UnicodeEncodeError, LookupError):
             pass
     return "ISO_IR 192"
+
+
+def answer_find(identifier, *, caller, config, cancelled):
+    """Modality Worklist C-FIND, as runscp's responder for the WORKLIST model
+    (registered in WorklistConfig.ready): yields (status, identifier or None)
+    like `dicomnodes.scp.qr.answer_find`.  Each query is logged when the
+    worklist settings say so."""
+    matches, outcome, keys = 0, "0000", ""
+    try:
+        query = build_worklist_query(identifier, case_insensitive=config.case_insensitive_names)
+        keys = query.keys
+        for result in iter_worklist_results(query):
+            if cancelled():
+                outcome = "FE00"
+                yield Status.CANCEL, None
+                return
+            matches += 1
+            yield Status.PENDING, result
+    except QueryError as exc:
+        outcome = f"{exc.status:04X}"
+        yield status(exc.status, exc.message), None
+    finally:
+        if WorklistSettings.load().message_logging:
+            QueryLog.objects.create(
+                calling_ae=caller.ae_title[:16],
+                peer_address=caller.address[:64],
+                keys=keys,
+                matches=matches,
+                status=outcome,
+            )

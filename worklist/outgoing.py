@@ -51,6 +51,12 @@ DEFAULT_VERSION = "2.3.1"
 # --- Matching arrived studies to worklist items ----------------------------------------------
 
 
+def on_studies_created(sender, *, studies, **kwargs):
+    """Receiver of dicomnodes.signals.studies_created (runscp's and the
+    transfer runner's index writers)."""
+    studies_arrived(studies)
+
+
 def studies_arrived(studies: list[tuple[str, str]]) -> list[int]:
     """Complete the open items of these new studies and queue their status updates.
 

@@ -17,6 +17,7 @@ from datetime import datetime
 from django.db import connection, transaction
 from django.utils import timezone
 
+from dicomnodes.archive import notifications
 from dicomnodes.archive.header import InstanceHeader
 from dicomnodes.archive.hierarchy import (
     Created,
@@ -193,11 +194,18 @@ class IndexWriter:
     `on_studies_created(pairs)` is called after a commit that created
     studies, with their (Study Instance UID, Accession Number), and
     `on_associations_closed(closes)` with the AssociationClose jobs of a
-    commit that closed associations;
-    their failures are logged and never fail the ingest.
+    commit that closed associations; by default they send the signals of
+    `dicomnodes.signals` (see `notifications`).  Their failures are logged
+    and never fail the ingest.
     """
 
-    def __init__(self, *, max_batch=512, on_studies_created=None, on_associations_closed=None):
+    def __init__(
+        self,
+        *,
+        max_batch=512,
+        on_studies_created=notifications.studies_created,
+        on_associations_closed=notifications.associations_closed,
+    ):
         self.max_batch = max_batch
         self.on_studies_created = on_studies_created
         self.on_associations_closed = on_associations_closed

@@ -15,15 +15,10 @@ from dicomnodes.archive.fastheader import read_header_fast
 from dicomnodes.archive.header import UnreadableDataset, read_header
 from dicomnodes.archive.index import IndexItem, IndexUnavailable
 from dicomnodes.archive.storage import StorageFull, file_meta_bytes, instance_path, write_atomically
+from dicomnodes.dimse import Status
 
 logger = logging.getLogger(__name__)
 
-# PS3.4 B.2.3 C-STORE statuses we answer with.
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-CANNOT_UNDERSTAND = 0xC000
-PROCESSING_FAILURE = 0x0110  # PS3.7 C.4: general; the index could not be written
-NOT_AUTHORISED = 0x0124  # PS3.7 C.5: general; the caller may not store here
 
 
 @dataclass(slots=True)
@@ -66,7 +61,7 @@ def store_received(
     except UnreadableDataset as exc:
         where = quarantine(meta, raw)
         logger.warning("C-STORE from %s: cannot understand the dataset (%s); bytes kept as %s", calling_ae, exc, where)
-        return StoreResult(CANNOT_UNDERSTAND, f"Cannot understand: {exc}")
+        return StoreResult(Status.CANNOT_UNDERSTAND, f"Cannot understand: {exc}")
 
     if header.sop_instance_uid != sop_instance_uid:
         # The dataset is the truth for the archive; the file meta must agree with it.
@@ -87,10 +82,10 @@ def store_received(
         is_new = write_atomically(path, (meta, raw), overwrite=overwrite, fsync=fsync)
     except StorageFull as exc:
         logger.error("C-STORE from %s: out of disk space: %s", calling_ae, exc)
-        return StoreResult(OUT_OF_RESOURCES, "Out of resources: storage is full")
+        return StoreResult(Status.OUT_OF_RESOURCES, "Out of resources: storage is full")
     except OSError as exc:
         logger.error("C-STORE from %s: cannot write the file: %s", calling_ae, exc)
-        return StoreResult(OUT_OF_RESOURCES, f"Out of resources: {exc.strerror or exc}")
+        return StoreResult(Status.OUT_OF_RESOURCES, f"Out of resources: {exc.strerror or exc}")
 
     item = IndexItem(
         header=header,
@@ -105,9 +100,9 @@ def store_received(
         outcome = writer.submit(item).wait(wait_timeout)
     except IndexUnavailable as exc:
         logger.error("C-STORE from %s: file stored but not indexed: %s", calling_ae, exc)
-        return StoreResult(PROCESSING_FAILURE, f"Index unavailable: {exc}")
+        return StoreResult(Status.PROCESSING_FAILURE, f"Index unavailable: {exc}")
     return StoreResult(
-        SUCCESS,
+        Status.SUCCESS,
         outcome=outcome,
         sop_instance_uid=header.sop_instance_uid,
         study_instance_uid=header.study_instance_uid,

@@ -1,21 +1,29 @@
-"""What runscp says when incoming associations end.
+"""What the index writer says after its commits (its default hooks).
 
-1. One "study received" event per study that got instances in the
-   association (the web UI shows it, and opens the study when the setting
-   "open transferred studies when received" is on);
-2. the `association_closed` signal, for publishing (disc burning).
+- New studies: the `studies_created` signal (worklist completes its items).
+- Associations ended:
+  1. one "study received" event per study that got instances in the
+     association (the web UI shows it, and opens the study when the setting
+     "open transferred studies when received" is on);
+  2. the `association_closed` signal, for publishing (disc burning).
 """
 
 import logging
 
+from dicomnodes import signals
 from dicomnodes.models import AssociationLog, DicomServerSettings, Study
-from dicomnodes.signals import association_closed
+from dicomnodes.signals import association_closed, send_logged
 from pacs_site import events
 from pacs_site.models import EventKind
 
 logger = logging.getLogger(__name__)
 
 _CHUNK = 2000  # UIDs per IN (...) query
+
+
+def studies_created(pairs):
+    """`pairs`: (Study Instance UID, Accession Number) of the studies just created."""
+    send_logged(signals.studies_created, None, studies=list(pairs))
 
 
 def associations_closed(closes):
@@ -27,11 +35,7 @@ def associations_closed(closes):
         uids = uids_of.get(row.pk, [])
         for study in studies_of(uids):
             study_received(study, source=row.calling_ae, kind=EventKind.STUDY_RECEIVED, open_study=open_study)
-        for receiver, result in association_closed.send_robust(
-            sender=AssociationLog, association=row, sop_instance_uids=uids
-        ):
-            if isinstance(result, Exception):
-                logger.error("association_closed receiver %s failed: %s", receiver, result, exc_info=result)
+        send_logged(association_closed, AssociationLog, association=row, sop_instance_uids=uids)
 
 
 def studies_of(sop_instance_uids):

@@ -35,7 +35,8 @@ from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from dicomnodes.models import Instance, Patient, Series, Study
+from dicomnodes.models import Series
+from dicomnodes.query.levels import IMAGE, LEVELS, MODELS, PATIENT, SERIES, STUDY, levels_above
 from dicomnodes.query.rules import (
     IDENTIFIER_DOES_NOT_MATCH,
     UNABLE_TO_PROCESS,
@@ -57,28 +58,6 @@ from dicomnodes.query.rules import (
 
 __all__ = ["QueryError", "Query", "build_query", "iter_results", "IDENTIFIER_DOES_NOT_MATCH", "UNABLE_TO_PROCESS"]
 
-PATIENT, STUDY, SERIES, IMAGE = "PATIENT", "STUDY", "SERIES", "IMAGE"
-
-# Information model -> its levels, top down (PS3.4 C.6.1 Patient Root, C.6.2 Study Root).
-MODELS = {
-    "PATIENT": (PATIENT, STUDY, SERIES, IMAGE),
-    "STUDY": (STUDY, SERIES, IMAGE),
-}
-
-UNIQUE_KEYS = {
-    PATIENT: "PatientID",  # (0010,0020)
-    STUDY: "StudyInstanceUID",  # (0020,000D)
-    SERIES: "SeriesInstanceUID",  # (0020,000E)
-    IMAGE: "SOPInstanceUID",  # (0008,0018)
-}
-
-# Query level -> the model searched and the path from it to each level's row.
-_LEVEL_MODELS = {
-    PATIENT: (Patient, {PATIENT: ""}),
-    STUDY: (Study, {PATIENT: "patient_record__", STUDY: ""}),
-    SERIES: (Series, {PATIENT: "study__patient_record__", STUDY: "study__", SERIES: ""}),
-    IMAGE: (Instance, {PATIENT: "series__study__patient_record__", STUDY: "series__study__", SERIES: "series__"}),
-}
 
 
 @dataclass(frozen=True)
@@ -189,10 +168,10 @@ def build_query(identifier: Dataset, *, model: str, case_insensitive: bool) -> Q
         raise ValueError(f"unknown information model {model!r}")
     levels = MODELS[model]
     level = _query_level(identifier, levels)
-    for upper in levels[: levels.index(level)]:
-        _check_unique_key(identifier, UNIQUE_KEYS[upper])
+    for upper in levels_above(model, level):
+        _check_unique_key(identifier, LEVELS[upper].unique_key)
 
-    row_model, paths = _LEVEL_MODELS[level]
+    row_model, paths = LEVELS[level].model, LEVELS[level].paths
     condition, query = Q(), Query(level=level, queryset=None)
     for tag in sorted(identifier.keys()):
         if tag & 0xFFFF == 0:  # group length

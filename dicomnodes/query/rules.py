@@ -16,9 +16,11 @@ import re
 from django.db.models import CharField, Lookup, Q
 
 from dicomnodes.archive.header import normalise_date, normalise_time
+from dicomnodes.dimse import Status
 
-IDENTIFIER_DOES_NOT_MATCH = 0xA900  # PS3.4 C.4.1.1.4: Identifier does not match SOP Class
-UNABLE_TO_PROCESS = 0xC000  # PS3.4 C.4.1.1.4: Failed, unable to process (Cxxx)
+# The C-FIND failures of PS3.4 C.4.1.1.4 a QueryError carries.
+IDENTIFIER_DOES_NOT_MATCH = Status.IDENTIFIER_DOES_NOT_MATCH
+UNABLE_TO_PROCESS = Status.UNABLE_TO_PROCESS
 
 
 class QueryError(ValueError):

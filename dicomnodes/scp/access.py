@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 
 from dicomnodes.dimse import service_of
+from dicomnodes.models import Peer
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +67,6 @@ class AccessPolicy:
 
     @classmethod
     def load(cls, server_settings):
-        from dicomnodes.models import Peer
-
         rules = tuple(
             PeerRule(
                 p.ae_title,

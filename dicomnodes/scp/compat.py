@@ -1,4 +1,10 @@
-"""What every association we open gets (pynetdicom leaves both to us).
+"""Every pynetdicom patch and `_config` setting of the project, in one place.
+
+`PATCHED` names each pynetdicom attribute we set or wrap; a test checks that
+each still exists in the pinned pynetdicom (an upgrade that renames one
+fails there, not in production).
+
+What every association we open gets (pynetdicom leaves both to us):
 
 1. TCP_NODELAY: with Nagle's algorithm on, every C-STORE of a C-MOVE waits
    ~40 ms for the peer's delayed ACK (measured: 31 → several hundred
@@ -13,18 +19,58 @@
    request, every response and every C-STORE of a C-GET is read by our
    own call, so that thread need not read the queue at all.
 3. Stored files go out from disk as they are, in chunks
-   (`retrieve.StoredFile`), not read and re-encoded by pydicom; and
-   pynetdicom's standard PDU/DIMSE log handlers, which format every message
-   even when nobody reads it, stay unbound (runscp binds them in debug mode).
+   (`sending.StoredFile`, `send_files_raw`), not read and re-encoded by
+   pydicom; and pynetdicom's standard PDU/DIMSE log handlers, which format
+   every message even when nobody reads it, stay unbound (runscp binds them
+   in debug mode).
+
+What runscp adds (`configure_scp()`): every storage-like SOP class accepted,
+no identifier pretty-printing; and a refusal's status and comment put into
+the response pynetdicom sends for a C-MOVE/C-GET (`answer_next_response`).
 """
 
 import socket
 import threading
 
 from pynetdicom import _config, evt
+from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
 
+# (object, attribute) of every pynetdicom attribute set or wrapped below.
+PATCHED = [
+    (_config, "STORE_SEND_CHUNKED_DATASET"),
+    (_config, "LOG_HANDLER_LEVEL"),
+    (_config, "UNRESTRICTED_STORAGE_SERVICE"),
+    (_config, "LOG_REQUEST_IDENTIFIERS"),
+    (_config, "LOG_RESPONSE_IDENTIFIERS"),
+    (DIMSEServiceProvider, "get_msg"),  # leave_responses_to_callers
+    (DIMSEServiceProvider, "send_msg"),  # answer_next_response
+    (Association, "send_c_store"),  # send_files_raw
+]
+# Attributes of pynetdicom objects (set in __init__) that the code above and
+# runscp use: class name -> attribute names.
+USED_ON_INSTANCES = {
+    "AE": ["_servers"],  # ScpService registers its server so AE.shutdown() stops it
+    "Association": ["dimse", "dul", "acse", "requestor", "acceptor"],
+    "DIMSEServiceProvider": ["msg_queue"],  # JobRun.cancel wakes a DIMSE wait
+}
+
+# Stored files are sent from disk in chunks (C-MOVE, C-GET, transfer jobs).
 _config.STORE_SEND_CHUNKED_DATASET = True
+# pynetdicom's standard PDU/DIMSE log handlers format every message even
+# when nobody reads it; runscp binds them only in debug mode.
 _config.LOG_HANDLER_LEVEL = "none"
+
+
+def configure_scp():
+    """The settings of the runscp process."""
+    # Accept any storage-like SOP class (private ones included) in the first
+    # transfer syntax the sender proposes: we store bytes as received, so there is
+    # no reason to refuse a modality's private or brand-new SOP class.
+    _config.UNRESTRICTED_STORAGE_SERVICE = True
+    # Nor do we pretty-print every C-FIND/C-MOVE identifier (8 % of a big C-FIND).
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    _config.LOG_RESPONSE_IDENTIFIERS = False
 
 
 def _set_nodelay(event):
@@ -60,3 +106,36 @@ def _on_established(event):
 # TCP_NODELAY as soon as we connect, responses kept for their callers as
 # soon as the association is up.
 NODELAY_HANDLERS = [(evt.EVT_CONN_OPEN, _set_nodelay), (evt.EVT_ESTABLISHED, _on_established)]
+
+
+def send_files_raw(assoc):
+    """Let `assoc.send_c_store` send StoredFile datasets from their files
+    (once per association: several C-GETs may run on one)."""
+    if getattr(assoc, "_sends_files_raw", False):
+        return
+    assoc._sends_files_raw = True
+    original = assoc.send_c_store
+
+    def send_c_store(dataset, *args, **kwargs):
+        stored_path = getattr(dataset, "_stored_path", None)  # a sending.StoredFile
+        if stored_path is not None:
+            return original(stored_path, *args, **kwargs)
+        return original(dataset, *args, **kwargs)
+
+    assoc.send_c_store = send_c_store
+
+
+def answer_next_response(assoc, code, comment):
+    """Give the next DIMSE response pynetdicom sends on this association our
+    status and Error Comment (its own answer to "no destination" is a bare
+    A801)."""
+    dimse = assoc.dimse
+    original = dimse.send_msg
+
+    def send_msg(primitive, context_id):
+        dimse.send_msg = original
+        primitive.Status = code
+        primitive.ErrorComment = comment.replace("\\", "/")[:64]
+        return original(primitive, context_id)
+
+    dimse.send_msg = send_msg

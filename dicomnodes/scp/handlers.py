@@ -14,16 +14,13 @@ from django.utils import timezone
 from pynetdicom import evt
 
 from dicomnodes.archive.index import AssociationClose, AssociationOpen
-from dicomnodes.archive.ingest import NOT_AUTHORISED, SUCCESS, store_received
-from dicomnodes.dimse import status
+from dicomnodes.archive.ingest import store_received
+from dicomnodes.dimse import REJECT_CALLED_AE, REJECT_CALLING_AE, Status, status
 from dicomnodes.models import AssociationLog, AssociationResult
 from dicomnodes.scp.access import normalise_address
 
 logger = logging.getLogger(__name__)
 
-# A-ASSOCIATE-RJ (PS3.8 9.3.4): rejected-permanent, by the service user.
-_REJECT_CALLED = (0x01, 0x01, 0x07)
-_REJECT_CALLING = (0x01, 0x01, 0x03)
 
 
 @dataclass
@@ -81,13 +78,13 @@ class Handlers:
         assoc.pacs_state = state
         cfg = self.config()
         if state.called_ae not in cfg.called_ae_titles:
-            self._reject(assoc, state, _REJECT_CALLED, "called AE title not recognised")
+            self._reject(assoc, state, REJECT_CALLED_AE, "called AE title not recognised")
         elif not cfg.access.may_associate(
             state.calling_ae,
             state.address,
             [cx.abstract_syntax for cx in rq.presentation_context_definition_list],
         ):
-            self._reject(assoc, state, _REJECT_CALLING, "calling AE title not recognised")
+            self._reject(assoc, state, REJECT_CALLING_AE, "calling AE title not recognised")
         else:
             # Answer with the title we were called by (ours or a publishing variant).
             assoc.acceptor.ae_title = state.called_ae
@@ -166,7 +163,7 @@ class Handlers:
 
     # --- services -------------------------------------------------------------
     def on_echo(self, event):
-        return SUCCESS
+        return Status.SUCCESS
 
     def on_store(self, event):
         state = event.assoc.pacs_state
@@ -174,7 +171,7 @@ class Handlers:
         req = event.request
         if not cfg.access.may_store(state.calling_ae, state.address):
             state.failed += 1
-            return status(NOT_AUTHORISED, f"{state.calling_ae} may not store here")
+            return status(Status.NOT_AUTHORISED, f"{state.calling_ae} may not store here")
         raw = req.DataSet.getvalue()
         state.bytes += len(raw)
         result = store_received(
@@ -190,9 +187,9 @@ class Handlers:
             writer=self.writer,
             wait_timeout=max(cfg.service_timeout, 30),
         )
-        if result.status == SUCCESS:
+        if result.status == Status.SUCCESS:
             state.received += 1
             state.stored.append(result.sop_instance_uid)
-            return SUCCESS
+            return Status.SUCCESS
         state.failed += 1
         return status(result.status, result.comment)

@@ -1,4 +1,5 @@
-"""C-MOVE and C-GET: which instances a request names, and how each is sent.
+"""C-MOVE and C-GET, and transfer jobs: how each selected instance is sent
+(`dicomnodes.query.selection` says which instances a request names).
 
 Files are sent as stored when the peer accepted their transfer syntax;
 otherwise they are decompressed to little endian when pydicom can (its
@@ -7,7 +8,6 @@ line when it cannot.
 """
 
 import logging
-from dataclasses import dataclass
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -15,67 +15,12 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.presentation import build_context
 
 from dicomnodes.archive.storage import instance_path
-from dicomnodes.models import Instance
+from dicomnodes.dimse import Status
+from dicomnodes.query.selection import RetrieveError
 
 logger = logging.getLogger(__name__)
 
 UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
-
-# The unique key that selects instances at each level (PS3.4 C.4.2.1.4),
-# as a lookup on Instance.
-_LEVEL_KEYS = {
-    "PATIENT": ("PatientID", "series__study__patient_id__in"),
-    "STUDY": ("StudyInstanceUID", "series__study__study_instance_uid__in"),
-    "SERIES": ("SeriesInstanceUID", "series__series_instance_uid__in"),
-    "IMAGE": ("SOPInstanceUID", "sop_instance_uid__in"),
-}
-_LEVELS = {"PATIENT": ["PATIENT", "STUDY", "SERIES", "IMAGE"], "STUDY": ["STUDY", "SERIES", "IMAGE"]}
-
-
-class RetrieveError(ValueError):
-    def __init__(self, status, message):
-        super().__init__(message)
-        self.status = status
-        self.comment = message[:64]
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    sop_instance_uid: str
-    sop_class_uid: str
-    transfer_syntax_uid: str
-
-
-def select_instances(identifier: Dataset, *, model: str):
-    """The instances a C-MOVE/C-GET identifier names (list of Target).
-
-    `model` is "PATIENT" or "STUDY" (the information model's root).  Raises
-    RetrieveError (A900) for a missing level or unique key.
-    """
-    level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
-    if level not in _LEVELS[model]:
-        raise RetrieveError(0xA900, f"Query/Retrieve Level {level or '(none)'} not valid here")
-    keyword, lookup = _LEVEL_KEYS[level]
-    values = _uid_list(identifier, keyword)
-    if not values:
-        raise RetrieveError(0xA900, f"{keyword} is required at level {level}")
-    filters = {lookup: values}
-    # Upper-level unique keys that were given narrow the match (hierarchical).
-    for upper in _LEVELS[model][: _LEVELS[model].index(level)]:
-        upper_keyword, upper_lookup = _LEVEL_KEYS[upper]
-        upper_values = _uid_list(identifier, upper_keyword)
-        if upper_values:
-            filters[upper_lookup] = upper_values
-    rows = Instance.objects.filter(**filters).order_by("series__series_number", "instance_number", "pk")
-    return [Target(*row) for row in rows.values_list("sop_instance_uid", "sop_class_uid", "transfer_syntax_uid")]
-
-
-def _uid_list(identifier, keyword):
-    value = identifier.get(keyword)
-    if value is None:
-        return []
-    value = value if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]
-    return [str(v).strip() for v in value if str(v).strip() and str(v).strip() != "*"]
 
 
 def contexts_for(targets):
@@ -90,7 +35,9 @@ def contexts_for(targets):
     for sop_class in sorted({t.sop_class_uid for t in targets}):
         contexts.append(build_context(sop_class, UNCOMPRESSED))
     if len(contexts) > 128:
-        raise RetrieveError(0xA701, "Too many SOP class/transfer syntax pairs for one association")
+        raise RetrieveError(
+            Status.OUT_OF_RESOURCES_SUB_OPERATIONS, "Too many SOP class/transfer syntax pairs for one association"
+        )
     return contexts
 
 
@@ -109,22 +56,6 @@ class StoredFile(Dataset):
         self.file_meta = pydicom.dataset.FileMetaDataset()
         self.file_meta.TransferSyntaxUID = target.transfer_syntax_uid
         self._stored_path = str(path)
-
-
-def send_files_raw(assoc):
-    """Let `assoc.send_c_store` send StoredFile datasets from their files
-    (once per association: several C-GETs may run on one)."""
-    if getattr(assoc, "_sends_files_raw", False):
-        return
-    assoc._sends_files_raw = True
-    original = assoc.send_c_store
-
-    def send_c_store(dataset, *args, **kwargs):
-        if isinstance(dataset, StoredFile):
-            return original(dataset._stored_path, *args, **kwargs)
-        return original(dataset, *args, **kwargs)
-
-    assoc.send_c_store = send_c_store
 
 
 def dataset_for(target, accepted_contexts):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import close_old_connections
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom._handlers import (
     standard_dimse_recv_handler,
     standard_dimse_sent_handler,
@@ -29,25 +29,16 @@ from dicomnodes.archive.storage import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_
 from dicomnodes.dimse import QUERY_RETRIEVE
 from dicomnodes.models import PUBLISHING_SUFFIXES, DicomServerSettings, DuplicatePolicy
 from dicomnodes.scp.access import AccessPolicy
+from dicomnodes.scp.compat import configure_scp
 from dicomnodes.scp.handlers import Handlers
 from dicomnodes.scp.qr import QueryRetrieveHandlers
 from dicomnodes.scp.sending import UNCOMPRESSED
+from dicomnodes.signals import scp_started, send_logged
 from pacs_site.ports import bind_failure
 
 logger = logging.getLogger(__name__)
 
-# Accept any storage-like SOP class (private ones included) in the first
-# transfer syntax the sender proposes: we store bytes as received, so there is
-# no reason to refuse a modality's private or brand-new SOP class.
-_config.UNRESTRICTED_STORAGE_SERVICE = True
-# pynetdicom's standard PDU/DIMSE log handlers format every message even when
-# nobody reads it; we bind them only in debug mode.
-_config.LOG_HANDLER_LEVEL = "none"
-# Nor do we pretty-print every C-FIND/C-MOVE identifier (8 % of a big C-FIND).
-_config.LOG_REQUEST_IDENTIFIERS = False
-_config.LOG_RESPONSE_IDENTIFIERS = False
-# C-MOVE/C-GET send stored files from disk as they are (retrieve.StoredFile).
-_config.STORE_SEND_CHUNKED_DATASET = True
+configure_scp()
 
 _DEBUG_BINDINGS = [
     (evt.EVT_PDU_RECV, standard_pdu_recv_handler),
@@ -178,21 +169,6 @@ def build_ae() -> AE:
     return ae
 
 
-def _studies_arrived(pairs):
-    """Worklist items of new studies become completed (and their orderers are told)."""
-    from worklist.outgoing import studies_arrived
-
-    studies_arrived(pairs)
-
-
-def _associations_closed(closes):
-    """Tell the web UI which studies arrived, and the listeners of
-    `association_closed` (publishing) which associations ended."""
-    from dicomnodes.archive.notifications import associations_closed
-
-    associations_closed(closes)
-
-
 class ScpService:
     """One runscp process: a listener kept in line with the settings."""
 
@@ -201,13 +177,10 @@ class ScpService:
         self.ae_title_override = ae_title
         self.channel = channel
         self.ae = build_ae()
-        # Delayed burn jobs on time, robot status every few seconds.
-        from publishing import clock
-
-        clock.enable()
-        self.writer = IndexWriter(
-            on_studies_created=_studies_arrived, on_associations_closed=_associations_closed
-        ).start()
+        # The index writer's hooks send studies_created / association_closed.
+        self.writer = IndexWriter().start()
+        # Publishing starts its clock here (delayed burns, robot status).
+        send_logged(scp_started, ScpService)
         self._config = None
         self.handlers = Handlers(lambda: self._config, self.writer)
         self.qr_handlers = QueryRetrieveHandlers(lambda: self._config)

@@ -17,6 +17,8 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.status import code_to_category
 
+from dicomnodes.dimse import REJECTED_TRANSIENT, TIMEOUT_ATTRIBUTES, Status
+from dicomnodes.models import DicomServerSettings
 from dicomnodes.scp.compat import NODELAY_HANDLERS
 from dicomnodes.validators import validate_ae_title
 
@@ -33,9 +35,7 @@ _REJECT_REASONS = {
     (3, 1): "temporary congestion",
     (3, 2): "local limit exceeded (the peer has too many associations)",
 }
-_TRANSIENT = 2  # A-ASSOCIATE-RJ result: rejected-transient
 
-_TIMEOUTS = ("connection_timeout", "acse_timeout", "dimse_timeout", "network_timeout")
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,6 @@ def echo(peer_or_host, *, port=None, ae_title=None, calling_ae=None, timeout=Non
     """
     host, port, called = _target(peer_or_host, port, ae_title)
     if calling_ae is None or timeout is None:
-        from dicomnodes.models import DicomServerSettings
-
         server = DicomServerSettings.load()
         calling_ae = server.ae_title if calling_ae is None else calling_ae
         timeout = server.service_timeout if timeout is None else timeout
@@ -78,8 +76,6 @@ def echo_many(peers, *, calling_ae=None, timeout=None, max_workers=8):
     """
     peers = list(peers)
     if calling_ae is None or timeout is None:
-        from dicomnodes.models import DicomServerSettings
-
         server = DicomServerSettings.load()
         calling_ae = server.ae_title if calling_ae is None else calling_ae
         timeout = server.service_timeout if timeout is None else timeout
@@ -119,7 +115,7 @@ def _invalid_arguments(host, port, called, calling):
 def _echo(host, port, called, calling, timeout):
     ae = AE(ae_title=calling)
     ae.add_requested_context(Verification)
-    for name in _TIMEOUTS:
+    for name in TIMEOUT_ATTRIBUTES:
         setattr(ae, name, timeout)
     connected = threading.Event()
     started = time.monotonic()
@@ -145,7 +141,7 @@ def _echo(host, port, called, calling, timeout):
         if assoc.is_aborted and round_trip_ms < timeout * 1000 * 0.9:
             return EchoResult(False, None, "the peer aborted the association instead of answering the C-ECHO")
         return EchoResult(False, None, f"peer did not answer the C-ECHO within {timeout:g} s")
-    if status.Status != 0x0000:
+    if status.Status != Status.SUCCESS:
         category = code_to_category(status.Status).lower()
         return EchoResult(False, round_trip_ms, f"echo failed: status 0x{status.Status:04X} ({category})")
     return EchoResult(True, round_trip_ms, f"echo OK in {round_trip_ms:.1f} ms")
@@ -161,7 +157,7 @@ def why_not_established(assoc, connected, started, host, port, called, timeout):
             f"reason {answer.diagnostic} from source {answer.result_source}",
         )
         text = "association rejected: " + reason.format(calling=assoc.requestor.ae_title, called=called)
-        if answer.result == _TRANSIENT:
+        if answer.result == REJECTED_TRANSIENT:
             text += " (transient: try again later)"
         return text
     if not connected.is_set():

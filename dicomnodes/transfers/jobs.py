@@ -20,39 +20,27 @@ The queue is the TransferJob table.  django-q2 supplies the workers:
   its monitor thread sees the flag within a second and aborts the
   association.
 
-The network side of one job is `dicomnodes/transfer_runner.py`.
+`run_job()` runs one claimed job: `runner.JobRun` holds its association,
+progress and monitor; `send` (C-STORE) and `retrieve` (C-MOVE/C-GET) do the
+network work; `queue` holds the low-level claiming and waking.
 """
 
-import datetime
 import logging
-import os
-import socket
 import threading
-import uuid
 
 from django.db import close_old_connections, connection, transaction
-from django.db.models import F
 from django.utils import timezone
 from pydicom.uid import UID
 
-from dicomnodes.models import (
-    DicomServerSettings,
-    Instance,
-    Peer,
-    TransferJob,
-    TransferKind,
-    TransferLevel,
-    TransferState,
-)
-from dicomnodes.validators import is_valid_ae_title, parse_delays
+from dicomnodes.models import Peer, Study, TransferJob, TransferKind, TransferLevel, TransferState
+from dicomnodes.query.levels import instances_at
+from dicomnodes.transfers.queue import claim_next, kick, requeue_stale, retry_delay, wake_for_retries, worker_name
+from dicomnodes.transfers.retrieve import get, move, studies_retrieved
+from dicomnodes.transfers.runner import Cancelled, JobRun, Monitor, NetworkFailure, Refused
+from dicomnodes.transfers.send import send
+from dicomnodes.validators import is_valid_ae_title
 
 logger = logging.getLogger(__name__)
-
-RUN_TASK = "dicomnodes.transfers.jobs.run_next"
-# A running job's monitor writes a heartbeat every second; a job whose
-# heartbeat is older than this lost its worker (killed, machine restarted)
-# and goes back to the queue.
-STALE_AFTER = datetime.timedelta(seconds=60)
 
 
 class TransferError(ValueError):
@@ -103,7 +91,7 @@ def submit_job(
         raise TransferError(f"{move_destination!r}: a C-MOVE destination is the AE title of a C-MOVE job")
     total = None
     if kind == TransferKind.SEND:
-        total = instances_for(level, uids).count()
+        total = instances_at(level, uids).count()
         if total == 0:
             raise TransferError(f"none of these {TransferLevel(level).label} UIDs is stored here")
     job = TransferJob.objects.create(
@@ -134,21 +122,10 @@ def _describe(kind, level, uids):
 
 
 def _study_label(uid):
-    from dicomnodes.models import Study
-
     row = Study.objects.filter(study_instance_uid=uid).values("study_date", "modalities_in_study").first()
     if not row:
         return ""
     return f"{row['study_date'] or '(no date)'} {row['modalities_in_study']}".strip()
-
-
-def instances_for(level, uids):
-    lookup = {
-        TransferLevel.STUDY: "series__study__study_instance_uid__in",
-        TransferLevel.SERIES: "series__series_instance_uid__in",
-        TransferLevel.IMAGE: "sop_instance_uid__in",
-    }[level]
-    return Instance.objects.filter(**{lookup: uids})
 
 
 def cancel_job(job):
@@ -189,80 +166,6 @@ def resubmit_job(job):
     return bool(done)
 
 
-def kick():
-    """Ask a django-q2 worker to run queued jobs (never fails the caller)."""
-    try:
-        from django_q.tasks import async_task
-
-        async_task(RUN_TASK, task_name=f"transfers-{uuid.uuid4().hex[:12]}")
-    except Exception:
-        logger.exception("could not queue the transfer runner; the minute schedule will start it")
-
-
-# --- claiming -------------------------------------------------------------------------
-
-
-def worker_name():
-    return f"{socket.gethostname()[:30]}:{os.getpid()}:{threading.get_ident() % 100000}"
-
-
-def claim_next(worker, *, job_id=None):
-    """Claim the first due queued job if fewer than the maximum run; None
-    otherwise.  With `job_id`, claim only that job, and only when it is the
-    first in the queue (first come, first served).
-
-    The limit check and the claim happen in one transaction that first
-    locks the settings row (PostgreSQL; SQLite's write transactions are
-    serial anyway), so two workers cannot both take the last free slot.  The
-    conditional update on the state is what keeps two workers from running
-    the same job.
-    """
-    now = timezone.now()
-    with transaction.atomic():
-        limit = (
-            DicomServerSettings.objects.select_for_update()
-            .filter(pk=1)
-            .values_list("max_outgoing_connections", flat=True)
-            .first()
-            or DicomServerSettings.load().max_outgoing_connections
-        )
-        if TransferJob.objects.filter(state=TransferState.RUNNING).count() >= limit:
-            return None
-        head = (
-            TransferJob.objects.filter(state=TransferState.QUEUED, next_attempt_at__lte=now)
-            .order_by("id")
-            .values_list("pk", flat=True)
-            .first()
-        )
-        if head is None or (job_id is not None and head != job_id):
-            return None
-        claimed = TransferJob.objects.filter(pk=head, state=TransferState.QUEUED).update(
-            state=TransferState.RUNNING,
-            worker=worker[:64],
-            heartbeat_at=now,
-            started_at=now,
-            cancel_requested=False,
-            attempts=F("attempts") + 1,
-        )
-        if claimed != 1:
-            return None
-    return TransferJob.objects.get(pk=head)
-
-
-def requeue_stale():
-    """Jobs whose worker died go back to the queue (their delivered
-    instances are kept, so nothing is sent twice)."""
-    cutoff = timezone.now() - STALE_AFTER
-    n = TransferJob.objects.filter(state=TransferState.RUNNING, heartbeat_at__lt=cutoff).update(
-        state=TransferState.QUEUED,
-        next_attempt_at=timezone.now(),
-        last_error="the worker running this job stopped; the job was queued again",
-    )
-    if n:
-        logger.warning("%d transfer jobs lost their worker and were queued again", n)
-    return n
-
-
 # --- running ----------------------------------------------------------------------------
 
 
@@ -298,13 +201,11 @@ def run_next(*, job_id=None):
             running.pop(pk).join()
         if job_id is not None and not running:
             break
-    _wake_for_retries()
+    wake_for_retries()
     return ran
 
 
 def _run_in_thread(job, finished):
-    from dicomnodes.transfers.runner import run_job
-
     try:
         run_job(job)
     except Exception:
@@ -317,54 +218,47 @@ def _run_in_thread(job, finished):
         finished.set()
 
 
-def retry_delay(attempts):
-    """The wait before attempt `attempts + 1`, or None when the retries are used up."""
-    delays = parse_delays(DicomServerSettings.load().retry_delays)
-    if attempts - 1 < len(delays):
-        return datetime.timedelta(seconds=delays[attempts - 1])
-    return None
-
-
-def wake_due_retries(since):
-    """Kick the runner when a queued job's retry time passed since `since`.
-
-    runscp's main loop calls this at every settings poll (2 s): the one-off
-    django-q2 schedule of `_wake_for_retries` alone would run a retry up to
-    30 s late (django-q2 looks at schedules every 30 s).  Returns the time
-    to pass as `since` next time."""
-    now = timezone.now()
+def run_job(job):
+    """Run a claimed job to its end state (see the module docstring)."""
+    run = JobRun(job)
+    monitor = Monitor(run)
+    monitor.start()
+    kind = {TransferKind.SEND: send, TransferKind.MOVE: move, TransferKind.GET: get}[job.kind]
+    logger.info("transfer job %s: attempt %d: %s", job.pk, job.attempts, job.description)
+    error, state, next_attempt = "", None, None
     try:
-        due = (
-            TransferJob.objects.filter(
-                state=TransferState.QUEUED, next_attempt_at__gt=since, next_attempt_at__lte=now, attempts__gt=0
-            )
-            .values_list("pk", flat=True)
-            .first()
-        )
-    except Exception as exc:  # the database briefly away: the schedules still run it
-        logger.warning("cannot look for due transfer retries (%s)", exc)
-        return since
-    if due is not None:
-        kick()
-    return now
-
-
-def _wake_for_retries():
-    """A one-off django-q2 schedule for the earliest retry still to come."""
-    nxt = (
-        TransferJob.objects.filter(state=TransferState.QUEUED, next_attempt_at__gt=timezone.now())
-        .order_by("next_attempt_at")
-        .values_list("next_attempt_at", flat=True)
-        .first()
-    )
-    if nxt is None:
-        return
-    try:
-        from django_q.models import Schedule
-        from django_q.tasks import schedule
-
-        name = f"transfers-retry-{nxt:%Y%m%d%H%M%S}"
-        if not Schedule.objects.filter(name=name).exists():
-            schedule(RUN_TASK, name=name, schedule_type=Schedule.ONCE, next_run=nxt)
-    except Exception:
-        logger.exception("could not schedule the next transfer retry; the minute schedule will run it")
+        kind(run)
+        p = run.progress
+        if job.kind != TransferKind.SEND and not p.total and not p.done and not p.failed:
+            raise Refused(f"{run.peer.ae_title} found nothing to retrieve for this job")
+        if p.failed:
+            state = TransferState.PARTLY_FAILED if p.done else TransferState.FAILED
+            error = f"{p.failed} instances were not accepted"
+        else:
+            state = TransferState.SUCCEEDED
+    except Cancelled:
+        state, error = TransferState.CANCELLED, "cancelled while running"
+    except NetworkFailure as exc:
+        error = str(exc)
+        delay = retry_delay(job.attempts)
+        if delay is None:
+            state = TransferState.FAILED
+            if job.attempts > 1:
+                error += f" (gave up after {job.attempts} attempts)"
+        else:
+            state, next_attempt = TransferState.QUEUED, timezone.now() + delay
+    except Refused as exc:
+        state, error = TransferState.FAILED, str(exc)
+    finally:
+        run.abort()
+        monitor.stop()
+    extra = dict(state=state, last_error=error, cancel_requested=False)
+    if next_attempt:
+        extra["next_attempt_at"] = next_attempt
+    else:
+        extra["finished_at"] = timezone.now()
+    run.save_progress(**extra)
+    logger.info("transfer job %s: %s%s", job.pk, TransferState(state).label, f" ({error})" if error else "")
+    if state in (TransferState.SUCCEEDED, TransferState.PARTLY_FAILED) and job.kind != TransferKind.SEND:
+        studies_retrieved(run)
+    return state

@@ -29,10 +29,14 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from dicomnodes.archive.ingest import SUCCESS, store_received
+from dicomnodes.archive.index import IndexWriter
+from dicomnodes.archive.ingest import store_received
+from dicomnodes.archive.notifications import study_received
+from dicomnodes.dimse import PENDING_STATUSES, Status
 from dicomnodes.dimse import status as dimse_status
 from dicomnodes.models import DuplicatePolicy, Instance, Study, TransferLevel
-from dicomnodes.transfers.runner import PENDING, Cancelled, Refused
+from dicomnodes.transfers.runner import Cancelled, Refused
+from pacs_site.models import EventKind
 
 # What we accept on a C-GET association, besides little endian: the usual
 # compressed syntaxes, each in a context of its own so the peer can send an
@@ -109,9 +113,9 @@ def _find(run, identifier):
         for status, answer in responses:
             if not status or "Status" not in status:
                 run.lost(asked)
-            if status.Status in PENDING:
+            if status.Status in PENDING_STATUSES:
                 answers.append(answer)
-            elif status.Status != 0x0000:
+            elif status.Status != Status.SUCCESS:
                 raise Refused(f"C-FIND failed: status 0x{status.Status:04X} {status.get('ErrorComment', '')}".strip())
             asked = time.monotonic()
     except RuntimeError:
@@ -160,7 +164,7 @@ def move(run):
             for answer, _ in assoc.send_c_move(identifier, destination, StudyRootQueryRetrieveInformationModelMove):
                 if not answer or "Status" not in answer:
                     run.lost(asked)
-                _count(run, answer, base_done, final=answer.Status not in PENDING)
+                _count(run, answer, base_done, final=answer.Status not in PENDING_STATUSES)
                 _check_final(run, answer, destination)
                 asked = time.monotonic()
         except RuntimeError:
@@ -208,7 +212,7 @@ def _store(run, event):
     come to runscp, from the peer's AE title to ours."""
     p = run.progress
     if p.cancelled:
-        return 0xFE00
+        return Status.CANCEL
     raw = event.request.DataSet.getvalue()
     req = event.request
     result = store_received(
@@ -224,9 +228,9 @@ def _store(run, event):
         writer=index_writer(),
         wait_timeout=max(run.timeout, 30),
     )
-    if result.status == SUCCESS:
+    if result.status == Status.SUCCESS:
         p.delivered_one(result.sop_instance_uid, len(raw))
-        return SUCCESS
+        return Status.SUCCESS
     p.failed_one(str(req.AffectedSOPInstanceUID))
     return dimse_status(result.status, result.comment)
 
@@ -247,19 +251,19 @@ def _count(run, answer, base_done, *, final):
 
 def _check_final(run, answer, destination):
     code = answer.Status
-    if code in PENDING or code == 0x0000:
+    if code in PENDING_STATUSES or code == Status.SUCCESS:
         return
     comment = str(answer.get("ErrorComment", "")).strip()
-    if code == 0xB000:  # some sub-operations failed
+    if code == Status.SUB_OPERATIONS_FAILED:  # some sub-operations failed
         failed = answer.get("FailedSOPInstanceUIDList", [])
         p = run.progress
         with p.lock:
             p.failed_uids += [str(u) for u in (failed if isinstance(failed, (list, tuple)) else [failed]) if u]
             p.failed = max(p.failed, len(p.failed_uids), 1)
         return
-    if code == 0xFE00:
+    if code == Status.CANCEL:
         raise Cancelled()
-    if code == 0xA801:
+    if code == Status.MOVE_DESTINATION_UNKNOWN:
         raise Refused(f"{run.peer.ae_title} does not know {destination} as a C-MOVE destination (status 0xA801)")
     text = f"C-MOVE to {destination} failed" if destination else "C-GET failed"
     text += f": status 0x{code:04X}"
@@ -267,9 +271,6 @@ def _check_final(run, answer, destination):
 
 
 def studies_retrieved(run):
-    from dicomnodes.archive.notifications import study_received
-    from pacs_site.models import EventKind
-
     job = run.job
     uids = job.uids if job.level == TransferLevel.STUDY else [job.study_uid]
     open_study = run.settings.open_transferred_studies
@@ -287,8 +288,6 @@ def index_writer():
     global _writer
     with _writer_lock:
         if _writer is None:
-            from dicomnodes.archive.index import IndexWriter
-            from dicomnodes.scp.server import _studies_arrived
-
-            _writer = IndexWriter(on_studies_created=_studies_arrived).start()
+            # Its hooks send studies_created (worklist) as runscp's do.
+            _writer = IndexWriter().start()
         return _writer

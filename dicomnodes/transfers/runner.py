@@ -1,6 +1,7 @@
-"""One transfer job over the network: C-STORE to a peer (here), or C-MOVE /
-C-GET from it (`transfer_retrieve.py`).  `run_job()` is called by `transfers.run_next()` in a thread of its
-own, with the job already claimed (state RUNNING).
+"""One transfer job over the network: the state of its run (`JobRun`: the
+association, progress, cancel), its monitor thread, and why it stopped.
+`jobs.run_job()` runs a claimed job (state RUNNING) in a thread of its own
+with `send.send` (C-STORE to the peer) or `retrieve.move`/`retrieve.get`.
 
 1. A monitor thread writes progress and a heartbeat to the job's row every
    second and reads its "cancel requested" flag; when it is set, the
@@ -26,25 +27,18 @@ from dataclasses import dataclass, field
 
 from django.db import connection
 from django.utils import timezone
-from pynetdicom import AE, evt
-from pynetdicom.status import code_to_category
+from pynetdicom import evt
 
+from dicomnodes.dimse import REJECTED_TRANSIENT, TIMEOUT_ATTRIBUTES
 from dicomnodes.models import (
     DicomServerSettings,
     TransferJob,
-    TransferKind,
-    TransferState,
 )
 from dicomnodes.scp.compat import NODELAY_HANDLERS, leave_responses_to_callers
-from dicomnodes.scp.sending import RetrieveError, Target, contexts_for, dataset_for, send_files_raw
 from dicomnodes.transfers.echo import why_not_established
-from dicomnodes.transfers.jobs import instances_for, retry_delay
 
 logger = logging.getLogger(__name__)
 
-PENDING = (0xFF00, 0xFF01)
-_TIMEOUTS = ("connection_timeout", "acse_timeout", "dimse_timeout", "network_timeout")
-_TRANSIENT = 2  # A-ASSOCIATE-RJ result: rejected-transient
 
 
 class Stop(Exception):
@@ -167,7 +161,7 @@ class JobRun:
 
     # --- the association --------------------------------------------------------------
     def associate(self, ae, *, handlers=(), ext_neg=None):
-        for name in _TIMEOUTS:
+        for name in TIMEOUT_ATTRIBUTES:
             setattr(ae, name, self.timeout)
         ae.maximum_pdu_size = 0
         connected = threading.Event()
@@ -193,7 +187,7 @@ class JobRun:
                 assoc, connected, started, self.peer.host, self.peer.port, self.peer.ae_title, self.timeout
             )
             answer = assoc.acceptor.primitive
-            if assoc.is_rejected and answer is not None and answer.result != _TRANSIENT:
+            if assoc.is_rejected and answer is not None and answer.result != REJECTED_TRANSIENT:
                 raise Refused(text)
             raise NetworkFailure(text)
         return assoc
@@ -217,98 +211,3 @@ class JobRun:
         assoc, self.assoc = self.assoc, None
         if assoc is not None and assoc.is_established:
             assoc.abort()
-
-
-def run_job(job):
-    """Run a claimed job to its end state (see the module docstring)."""
-    run = JobRun(job)
-    monitor = Monitor(run)
-    monitor.start()
-    from dicomnodes.transfers.retrieve import get, move, studies_retrieved
-
-    kind = {TransferKind.SEND: send, TransferKind.MOVE: move, TransferKind.GET: get}[job.kind]
-    logger.info("transfer job %s: attempt %d: %s", job.pk, job.attempts, job.description)
-    error, state, next_attempt = "", None, None
-    try:
-        kind(run)
-        p = run.progress
-        if job.kind != TransferKind.SEND and not p.total and not p.done and not p.failed:
-            raise Refused(f"{run.peer.ae_title} found nothing to retrieve for this job")
-        if p.failed:
-            state = TransferState.PARTLY_FAILED if p.done else TransferState.FAILED
-            error = f"{p.failed} instances were not accepted"
-        else:
-            state = TransferState.SUCCEEDED
-    except Cancelled:
-        state, error = TransferState.CANCELLED, "cancelled while running"
-    except NetworkFailure as exc:
-        error = str(exc)
-        delay = retry_delay(job.attempts)
-        if delay is None:
-            state = TransferState.FAILED
-            if job.attempts > 1:
-                error += f" (gave up after {job.attempts} attempts)"
-        else:
-            state, next_attempt = TransferState.QUEUED, timezone.now() + delay
-    except Refused as exc:
-        state, error = TransferState.FAILED, str(exc)
-    finally:
-        run.abort()
-        monitor.stop()
-    extra = dict(state=state, last_error=error, cancel_requested=False)
-    if next_attempt:
-        extra["next_attempt_at"] = next_attempt
-    else:
-        extra["finished_at"] = timezone.now()
-    run.save_progress(**extra)
-    logger.info("transfer job %s: %s%s", job.pk, TransferState(state).label, f" ({error})" if error else "")
-    if state in (TransferState.SUCCEEDED, TransferState.PARTLY_FAILED) and job.kind != TransferKind.SEND:
-        studies_retrieved(run)
-    return state
-
-
-# --- C-STORE to the peer ------------------------------------------------------------------
-
-
-def send(run):
-    job, p = run.job, run.progress
-    rows = list(
-        instances_for(job.level, job.uids)
-        .order_by("series__series_number", "series_id", "instance_number", "pk")
-        .values_list("sop_instance_uid", "sop_class_uid", "transfer_syntax_uid", "file_size")
-    )
-    p.total = len(rows)
-    delivered = set(p.delivered)
-    p.done = sum(1 for row in rows if row[0] in delivered)
-    todo = [(Target(*row[:3]), row[3]) for row in rows if row[0] not in delivered]
-    if not todo:
-        return
-    ae = AE(ae_title=run.settings.ae_title)
-    try:
-        ae.requested_contexts = contexts_for([t for t, _ in todo])
-    except RetrieveError as exc:
-        raise Refused(str(exc)) from None
-    assoc = run.associate(ae)
-    send_files_raw(assoc)
-    for target, size in todo:
-        if p.cancelled:
-            raise Cancelled()
-        ds = dataset_for(target, assoc.accepted_contexts)
-        asked = time.monotonic()
-        try:
-            answer = assoc.send_c_store(ds)
-        except ValueError as exc:  # no accepted context for this SOP class / syntax
-            logger.warning("transfer job %s: instance not sent: %s", job.pk, exc)
-            p.failed_one(target.sop_instance_uid)
-            continue
-        except RuntimeError:  # the association is gone (aborted by the monitor or the peer)
-            run.lost(asked)
-        if not answer or "Status" not in answer:
-            run.lost(asked)
-        code = answer.Status
-        if code == 0x0000 or code_to_category(code) == "Warning":
-            p.delivered_one(target.sop_instance_uid, size)
-        else:
-            logger.warning("transfer job %s: the peer refused an instance: status 0x%04X", job.pk, code)
-            p.failed_one(target.sop_instance_uid)
-    run.close()

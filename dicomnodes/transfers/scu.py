@@ -12,6 +12,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
+from dicomnodes.dimse import PENDING_STATUSES, Status
 from dicomnodes.models import DicomServerSettings
 from dicomnodes.scp.compat import NODELAY_HANDLERS
 from dicomnodes.transfers.echo import why_not_established
@@ -99,9 +100,9 @@ def find(peer, identifier, *, timeout=None):
                     raise ScuError("the peer aborted the association (does it know our AE title?)")
                 raise ScuError(f"peer did not answer within {timeout:g} s")
             code = status.Status
-            if code in (0xFF00, 0xFF01):
+            if code in PENDING_STATUSES:
                 answers.append(answer)
-            elif code != 0x0000:
+            elif code != Status.SUCCESS:
                 comment = status.get("ErrorComment", "")
                 raise ScuError(f"C-FIND failed: status 0x{code:04X}{f' ({comment})' if comment else ''}")
     finally:

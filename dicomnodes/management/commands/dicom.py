@@ -17,7 +17,8 @@ from django.utils import timezone
 
 from dicomnodes.models import Peer, TransferLevel, TransferState
 from dicomnodes.transfers.echo import echo
-from dicomnodes.transfers.jobs import TransferError, kick, run_next, submit_job
+from dicomnodes.transfers.jobs import TransferError, run_next, submit_job
+from dicomnodes.transfers.queue import kick
 from dicomnodes.transfers.scu import ScuError, find_studies
 
 

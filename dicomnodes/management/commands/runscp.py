@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from dicomnodes.scp.dispatch import Dispatcher
 from dicomnodes.scp.server import ScpService, load_config, prepare_storage
-from dicomnodes.transfers.jobs import wake_due_retries
+from dicomnodes.transfers.queue import wake_due_retries
 from dicomnodes.validators import validate_ae_title
 
 logger = logging.getLogger("dicomnodes.runscp")

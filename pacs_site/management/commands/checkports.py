@@ -8,16 +8,15 @@ import os
 
 from django.core.management.base import BaseCommand
 
+from dicomnodes.models import DicomServerSettings
+from pacs_site.env import envint
 from pacs_site.ports import listeners_on, machine_addresses, port_is_free
+from portal.models import HttpSettings
+from worklist.models import WorklistSettings
 
 
 def listener_ports():
     """(listener, port, where the port is set) for every listener we have."""
-    from dicomnodes.models import DicomServerSettings
-    from pacs_site.env import envint
-    from portal.models import HttpSettings
-    from worklist.models import WorklistSettings
-
     http = HttpSettings.load()
     web_where = "environment: PACS_WEB_PORT" if os.environ.get("PACS_WEB_PORT") else "admin: HTTP server settings"
     rows = [

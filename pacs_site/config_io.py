@@ -2,7 +2,8 @@
 document (`manage.py pacsconfig export|import`).
 
 A document is an object of sections.  Each section is registered once in
-`SECTIONS` with the model it stands for; another app adds its own with
+`SECTIONS` with the model it stands for: each app adds its own in its
+AppConfig.ready() with
 `register(SingletonSection("worklist", WorklistSettings))` (settings rows) or
 `register(ListSection(...))` (tables), and export and import follow.
 
@@ -20,8 +21,6 @@ from dataclasses import dataclass, field
 
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.db import models, transaction
-
-from dicomnodes.models import DicomServerSettings, Peer
 
 
 class ConfigError(Exception):
@@ -244,23 +243,6 @@ def register(section):
     if section.name in SECTIONS:
         raise ValueError(f"configuration section {section.name!r} is registered twice")
     SECTIONS[section.name] = section
-
-
-register(SingletonSection("dicom", DicomServerSettings))
-register(
-    ListSection(
-        "peers",
-        Peer,
-        key=("ae_title", "host", "port"),
-        renames={
-            "may_store": "can_store",
-            "may_query": "can_query",
-            "may_retrieve": "can_retrieve",
-            "is_move_destination": "move_destination",
-        },
-        ordering=("name", "ae_title", "host", "port"),
-    )
-)
 
 
 # --- The document ---------------------------------------------------------------------

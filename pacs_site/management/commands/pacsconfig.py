@@ -1,12 +1,12 @@
 """`manage.py pacsconfig export [FILE]` / `import FILE`: the admin settings and
-the peer list as one JSON document (the logic is in dicomnodes.config_io)."""
+the peer list as one JSON document (the logic is in pacs_site.config_io)."""
 
 import json
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from dicomnodes.config_io import ConfigError, dumps, export_config, import_config
+from pacs_site.config_io import ConfigError, dumps, export_config, import_config
 
 
 class Command(BaseCommand):
