@@ -1,7 +1,8 @@
 """pynetdicom event handlers for `runscp`: association life cycle, C-ECHO, C-STORE.
 
 Handlers get their dependencies (the current configuration, the index
-writer) passed in; they stay short and delegate to `ingest` and `access`.
+writer) passed in; they stay short and delegate to `answer_store` (the pure
+C-STORE core, tested without a socket), `archive.ingest` and `access`.
 """
 
 import logging
@@ -15,7 +16,7 @@ from pynetdicom import evt
 
 from dicomnodes.archive.index import AssociationClose, AssociationOpen
 from dicomnodes.archive.ingest import store_received
-from dicomnodes.dimse import REJECT_CALLED_AE, REJECT_CALLING_AE, Status, status
+from dicomnodes.dimse import REJECT_CALLED_AE, REJECT_CALLING_AE, Caller, Status, status
 from dicomnodes.models import AssociationLog, AssociationResult
 from dicomnodes.scp.access import normalise_address
 
@@ -167,29 +168,51 @@ class Handlers:
 
     def on_store(self, event):
         state = event.assoc.pacs_state
-        cfg = self.config()
         req = event.request
-        if not cfg.access.may_store(state.calling_ae, state.address):
-            state.failed += 1
-            return status(Status.NOT_AUTHORISED, f"{state.calling_ae} may not store here")
         raw = req.DataSet.getvalue()
-        state.bytes += len(raw)
-        result = store_received(
+        code, comment, sop_instance_uid = answer_store(
             raw,
             str(event.context.transfer_syntax),
             sop_class_uid=str(req.AffectedSOPClassUID),
             sop_instance_uid=str(req.AffectedSOPInstanceUID),
+            caller=Caller(state.calling_ae, state.address),
             called_ae=state.called_ae,
-            calling_ae=state.calling_ae,
             association_id=state.id,
-            overwrite=cfg.overwrite,
-            fsync=cfg.fsync,
+            config=self.config(),
             writer=self.writer,
-            wait_timeout=max(cfg.service_timeout, 30),
         )
-        if result.status == Status.SUCCESS:
-            state.received += 1
-            state.stored.append(result.sop_instance_uid)
-            return Status.SUCCESS
-        state.failed += 1
-        return status(result.status, result.comment)
+        if code != Status.NOT_AUTHORISED:  # bytes of refused callers are not counted
+            state.bytes += len(raw)
+        if code != Status.SUCCESS:
+            state.failed += 1
+            return status(code, comment)
+        state.received += 1
+        state.stored.append(sop_instance_uid)
+        return Status.SUCCESS
+
+
+def answer_store(
+    raw, transfer_syntax_uid, *, sop_class_uid, sop_instance_uid, caller, called_ae, association_id, config, writer
+):
+    """C-STORE, the pure core: (status, error comment, SOP Instance UID stored).
+
+    The caller must be allowed to store (0124 otherwise); then the bytes are
+    stored as received and indexed (`archive.ingest.store_received`: C000
+    with the bytes quarantined, A700, 0110 as the README says).
+    """
+    if not config.access.may_store(caller.ae_title, caller.address):
+        return Status.NOT_AUTHORISED, f"{caller.ae_title} may not store here", ""
+    result = store_received(
+        raw,
+        transfer_syntax_uid,
+        sop_class_uid=sop_class_uid,
+        sop_instance_uid=sop_instance_uid,
+        called_ae=called_ae,
+        calling_ae=caller.ae_title,
+        association_id=association_id,
+        overwrite=config.overwrite,
+        fsync=config.fsync,
+        writer=writer,
+        wait_timeout=max(config.service_timeout, 30),
+    )
+    return result.status, result.comment, result.sop_instance_uid

@@ -1,0 +1,318 @@
+"""The DICOM handler rules, called as plain functions: no socket, no runscp.
+
+Access (who may associate, store, query, get, move, and where to), C-STORE
+(`answer_store`), C-FIND (`answer_find`, Modality Worklist through the
+responder worklist registers), C-GET/C-MOVE planning (`plan_get`,
+`plan_move`).  The end-to-end tests with DCMTK and Orthanc check that
+runscp calls these; here each rule is checked once, cheaply.
+
+Personas: a modality that may store (`MODALITY`), a viewer that may query and
+retrieve (`VIEWER`), a workstation that is a C-MOVE destination only
+(`WORKSTATION`), and a stranger nobody configured (`STRANGER`).
+"""
+
+import dataclasses
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from dicomnodes.archive.index import IndexWriter
+from dicomnodes.archive.storage import instance_path
+from dicomnodes.dimse import Caller, Status
+from dicomnodes.models import DicomServerSettings, Instance, Peer
+from dicomnodes.scp.access import AccessPolicy
+from dicomnodes.scp.handlers import answer_store
+from dicomnodes.scp.qr import Plan, Refusal, answer_find, plan_get, plan_move
+from dicomnodes.scp.server import load_config
+from tests.archive_support import archive_files
+from tests.dicomdata import make_ct, make_ct_series
+from tests.transfer_support import dataset_bytes
+from worklist.models import WorklistItem, WorklistQuery, WorklistSettings
+
+pytestmark = [pytest.mark.django_db]
+
+MODALITY = Caller("MODALITY1", "10.0.0.5")
+VIEWER = Caller("VIEWER", "10.0.0.6")
+STRANGER = Caller("STRANGER", "10.0.0.9")
+STUDY_FIND = "STUDY"
+
+
+@pytest.fixture
+def peers(db):
+    Peer.objects.create(name="CT", ae_title="MODALITY1", host="10.0.0.5", port=104, may_store=True)
+    Peer.objects.create(
+        name="Viewer", ae_title="VIEWER", host="10.0.0.6", port=104, may_store=False, may_query=True, may_retrieve=True
+    )
+    Peer.objects.create(
+        name="Workstation", ae_title="WORKSTATION", host="10.0.0.7", port=11113, is_move_destination=True
+    )
+
+
+@pytest.fixture
+def config(peers):
+    """The runscp configuration as loaded from the settings (unknown AEs refused)."""
+    row = DicomServerSettings.load()
+    row.unknown_ae_may_echo_and_store = False
+    row.save()
+    return load_config(port=0)
+
+
+@pytest.fixture
+def study(data_dir, tmp_path):
+    """Three CT images of one study in the archive, series 1 (2 images) and 2 (1 image)."""
+    study_uid = "1.2.826.0.1.3680043.8.498.7001"
+    one = make_ct_series(tmp_path / "s1", 2, study_uid=study_uid, series_number=1)
+    two = make_ct_series(tmp_path / "s2", 1, study_uid=study_uid, series_number=2)
+    archive_files([*one, *two])
+    return study_uid
+
+
+def identifier(level, **keys):
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+# --- access ---------------------------------------------------------------------------------------
+
+
+def test_a_stranger_may_not_associate_when_unknown_aes_are_refused(config):
+    assert not config.access.may_associate(STRANGER.ae_title, STRANGER.address)
+    assert config.access.may_associate(MODALITY.ae_title, MODALITY.address)
+
+
+def test_unknown_aes_may_echo_and_store_only_when_the_policy_says_so(config):
+    lenient = dataclasses.replace(config.access, unknown_may_echo_and_store=True)
+    assert lenient.may_echo(STRANGER.ae_title, STRANGER.address)
+    assert lenient.may_store(STRANGER.ae_title, STRANGER.address)
+    assert not lenient.may_query(STRANGER.ae_title, STRANGER.address)
+    assert not config.access.may_echo(STRANGER.ae_title, STRANGER.address)
+
+
+def test_a_caller_is_accepted_when_it_may_use_one_of_the_services_it_proposes(config):
+    verification, study_find = "1.2.840.10008.1.1", "1.2.840.10008.5.1.4.1.2.2.1"
+    workstation = ("WORKSTATION", "10.0.0.7")
+    assert config.access.may_associate(*workstation, [verification])  # a known peer may echo
+    assert not config.access.may_associate(*workstation, [study_find])  # but not query
+    assert config.access.may_associate(VIEWER.ae_title, VIEWER.address, [study_find])
+
+
+def test_a_peer_that_checks_its_host_is_known_only_from_that_host(db):
+    Peer.objects.create(name="Checked", ae_title="CHECKED", host="127.0.0.1", port=104, check_host=True, may_store=True)
+    policy = dataclasses.replace(AccessPolicy.load(DicomServerSettings.load()), unknown_may_echo_and_store=False)
+    assert policy.may_store("CHECKED", "127.0.0.1")
+    assert policy.may_store("CHECKED", "::ffff:127.0.0.1")  # IPv4 on our dual-stack socket
+    assert not policy.may_store("CHECKED", "10.9.9.9")
+
+
+def test_the_move_destination_on_the_callers_own_host_wins(db):
+    Peer.objects.create(name="A", ae_title="DEST", host="10.1.1.1", port=104, is_move_destination=True)
+    Peer.objects.create(name="B", ae_title="DEST", host="127.0.0.1", port=105, is_move_destination=True)
+    Peer.objects.create(name="C", ae_title="NOTDEST", host="127.0.0.1", port=106)
+    policy = AccessPolicy.load(DicomServerSettings.load())
+    assert policy.move_destination("DEST", "127.0.0.1").port == 105
+    assert policy.move_destination("DEST", "10.2.2.2").port == 104  # first by name
+    assert policy.move_destination("NOTDEST", "127.0.0.1") is None
+
+
+# --- C-STORE ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def writer(transactional_db):
+    writer = IndexWriter(on_studies_created=None, on_associations_closed=None).start()
+    yield writer
+    writer.stop()
+
+
+def _dataset_bytes(path):
+    """What arrives in a C-STORE: the dataset in its transfer syntax, no file meta."""
+    return dataset_bytes(path.read_bytes()), dcmread(path)
+
+
+def _store(config, writer, raw, ds, caller=MODALITY, **overrides):
+    args = dict(
+        sop_class_uid=str(ds.get("SOPClassUID", "")),
+        sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
+        caller=caller,
+        called_ae="PACS",
+        association_id=None,
+        config=config,
+        writer=writer,
+    )
+    args.update(overrides)
+    return answer_store(raw, ExplicitVRLittleEndian, **args)
+
+
+def test_a_modality_stores_an_image_as_received_and_it_is_indexed(config, writer, data_dir, tmp_path):
+    raw, ds = _dataset_bytes(make_ct(tmp_path / "ct.dcm"))
+    code, comment, uid = _store(config, writer, raw, ds)
+    assert (code, comment, uid) == (Status.SUCCESS, "", ds.SOPInstanceUID)
+    assert instance_path(uid).read_bytes().endswith(raw)  # the bytes as they came
+    assert Instance.objects.get(sop_instance_uid=uid).series.study.patient_id == "PAT001"
+
+
+def test_a_stranger_may_not_store_and_nothing_is_written(config, writer, data_dir, tmp_path):
+    raw, ds = _dataset_bytes(make_ct(tmp_path / "ct.dcm"))
+    code, comment, _ = _store(config, writer, raw, ds, caller=STRANGER)
+    assert code == Status.NOT_AUTHORISED
+    assert comment == "STRANGER may not store here"
+    assert not instance_path(ds.SOPInstanceUID).exists()
+    assert not Instance.objects.exists()
+
+
+def test_a_viewer_that_may_not_store_is_refused(config, writer, data_dir, tmp_path):
+    raw, ds = _dataset_bytes(make_ct(tmp_path / "ct.dcm"))
+    assert _store(config, writer, raw, ds, caller=VIEWER)[0] == Status.NOT_AUTHORISED
+
+
+def test_bytes_that_are_no_dataset_are_not_understood_and_kept_in_quarantine(config, writer, data_dir):
+    code, comment, _ = _store(
+        config, writer, b"\x08\x00\x18\x00UI\xff\xff", Dataset(), sop_class_uid="1.2.3", sop_instance_uid="1.2.3.4"
+    )
+    assert code == Status.CANNOT_UNDERSTAND
+    assert comment.startswith("Cannot understand")
+    assert [p.read_bytes().endswith(b"\x08\x00\x18\x00UI\xff\xff") for p in (data_dir / "quarantine").iterdir()] == [
+        True
+    ]
+
+
+def test_a_duplicate_is_acknowledged_and_kept_once(config, writer, data_dir, tmp_path):
+    raw, ds = _dataset_bytes(make_ct(tmp_path / "ct.dcm"))
+    assert _store(config, writer, raw, ds)[0] == Status.SUCCESS
+    assert _store(config, writer, raw, ds)[0] == Status.SUCCESS
+    assert Instance.objects.count() == 1
+
+
+# --- C-FIND -----------------------------------------------------------------------------------------
+
+
+def test_a_caller_that_may_not_query_gets_0124_with_a_comment(config, study):
+    answers = list(
+        answer_find(identifier("STUDY", StudyInstanceUID=""), model=STUDY_FIND, caller=MODALITY, config=config)
+    )
+    assert len(answers) == 1
+    assert answers[0][0].Status == Status.NOT_AUTHORISED
+    assert answers[0][0].ErrorComment == "MODALITY1 may not query"
+
+
+def test_a_study_find_yields_one_pending_answer_per_match(config, study):
+    answers = list(
+        answer_find(
+            identifier("SERIES", StudyInstanceUID=study, SeriesNumber=""),
+            model=STUDY_FIND,
+            caller=VIEWER,
+            config=config,
+        )
+    )
+    assert [code for code, _ in answers] == [Status.PENDING, Status.PENDING]
+    assert sorted(int(ds.SeriesNumber) for _, ds in answers) == [1, 2]
+    assert {ds.RetrieveAETitle for _, ds in answers} == {config.ae_title}
+
+
+def test_a_bad_identifier_is_refused_with_a900(config, study):
+    answers = list(answer_find(identifier("SERIES"), model=STUDY_FIND, caller=VIEWER, config=config))
+    assert [(ds.Status, ds.ErrorComment) for ds, _ in answers] == [
+        (Status.IDENTIFIER_DOES_NOT_MATCH, "missing unique key StudyInstanceUID")
+    ]
+
+
+def test_a_cancel_stops_the_answers_with_fe00(config, study):
+    asked = iter([False, True])
+    answers = list(
+        answer_find(
+            identifier("SERIES", StudyInstanceUID=study, SeriesInstanceUID=""),
+            model=STUDY_FIND,
+            caller=VIEWER,
+            config=config,
+            cancelled=lambda: next(asked),
+        )
+    )
+    assert [code for code, _ in answers] == [Status.PENDING, Status.CANCEL]
+
+
+def test_a_model_nobody_answers_is_refused(config):
+    answers = list(answer_find(identifier("STUDY"), model="NOSUCH", caller=VIEWER, config=config))
+    assert answers[0][0].Status == Status.UNABLE_TO_PROCESS
+
+
+def test_the_worklist_app_answers_modality_worklist_finds_and_logs_them(config):
+    WorklistItem.objects.create(patient_id="P1", patient_name="Doe^Jane", accession_number="A1", modality="CT")
+    WorklistItem.objects.create(patient_id="P2", patient_name="Roe^Rick", accession_number="A2", modality="MR")
+    settings = WorklistSettings.load()
+    settings.message_logging = True
+    settings.save()
+    query = Dataset()
+    query.PatientName = "DOE*"
+    query.AccessionNumber = ""
+    answers = list(answer_find(query, model="WORKLIST", caller=VIEWER, config=config))
+    assert [(code, ds.AccessionNumber) for code, ds in answers] == [(Status.PENDING, "A1")]
+    log = WorklistQuery.objects.get()
+    assert (log.calling_ae, log.matches, log.status) == ("VIEWER", 1, "0000")
+
+
+# --- C-GET and C-MOVE ---------------------------------------------------------------------------------
+
+
+def test_a_get_plan_lists_the_study_in_series_and_instance_order(config, study):
+    plan = plan_get(identifier("STUDY", StudyInstanceUID=study), model="STUDY", caller=VIEWER, config=config)
+    assert isinstance(plan, Plan)
+    numbers = [
+        Instance.objects.filter(sop_instance_uid=t.sop_instance_uid).values_list("series__series_number", flat=True)[0]
+        for t in plan.targets
+    ]
+    assert numbers == [1, 1, 2]
+
+
+def test_a_modality_may_not_get(config, study):
+    plan = plan_get(identifier("STUDY", StudyInstanceUID=study), model="STUDY", caller=MODALITY, config=config)
+    assert plan == Refusal(Status.NOT_AUTHORISED, "MODALITY1 may not retrieve")
+
+
+def test_a_get_without_the_unique_key_is_refused_with_a900(config, study):
+    plan = plan_get(identifier("SERIES", StudyInstanceUID=study), model="STUDY", caller=VIEWER, config=config)
+    assert plan == Refusal(Status.IDENTIFIER_DOES_NOT_MATCH, "SeriesInstanceUID is required at level SERIES")
+
+
+def test_a_patient_level_get_is_refused_in_the_study_root_model(config, study):
+    plan = plan_get(identifier("PATIENT", PatientID="PAT001"), model="STUDY", caller=VIEWER, config=config)
+    assert plan == Refusal(Status.IDENTIFIER_DOES_NOT_MATCH, "Query/Retrieve Level PATIENT not valid here")
+
+
+def test_a_move_plan_names_the_destination_and_proposes_contexts_for_what_is_sent(config, study):
+    plan = plan_move(
+        identifier("STUDY", StudyInstanceUID=study),
+        model="STUDY",
+        destination_ae="WORKSTATION",
+        caller=VIEWER,
+        config=config,
+    )
+    assert (plan.destination.host, plan.destination.port) == ("10.0.0.7", 11113)
+    assert len(plan.targets) == 3
+    assert {str(cx.abstract_syntax) for cx in plan.contexts} == {"1.2.840.10008.5.1.4.1.1.2"}  # CT Image Storage
+
+
+def test_a_move_to_an_unknown_destination_is_a801_naming_it(config, study):
+    plan = plan_move(
+        identifier("STUDY", StudyInstanceUID=study),
+        model="STUDY",
+        destination_ae="NOWHERE",
+        caller=VIEWER,
+        config=config,
+    )
+    assert plan == Refusal(Status.MOVE_DESTINATION_UNKNOWN, "Move destination NOWHERE unknown")
+
+
+def test_a_stranger_may_not_move_even_to_a_known_destination(config, study):
+    plan = plan_move(
+        identifier("STUDY", StudyInstanceUID=study),
+        model="STUDY",
+        destination_ae="WORKSTATION",
+        caller=STRANGER,
+        config=config,
+    )
+    assert plan == Refusal(Status.NOT_AUTHORISED, "STRANGER may not retrieve")
