@@ -4,10 +4,12 @@ selection, transfer scoping and our SCU identifiers all read.
 For each level: its unique key (C.4.1.1.3.1), the index model searched at
 that level, the path from that model to the row of each level above it,
 and the lookup that selects instances (C-MOVE/C-GET, transfers) by that
-level's unique key.
+level's unique key; `identifier()` builds what our SCUs send.
 """
 
 from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
 
 from dicomnodes.models import Instance, Patient, Series, Study
 
@@ -66,3 +68,18 @@ def levels_above(model, level):
 def instances_at(level, uids):
     """Instances named by unique keys of `level` (a queryset)."""
     return Instance.objects.filter(**{LEVELS[level].instance_lookup: list(uids)})
+
+
+def identifier(level, value, *, above=(), model="STUDY", **returned):
+    """A Q/R identifier at `level` (what we send as an SCU): the unique keys
+    of the levels above from `above` (top down, one value each: PS3.4
+    C.4.1.2.1, C.4.2.2.1), `value` for the level's own unique key (a UID, a
+    list, or "" to have it returned), and the other keys to return."""
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for upper, upper_value in zip(levels_above(model, level), above, strict=True):
+        setattr(ds, LEVELS[upper].unique_key, upper_value)
+    setattr(ds, LEVELS[level].unique_key, value)
+    for keyword, returned_value in returned.items():
+        setattr(ds, keyword, returned_value)
+    return ds

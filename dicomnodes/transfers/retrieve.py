@@ -10,7 +10,6 @@ import threading
 import time
 from dataclasses import dataclass
 
-from pydicom.dataset import Dataset
 from pydicom.uid import (
     JPEG2000,
     ExplicitVRLittleEndian,
@@ -35,6 +34,7 @@ from dicomnodes.archive.notifications import study_received
 from dicomnodes.dimse import PENDING_STATUSES, Status
 from dicomnodes.dimse import status as dimse_status
 from dicomnodes.models import DuplicatePolicy, Instance, Study, TransferLevel
+from dicomnodes.query import levels
 from dicomnodes.transfers.runner import Cancelled, Refused
 from pacs_site.models import EventKind
 
@@ -55,22 +55,13 @@ class RemoteInstance:
     sop_class: str
 
 
-def _identifier(level, **keys):
-    ds = Dataset()
-    ds.QueryRetrieveLevel = level
-    for keyword, value in keys.items():
-        setattr(ds, keyword, value)
-    return ds
-
-
 def job_identifier(job):
     """The C-MOVE/C-GET identifier of the whole job (PS3.4 C.4.2.2.1)."""
     uids = job.uids if len(job.uids) > 1 else job.uids[0]
-    if job.level == TransferLevel.STUDY:
-        return _identifier("STUDY", StudyInstanceUID=uids)
-    if job.level == TransferLevel.SERIES:
-        return _identifier("SERIES", StudyInstanceUID=job.study_uid, SeriesInstanceUID=uids)
-    return _identifier("IMAGE", StudyInstanceUID=job.study_uid, SeriesInstanceUID=job.series_uid, SOPInstanceUID=uids)
+    above = {TransferLevel.STUDY: [], TransferLevel.SERIES: [job.study_uid]}.get(
+        job.level, [job.study_uid, job.series_uid]
+    )
+    return levels.identifier(job.level, uids, above=above)
 
 
 def remote_instances(run):
@@ -84,7 +75,7 @@ def remote_instances(run):
         if job.level == TransferLevel.STUDY:
             series = []
             for study in job.uids:
-                ident = _identifier("SERIES", StudyInstanceUID=study, SeriesInstanceUID="")
+                ident = levels.identifier("SERIES", "", above=[study])
                 series += [(study, str(a.SeriesInstanceUID)) for a in _find(run, ident) if "SeriesInstanceUID" in a]
         elif job.level == TransferLevel.SERIES:
             series = [(job.study_uid, uid) for uid in job.uids]
@@ -93,9 +84,7 @@ def remote_instances(run):
         found = []
         wanted = set(job.uids) if job.level == TransferLevel.IMAGE else None
         for study, series_uid in series:
-            ident = _identifier(
-                "IMAGE", StudyInstanceUID=study, SeriesInstanceUID=series_uid, SOPInstanceUID="", SOPClassUID=""
-            )
+            ident = levels.identifier("IMAGE", "", above=[study, series_uid], SOPClassUID="")
             for a in _find(run, ident):
                 sop = str(a.get("SOPInstanceUID", ""))
                 if sop and (wanted is None or sop in wanted):
@@ -139,7 +128,7 @@ def retrieve_plan(run, remote):
         if r.sop not in have:
             by_series.setdefault((r.study, r.series), []).append(r.sop)
     return [
-        _identifier("IMAGE", StudyInstanceUID=study, SeriesInstanceUID=series, SOPInstanceUID=sops)
+        levels.identifier("IMAGE", sops, above=[study, series])
         for (study, series), sops in by_series.items()
     ]
 

@@ -8,12 +8,12 @@ the negotiation and every DIMSE wait.
 import threading
 import time
 
-from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
 from dicomnodes.dimse import PENDING_STATUSES, Status
 from dicomnodes.models import DicomServerSettings
+from dicomnodes.query import levels
 from dicomnodes.scp.compat import NODELAY_HANDLERS
 from dicomnodes.transfers.echo import why_not_established
 
@@ -48,28 +48,20 @@ class ScuError(RuntimeError):
 
 def find_studies(peer, *, patient_id="", patient_name="", accession="", date="", modality="", timeout=None):
     """Study-level C-FIND (Study Root) at `peer`; a list of answer Datasets."""
-    identifier = Dataset()
-    identifier.QueryRetrieveLevel = "STUDY"
-    identifier.SpecificCharacterSet = "ISO_IR 192"
-    for keyword in STUDY_KEYS:
-        setattr(identifier, keyword, "")
-    identifier.PatientID = patient_id
-    identifier.PatientName = patient_name
-    identifier.AccessionNumber = accession
-    identifier.StudyDate = date
-    identifier.ModalitiesInStudy = modality
-    return find(peer, identifier, timeout=timeout)
+    query = levels.identifier("STUDY", "", SpecificCharacterSet="ISO_IR 192", **dict.fromkeys(STUDY_KEYS, ""))
+    query.PatientID = patient_id
+    query.PatientName = patient_name
+    query.AccessionNumber = accession
+    query.StudyDate = date
+    query.ModalitiesInStudy = modality
+    return find(peer, query, timeout=timeout)
 
 
 def find_series(peer, study_uid, *, timeout=None):
     """Series-level C-FIND (Study Root) of one study at `peer`."""
-    identifier = Dataset()
-    identifier.QueryRetrieveLevel = "SERIES"
-    identifier.SpecificCharacterSet = "ISO_IR 192"
-    for keyword in SERIES_KEYS:
-        setattr(identifier, keyword, "")
-    identifier.StudyInstanceUID = study_uid
-    return find(peer, identifier, timeout=timeout)
+    keys = {k: "" for k in SERIES_KEYS if k not in ("StudyInstanceUID", "SeriesInstanceUID")}
+    query = levels.identifier("SERIES", "", above=[study_uid], SpecificCharacterSet="ISO_IR 192", **keys)
+    return find(peer, query, timeout=timeout)
 
 
 def find(peer, identifier, *, timeout=None):

@@ -14,6 +14,7 @@ from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.response import Response
 
 from dicomnodes.models import Instance, Peer, Series, Study, TransferJob
+from dicomnodes.transfers import jobs as transfers
 from dicomnodes.transfers.echo import echo
 from portal import tokens
 from portal.api import filters as f
@@ -129,8 +130,6 @@ class TransferJobViewSet(
     @extend_schema(request=TransferJobCreateSerializer, responses={201: TransferJobSerializer})
     def create(self, request, *args, **kwargs):
         """Queue a job; the worker runs it (at most "maximum outgoing connections" at once)."""
-        from dicomnodes.transfers import jobs as transfers
-
         form = TransferJobCreateSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         try:
@@ -148,8 +147,6 @@ class TransferJobViewSet(
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
         """Cancel a queued job, or ask a running one to stop after the current instance."""
-        from dicomnodes.transfers import jobs as transfers
-
         job = self.get_object()
         if not transfers.cancel_job(job):
             job.refresh_from_db()
