@@ -1,4 +1,4 @@
-"""C-MOVE and C-GET jobs: the retrieve half of `transfer_runner`.
+"""C-MOVE and C-GET jobs: the retrieve half of a transfer run (`runner.JobRun`).
 
 A first attempt retrieves the whole job with one request; a retry first asks
 the peer what the job's scope holds (C-FIND, one level at a time) and
