@@ -1,7 +1,7 @@
 """Who holds a TCP port, and which addresses this machine has.
 
-Shared by `checkports` and the listeners (which say who holds a port they
-cannot bind).  Built on psutil.
+Shared by `checkports` and `pacs_site.listeners` (whose bind errors say who
+holds the port: `bind_failure`).  Built on psutil.
 """
 
 import errno

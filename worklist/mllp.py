@@ -10,7 +10,6 @@ framed.  The management command only wires the two and runs them.
 """
 
 import asyncio
-import errno
 import logging
 import re
 import socket
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 
 from django.db import connections
 
-from pacs_site.ports import bind_failure
+from pacs_site.listeners import SettingsFollower, listening_socket, peer_address
 from worklist.models import WorklistSettings
 
 logger = logging.getLogger(__name__)
@@ -30,8 +29,6 @@ END_BLOCK = b"\x1c"
 CARRIAGE_RETURN = b"\x0d"
 _MARKER = re.compile(b"[\x0b\x1c]")
 _BLANK = b" \t\r\n"
-# errno values meaning "this machine has no IPv6", not "the port is taken".
-_NO_IPV6 = {errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT}
 
 # FrameBuffer states.
 _HUNT = "hunt"  # outside a frame, waiting for 0x0B
@@ -138,36 +135,6 @@ def load_config(*, port=None) -> MllpConfig:
     )
 
 
-def listening_socket(port: int) -> socket.socket:
-    """A socket bound to every address: dual-stack '::' where IPv6 works,
-    else 0.0.0.0.  Raises OSError when the port cannot be bound."""
-    try:
-        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    except OSError:
-        sock = None
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            sock.bind(("::", port))
-        except OSError as exc:
-            sock.close()
-            if exc.errno not in _NO_IPV6:
-                raise
-        else:
-            sock.listen(128)
-            return sock
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("0.0.0.0", port))
-        sock.listen(128)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 def drop_broken_connections():
     """Close this thread's database connections that failed and are no
     longer usable, so that the next query reconnects.
@@ -184,14 +151,8 @@ def drop_broken_connections():
                 conn.close()
 
 
-def peer_name(address) -> str:
-    """'host:port' of a connection, IPv4 shown plainly."""
-    if not address:
-        return "unknown"
-    host, port = address[0], address[1]
-    if host.startswith("::ffff:"):
-        host = host[len("::ffff:") :]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+# The name tests/test_mllp_framing.py imports; `peer_address` is the one formatter.
+peer_name = peer_address
 
 
 class MllpServer:
@@ -205,8 +166,11 @@ class MllpServer:
         self.config = None
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mllp")
         self._server = None
-        self._bound_port = None  # the port listened on; 0 when disabled
-        self._bind_error = None
+        self._socket = None  # bound by the follower, served by asyncio from the next await
+        where = "--port 0" if port is not None else "port 0 in the worklist server settings"
+        self.follower = SettingsFollower(
+            start=self._listen, stop=self._stop_listening, idle=f"worklist server disabled ({where})", log=logger
+        )
         self._connections = {}  # task -> True while a message is being handled
         self._closing = False
         self.connections = 0
@@ -233,26 +197,17 @@ class MllpServer:
             logger.warning("cannot read the worklist server settings (%s); keeping the current ones", exc)
             return False
         self.config = cfg
-        if cfg.port == self._bound_port:
-            return False
-        self._stop_listening()
-        if cfg.port == 0:
-            where = "--port 0" if self.port_override is not None else "port 0 in the worklist server settings"
-            logger.info("worklist server disabled (%s); idle", where)
-            self._bound_port = 0
-            return True
-        try:
-            self._server = await asyncio.start_server(self._on_connection, sock=listening_socket(cfg.port))
-        except OSError as exc:
-            message = bind_failure(cfg.port, exc)
-            if message != self._bind_error:
-                logger.error("%s; retrying", message)
-                self._bind_error = message
-            return False
-        self._bind_error = None
-        self._bound_port = cfg.port
-        logger.info("HL7 (MLLP) server listening on port %d (all addresses)", cfg.port)
-        return True
+        changed = self.follower.follow(cfg.port)
+        if self._socket is not None and self._server is None:
+            self._server = await asyncio.start_server(self._on_connection, sock=self._socket)
+        return changed
+
+    def _listen(self, port):
+        # Bound here, synchronously, so that the follower sees a bind error;
+        # step() hands the socket to asyncio.  It listens already: a
+        # connection waits in its backlog until then.
+        self._socket = listening_socket(port)
+        logger.info("HL7 (MLLP) server listening on port %d (all addresses)", port)
 
     def _load_config(self):
         drop_broken_connections()
@@ -261,14 +216,15 @@ class MllpServer:
     def _stop_listening(self):
         # Stops accepting; open connections go on until they end or idle out.
         if self._server is not None:
-            self._server.close()
-            self._server = None
-        self._bound_port = None
+            self._server.close()  # and its socket
+        elif self._socket is not None:
+            self._socket.close()
+        self._server = self._socket = None
 
     async def close(self, timeout=10.0):
         """Stop listening; end idle connections now and busy ones once their
         ACK is written (up to `timeout`); then stop the worker threads."""
-        self._stop_listening()
+        self.follower.stop()
         self._closing = True
         for task, busy in list(self._connections.items()):
             if not busy:
@@ -289,7 +245,7 @@ class MllpServer:
         task = asyncio.current_task()
         self._connections[task] = False
         self.connections += 1
-        peer = peer_name(writer.get_extra_info("peername"))
+        peer = peer_address(writer.get_extra_info("peername"))
         sock = writer.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

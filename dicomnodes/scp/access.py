@@ -3,7 +3,6 @@
 `runscp` reloads the snapshot every few seconds; handlers only read it.
 """
 
-import ipaddress
 import logging
 import socket
 import threading
@@ -12,23 +11,17 @@ from dataclasses import dataclass
 
 from dicomnodes.dimse import service_of
 from dicomnodes.models import Peer
+from pacs_site.listeners import peer_address
+
+# An IPv4 peer on our dual-stack socket shows up as ::ffff:a.b.c.d: compared
+# as a.b.c.d.  The name handlers.py imports; `peer_address` is the one formatter.
+normalise_address = peer_address
 
 logger = logging.getLogger(__name__)
 
 _RESOLVE_TTL = 60.0
 _resolved: dict = {}
 _resolved_lock = threading.Lock()
-
-
-def normalise_address(address: str) -> str:
-    """An IPv4 peer on our dual-stack socket shows up as ::ffff:a.b.c.d."""
-    try:
-        ip = ipaddress.ip_address(address.split("%")[0])
-    except ValueError:
-        return address
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        return str(ip.ipv4_mapped)
-    return str(ip)
 
 
 def resolve(host: str) -> frozenset:

@@ -6,8 +6,10 @@ each to a worker in turn over a UNIX socket (SCM_RIGHTS).  We chose this over
 SO_REUSEPORT, whose hash put all four associations of a benchmark run on one
 worker about one time in eight.
 
-`Dispatcher.step()` is one unit of work: follow the settings (rebind on a new
-port, close on port 0), restart dead workers, hand over waiting connections.
+runscp's loop drives a `Dispatcher` in small steps: `reap()` and
+`start_workers()` replace dead workers, `follow_settings()` keeps the socket
+in line with the settings (rebind on a new port, idle on port 0; a new AE
+title needs no new socket), `hand_over()` passes waiting connections on.
 """
 
 import logging
@@ -17,28 +19,10 @@ import socket
 
 from django.db import close_old_connections, connections
 
-from pacs_site.ports import bind_failure
+from dicomnodes.scp.server import DISABLED
+from pacs_site.listeners import SettingsFollower, listening_socket
 
 logger = logging.getLogger(__name__)
-
-
-def open_listener(port):
-    """A listening TCP socket on every address (dual-stack where IPv6 works)."""
-    try:
-        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        address = "::"
-    except OSError:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        address = "0.0.0.0"
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((address, port))
-        sock.listen(128)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 class Dispatcher:
@@ -51,8 +35,13 @@ class Dispatcher:
         self.load_config = load_config
         self.workers = []  # [(pid, our end of the channel)]
         self.listener = None
-        self.bound = None  # (port, ae_title)
-        self.bind_error = None
+        self.follower = SettingsFollower(
+            start=self._listen,
+            stop=self._close_listener,
+            update=self._answer_to,
+            idle=DISABLED,
+            log=logger,
+        )
         self.next_worker = 0
         self.handed_over = 0
 
@@ -89,40 +78,29 @@ class Dispatcher:
         except Exception as exc:
             logger.warning("cannot read the DICOM settings (%s); keeping the current ones", exc)
             return
-        wanted = (cfg.port, cfg.ae_title)
-        if wanted == self.bound:
-            return
-        if self.listener is not None and (self.bound and self.bound[0] == cfg.port):
-            self.bound = wanted  # a new AE title needs no new socket: workers read it
-            logger.info("DICOM server now answers to %s on port %d", cfg.ae_title, cfg.port)
-            return
-        self.close_listener()
-        if cfg.port == 0:
-            logger.info("DICOM server disabled (port 0 in the DICOM server settings); idle")
-            self.bound = wanted
-            return
-        try:
-            self.listener = open_listener(cfg.port)
-        except OSError as exc:
-            message = bind_failure(cfg.port, exc)
-            if message != self.bind_error:
-                logger.error("%s; retrying", message)
-                self.bind_error = message
-            return
-        self.bind_error = None
-        self.bound = wanted
+        self.follower.follow(cfg.port, cfg.ae_title)
+
+    def _listen(self, port, ae_title):
+        self.listener = listening_socket(port)
         logger.info(
             "DICOM server %s listening on port %d (all addresses), %d worker processes",
-            cfg.ae_title,
-            cfg.port,
+            ae_title,
+            port,
             self.processes,
         )
 
-    def close_listener(self):
-        if self.listener is not None:
-            self.listener.close()
-            self.listener = None
-        self.bound = None
+    def _answer_to(self, old, new):
+        """A new AE title on the same port needs no new socket: the workers
+        read it from the settings."""
+        (old_port, _), (port, ae_title) = old, new
+        if port != old_port:
+            return False
+        logger.info("DICOM server now answers to %s on port %d", ae_title, port)
+        return True
+
+    def _close_listener(self):
+        self.listener.close()
+        self.listener = None
 
     def hand_over(self, timeout):
         """Wait up to `timeout` for connections and pass each to a worker."""
@@ -151,6 +129,6 @@ class Dispatcher:
             client.close()  # the worker has its own copy now
 
     def stop(self):
-        self.close_listener()
+        self.follower.stop()
         for _, channel in self.workers:
             channel.close()

@@ -1,8 +1,9 @@
 """The DICOM server of `manage.py runscp`: AE set-up, socket, settings reload.
 
 `ScpService.step()` is one unit of work: re-read the settings and make the
-listener match them (bind, rebind on a new port or AE title, idle on port 0).
-The management command only loops over it.
+listener match them (bind, rebind on a new port or AE title, idle on port 0:
+`pacs_site.listeners.SettingsFollower`).  The management command only loops
+over it.
 """
 
 import logging
@@ -34,9 +35,12 @@ from dicomnodes.scp.handlers import Handlers
 from dicomnodes.scp.qr import QueryRetrieveHandlers
 from dicomnodes.scp.sending import UNCOMPRESSED
 from dicomnodes.signals import scp_started, send_logged
-from pacs_site.ports import bind_failure
+from pacs_site.listeners import SettingsFollower, listening_socket
 
 logger = logging.getLogger(__name__)
+
+# Said once on port 0, by the one process that owns the port (this one or the dispatcher).
+DISABLED = "DICOM server disabled (port 0 in the DICOM server settings)"
 
 configure_scp()
 
@@ -93,32 +97,37 @@ class _RequestHandler(RequestHandler):
 
 
 class PacsServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server with the socket options we need:
-    dual-stack IPv6 (every IPv4 and IPv6 address) and TCP_NODELAY on every
-    connection.  With `channel`, it listens on nothing itself: connections
-    accepted by the runscp dispatcher arrive over that UNIX socket.
+    """pynetdicom's threaded server on our listening socket (`listening_socket`:
+    every IPv4 and IPv6 address), with TCP_NODELAY on every connection.  With
+    `channel`, it listens on nothing itself: connections accepted by the
+    runscp dispatcher arrive over that UNIX socket.
     """
 
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, ae, address, ae_title, contexts, *, evt_handlers, on_end, channel=None):
+    def __init__(self, ae, port, ae_title, contexts, *, evt_handlers, on_end, channel=None):
         self.on_association_end = on_end
         self.channel = channel
-        super().__init__(ae, address, ae_title, contexts, evt_handlers=evt_handlers, request_handler=_RequestHandler)
+        # The address only sets the family of socketserver's placeholder
+        # socket, which server_bind() replaces.
+        super().__init__(
+            ae, ("0.0.0.0", port), ae_title, contexts, evt_handlers=evt_handlers, request_handler=_RequestHandler
+        )
 
     def server_bind(self):
+        placeholder = self.socket
         if self.channel is not None:
-            self.socket.close()
             self.socket = self.channel
-            return
-        if self.address_family == socket.AF_INET6:
-            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        super().server_bind()
+        else:
+            self.socket = listening_socket(self.server_address[1], backlog=self.request_queue_size)
+            if self.ae.network_timeout is not None:  # as pynetdicom's own server_bind()
+                self.socket.settimeout(self.ae.network_timeout)
+            self.server_address = self.socket.getsockname()
+        placeholder.close()
 
     def server_activate(self):
-        if self.channel is None:
-            super().server_activate()
+        pass  # listening_socket() listens already; a channel is not listened on
 
     def get_request(self):
         if self.channel is None:
@@ -136,20 +145,6 @@ def receive_connection(channel):
         raise OSError("the runscp dispatcher closed the channel")
     client = socket.socket(fileno=fds[0])
     return client, client.getpeername()
-
-
-def _any_address():
-    """'::' (both families) where IPv6 exists, else 0.0.0.0."""
-    return "::" if socket.has_ipv6 and _ipv6_works() else "0.0.0.0"
-
-
-def _ipv6_works():
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(("::", 0))
-        return True
-    except OSError:
-        return False
 
 
 def build_ae() -> AE:
@@ -186,10 +181,13 @@ class ScpService:
         self.qr_handlers = QueryRetrieveHandlers(lambda: self._config)
         self.server = None
         self._server_thread = None
-        self._bound = None  # (port, ae_title) the listener runs with
-        self._bind_error = None
+        self.follower = SettingsFollower(
+            start=self._start_listener,
+            stop=self._stop_listener,
+            idle=DISABLED,
+            log=logger,
+        )
         self._debug_handler = None
-        self.address = _any_address()
 
     @property
     def config(self):
@@ -212,59 +210,36 @@ class ScpService:
         self._apply_debug(cfg.debug)
         if self.channel is not None:
             # A worker: the dispatcher owns the port and follows its changes.
-            if self.server is None:
-                return self._start_listener(cfg)
-            return False
-        wanted = (cfg.port, cfg.ae_title)
-        if wanted == self._bound:
-            return False
-        self._stop_listener()
-        if cfg.port == 0:
-            logger.info("DICOM server disabled (port 0 in the DICOM server settings); idle")
-            self._bound = wanted
-            return True
-        return self._start_listener(cfg)
+            return self.server is None and self.follower.start(cfg.port, cfg.ae_title)
+        return self.follower.follow(cfg.port, cfg.ae_title)
 
-    def _start_listener(self, cfg) -> bool:
-        try:
-            self.server = PacsServer(
-                self.ae,
-                (self.address, cfg.port),
-                cfg.ae_title,
-                self.ae.supported_contexts,
-                evt_handlers=self.handlers.bindings()
-                + self.qr_handlers.bindings()
-                + (_DEBUG_BINDINGS if cfg.debug else []),
-                on_end=self.handlers.finish,
-                channel=self.channel,
-            )
-        except OSError as exc:
-            message = bind_failure(cfg.port, exc)
-            if message != self._bind_error:
-                logger.error("%s; retrying", message)
-                self._bind_error = message
-            self.server = None
-            return False
-        self._bind_error = None
+    def _start_listener(self, port, ae_title):
+        self.server = PacsServer(
+            self.ae,
+            port,
+            ae_title,
+            self.ae.supported_contexts,
+            evt_handlers=self.handlers.bindings()
+            + self.qr_handlers.bindings()
+            + (_DEBUG_BINDINGS if self._config.debug else []),
+            on_end=self.handlers.finish,
+            channel=self.channel,
+        )
         self.ae._servers.append(self.server)
         self._server_thread = threading.Thread(
             target=self.server.serve_forever,
             kwargs={"poll_interval": 0.2},
-            name=f"scp-listener-{cfg.port}",
+            name=f"scp-listener-{port}",
             daemon=True,
         )
         self._server_thread.start()
-        self._bound = (cfg.port, cfg.ae_title)
         if self.channel is None:
-            logger.info("DICOM server %s listening on port %d (all addresses)", cfg.ae_title, cfg.port)
-        return True
+            logger.info("DICOM server %s listening on port %d (all addresses)", ae_title, port)
 
     def _stop_listener(self):
-        if self.server is not None:
-            self.server.shutdown()  # stops accepting; running associations go on
-            self.server = None
-            self._server_thread = None
-        self._bound = None
+        self.server.shutdown()  # stops accepting; running associations go on
+        self.server = None
+        self._server_thread = None
 
     def _apply_debug(self, debug):
         pn_logger = logging.getLogger("pynetdicom")
@@ -301,7 +276,7 @@ class ScpService:
         then flush the index writer."""
         from pynetdicom.association import Association
 
-        self._stop_listener()
+        self.follower.stop()
         deadline = time.monotonic() + timeout
         for assoc in [t for t in threading.enumerate() if isinstance(t, Association)]:
             if not assoc.is_established:

@@ -1,5 +1,7 @@
-"""`manage.py runscp`: the DICOM server (C-ECHO, C-STORE), kept in line with
-the settings edited in the admin."""
+"""`manage.py runscp`: the DICOM server (C-ECHO, C-STORE, C-FIND, C-MOVE,
+C-GET and Modality Worklist C-FIND), kept in line with the settings edited in
+the admin; with `--processes N`, a dispatcher that owns the port and N worker
+processes."""
 
 import logging
 import os

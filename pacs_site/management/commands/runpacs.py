@@ -18,22 +18,38 @@ import time
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from pacs_site.listeners import SettingsFollower, StartRefused
 from portal.webprocess import load_web_config, web_argv, web_problems
 
 WEB = "web"
 
 
 def process_table():
-    """name -> argv of the processes that run whatever the settings.  Each
-    listener reads its own port from the admin settings; the worker runs the
-    queued tasks.  The web process is started from the HTTP settings."""
+    """name -> argv of the children that always run: the two listeners (each
+    follows its own port in the admin settings and idles on port 0) and the
+    django-q2 worker.  The web process is not here: `_follow_web` starts it
+    from the HTTP settings."""
     manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
     return {
         "scp": manage + ["runscp"],
         "mllp": manage + ["runmllp"],
-        # django-q2: delivers the outgoing HL7 status updates and their retries.
+        # django-q2: transfer jobs, burn-job staging and submission, outgoing
+        # HL7 status updates, and the schedules (retries, housekeeping).
         "worker": manage + ["qcluster"],
     }
+
+
+class _Output:
+    """The follower's log lines on runpacs's own output, like its other lines."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def info(self, form, *args):
+        self.command.stdout.write("[runpacs] " + form % args)
+
+    def error(self, form, *args):
+        self.command.stderr.write("[runpacs] " + form % args)
 
 
 class Command(BaseCommand):
@@ -54,11 +70,17 @@ class Command(BaseCommand):
         children = {name: self._start(name, argv) for name, argv in table.items()}
         backoff = {name: 1.0 for name in [*table, WEB]}
         follow_web = WEB in wanted
-        web_config = None  # what the web process runs with; None: not decided yet
+        web = SettingsFollower(
+            start=lambda port, config: self._start_web(children, table, config),
+            stop=lambda: self._stop_web(children, table),
+            idle="web server disabled (port 0)",
+            log=_Output(self),
+        )
+        web_config = None  # the HTTP settings last read; None: not read yet
         next_check = 0.0
         while not self.stopping:
             if follow_web and time.monotonic() >= next_check:
-                web_config = self._follow_web(children, table, web_config)
+                web_config = self._follow_web(web, web_config)
                 next_check = time.monotonic() + poll
             time.sleep(0.5)
             for name, proc in list(children.items()):
@@ -72,32 +94,31 @@ class Command(BaseCommand):
         self._stop_all(children)
         return "all processes stopped"
 
-    def _follow_web(self, children, table, running):
+    def _follow_web(self, web, last):
         """Start, restart or stop the web process when its settings changed.
 
         1. read the HTTP settings (and the TLS files' modification times);
-        2. unchanged: nothing to do;
-        3. changed: stop the running daphne; start one with the new settings,
-           unless the port is 0 or the TLS files are unusable (said once;
-           never a silent fallback to plain http).
+        2. changed since the `last` read: say so;
+        3. `web` (a SettingsFollower) stops the running daphne and starts one
+           with the new settings, unless the port is 0 or the TLS files are
+           unusable (said once; never a silent fallback to plain http).
         """
-        config = load_web_config(running)
-        if config == running:
-            return running
-        if running is not None:
-            self.stdout.write(f"[runpacs] web settings changed: {running.describe()} -> {config.describe()}")
-        if WEB in children:
-            self._stop(WEB, children.pop(WEB))
-            table.pop(WEB, None)
-        problems = web_problems(config) if config.port else []
-        if not config.port:
-            self.stdout.write("[runpacs] web server disabled (port 0)")
-        elif problems:
-            self.stderr.write(f"[runpacs] web server not started: {' '.join(problems)} (fix it in the HTTP settings)")
-        else:
-            table[WEB] = web_argv(config)
-            children[WEB] = self._start(WEB, table[WEB])
+        config = load_web_config(last)
+        if last is not None and config != last:
+            self.stdout.write(f"[runpacs] web settings changed: {last.describe()} -> {config.describe()}")
+        web.follow(config.port, config)
         return config
+
+    def _start_web(self, children, table, config):
+        problems = web_problems(config)
+        if problems:
+            raise StartRefused(f"web server not started: {' '.join(problems)} (fix it in the HTTP settings)")
+        table[WEB] = web_argv(config)
+        children[WEB] = self._start(WEB, table[WEB])
+
+    def _stop_web(self, children, table):
+        self._stop(WEB, children.pop(WEB))
+        table.pop(WEB, None)
 
     def _start(self, name, argv):
         shown = " ".join(argv[1:])
