@@ -2,7 +2,8 @@
 
 import random
 
-from worklist.mllp import FrameBuffer, frame, peer_name
+from pacs_site.listeners import peer_address
+from worklist.mllp import FrameBuffer, frame
 
 ORDER = b"MSH|^~\\&|RIS|HOSP|PACS||20240101120000||ORM^O01|MSG1|P|2.3\rPID|||123||DOE^JOHN\r"
 ADT = b"MSH|^~\\&|RIS|HOSP|PACS||20240101120000||ADT^A08|MSG2|P|2.3\rPID|||123||DOE^JANE\r"
@@ -143,7 +144,7 @@ def test_every_valid_frame_survives_random_garbage_around_it():
     assert out.count(ORDER) == 300
 
 
-def test_peer_names_show_ipv4_plainly():
-    assert peer_name(("::ffff:10.1.2.3", 4000, 0, 0)) == "10.1.2.3:4000"
-    assert peer_name(("::1", 4000, 0, 0)) == "[::1]:4000"
-    assert peer_name(("127.0.0.1", 4000)) == "127.0.0.1:4000"
+def test_peer_addresss_show_ipv4_plainly():
+    assert peer_address(("::ffff:10.1.2.3", 4000, 0, 0)) == "10.1.2.3:4000"
+    assert peer_address(("::1", 4000, 0, 0)) == "[::1]:4000"
+    assert peer_address(("127.0.0.1", 4000)) == "127.0.0.1:4000"

@@ -151,8 +151,6 @@ def drop_broken_connections():
                 conn.close()
 
 
-# The name tests/test_mllp_framing.py imports; `peer_address` is the one formatter.
-peer_name = peer_address
 
 
 class MllpServer:

@@ -13,10 +13,6 @@ from dicomnodes.dimse import service_of
 from dicomnodes.models import Peer
 from pacs_site.listeners import peer_address
 
-# An IPv4 peer on our dual-stack socket shows up as ::ffff:a.b.c.d: compared
-# as a.b.c.d.  The name handlers.py imports; `peer_address` is the one formatter.
-normalise_address = peer_address
-
 logger = logging.getLogger(__name__)
 
 _RESOLVE_TTL = 60.0
@@ -32,7 +28,7 @@ def resolve(host: str) -> frozenset:
         if hit and hit[0] > now:
             return hit[1]
     try:
-        addrs = frozenset(normalise_address(ai[4][0]) for ai in socket.getaddrinfo(host, None))
+        addrs = frozenset(peer_address(ai[4][0]) for ai in socket.getaddrinfo(host, None))
     except OSError as exc:
         logger.warning("cannot resolve peer host %s: %s", host, exc)
         addrs = frozenset()
@@ -77,7 +73,7 @@ class AccessPolicy:
 
     def peers_for(self, calling_ae: str, address: str):
         """The peer rows that match this caller (AE title, and host if checked)."""
-        address = normalise_address(address)
+        address = peer_address(address)
         return [p for p in self.peers if p.ae_title == calling_ae and (not p.check_host or address in resolve(p.host))]
 
     def is_known(self, calling_ae: str, address: str) -> bool:
@@ -125,7 +121,7 @@ class AccessPolicy:
         Several peers may share an AE title on different hosts: the one on
         the caller's own host wins, else the first by name."""
         candidates = [p for p in self.peers if p.ae_title == ae_title and p.is_move_destination]
-        caller = normalise_address(caller_address) if caller_address else ""
+        caller = peer_address(caller_address) if caller_address else ""
         for p in candidates:
             if caller and caller in resolve(p.host):
                 return p

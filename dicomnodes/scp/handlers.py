@@ -18,7 +18,7 @@ from dicomnodes.archive.index import AssociationClose, AssociationOpen
 from dicomnodes.archive.ingest import store_received
 from dicomnodes.dimse import REJECT_CALLED_AE, REJECT_CALLING_AE, Caller, Status, status
 from dicomnodes.models import AssociationLog, AssociationResult
-from dicomnodes.scp.access import normalise_address
+from pacs_site.listeners import peer_address
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class Handlers:
             id=uuid.uuid4(),
             calling_ae=(rq.calling_ae_title or "").strip(),
             called_ae=(rq.called_ae_title or "").strip(),
-            address=normalise_address(str(assoc.requestor.address)),
+            address=peer_address(str(assoc.requestor.address)),
             port=assoc.requestor.port,
             started_at=timezone.now(),
         )
