@@ -18,7 +18,8 @@ logger = logging.getLogger(__name__)
 
 _LAST_TAG = 0x00200013
 
-# keyword -> (tag, column length); all read as text and normalised below.
+# keyword -> tag of every attribute the index stores (the header is read up
+# to _LAST_TAG only); all read as text and normalised below.
 _WANTED = {
     "SpecificCharacterSet": 0x00080005,
     "SOPClassUID": 0x00080016,
