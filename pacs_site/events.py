@@ -18,6 +18,8 @@ How an event reaches an open dashboard (`portal/consumers.py`):
 import datetime
 import logging
 
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
 from django.urls import NoReverseMatch, reverse
@@ -59,9 +61,6 @@ def shared_channel_layer():
 def push(event):
     """Send one event to the dashboards over the channel layer; a failure
     (Redis down) is logged: the dashboards still get it by polling."""
-    from asgiref.sync import async_to_sync
-    from channels.layers import get_channel_layer
-
     try:
         layer = get_channel_layer()
         async_to_sync(layer.group_send)(DASHBOARD_GROUP, {"type": "dashboard.event", "item": event_item(event)})

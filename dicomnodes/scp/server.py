@@ -22,6 +22,7 @@ from pynetdicom._handlers import (
     standard_pdu_recv_handler,
     standard_pdu_sent_handler,
 )
+from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
@@ -274,8 +275,6 @@ class ScpService:
     def close(self, timeout=10.0):
         """Stop listening, let running associations finish (up to `timeout`),
         then flush the index writer."""
-        from pynetdicom.association import Association
-
         self.follower.stop()
         deadline = time.monotonic() + timeout
         for assoc in [t for t in threading.enumerate() if isinstance(t, Association)]:

@@ -6,6 +6,7 @@ from datetime import timezone as dt_timezone
 
 from django.core.management.base import BaseCommand
 from django.db import transaction
+from pydicom.filereader import read_file_meta_info
 
 from dicomnodes.archive.header import UnreadableDataset, read_header_file
 from dicomnodes.archive.hierarchy import HierarchyCache
@@ -18,8 +19,6 @@ logger = logging.getLogger(__name__)
 
 def _meta_ae(path):
     """Calling and called AE from the file meta we wrote ((0002,0016)/(0002,0018))."""
-    from pydicom.filereader import read_file_meta_info
-
     try:
         meta = read_file_meta_info(path)
     except Exception:
