@@ -23,7 +23,6 @@ from pacs_site.listeners import peer_address
 logger = logging.getLogger(__name__)
 
 
-
 @dataclass
 class AssociationState:
     """What we keep about one incoming association while it runs."""
@@ -77,15 +76,14 @@ class Handlers:
             started_at=timezone.now(),
         )
         assoc.pacs_state = state
-        cfg = self.config()
-        if state.called_ae not in cfg.called_ae_titles:
-            self._reject(assoc, state, REJECT_CALLED_AE, "called AE title not recognised")
-        elif not cfg.access.may_associate(
-            state.calling_ae,
-            state.address,
+        refusal = check_association(
+            state.called_ae,
+            Caller(state.calling_ae, state.address),
             [cx.abstract_syntax for cx in rq.presentation_context_definition_list],
-        ):
-            self._reject(assoc, state, REJECT_CALLING_AE, "calling AE title not recognised")
+            config=self.config(),
+        )
+        if refusal:
+            self._reject(assoc, state, *refusal)
         else:
             # Answer with the title we were called by (ours or a publishing variant).
             assoc.acceptor.ae_title = state.called_ae
@@ -189,6 +187,18 @@ class Handlers:
         state.received += 1
         state.stored.append(sop_instance_uid)
         return Status.SUCCESS
+
+
+def check_association(called_ae, caller, abstract_syntaxes, *, config):
+    """A-ASSOCIATE-RQ, the pure core: None to accept, else the A-ASSOCIATE-RJ
+    (result, source, reason) and why.  We answer to our AE title and its
+    publishing variants; the caller must be allowed at least one of the
+    services it proposes (each request is checked again)."""
+    if called_ae not in config.called_ae_titles:
+        return REJECT_CALLED_AE, "called AE title not recognised"
+    if not config.access.may_associate(caller.ae_title, caller.address, abstract_syntaxes):
+        return REJECT_CALLING_AE, "calling AE title not recognised"
+    return None
 
 
 def answer_store(

@@ -23,7 +23,7 @@ from dicomnodes.archive.storage import instance_path
 from dicomnodes.dimse import Caller, Status
 from dicomnodes.models import DicomServerSettings, Instance, Peer
 from dicomnodes.scp.access import AccessPolicy
-from dicomnodes.scp.handlers import answer_store
+from dicomnodes.scp.handlers import answer_store, check_association
 from dicomnodes.scp.qr import Plan, Refusal, answer_find, plan_get, plan_move
 from dicomnodes.scp.server import load_config
 from tests.archive_support import archive_files
@@ -117,6 +117,28 @@ def test_the_move_destination_on_the_callers_own_host_wins(db):
     assert policy.move_destination("DEST", "127.0.0.1").port == 105
     assert policy.move_destination("DEST", "10.2.2.2").port == 104  # first by name
     assert policy.move_destination("NOTDEST", "127.0.0.1") is None
+
+
+def test_an_association_to_our_title_or_a_publishing_variant_is_accepted(config):
+    storage = ["1.2.840.10008.5.1.4.1.1.2"]
+    for called in ("PACS", "PACS_E", "PACS_P", "PACS_TE", "PACS_TP"):
+        assert check_association(called, MODALITY, storage, config=config) is None
+
+
+def test_an_association_to_another_called_title_is_rejected_as_called_ae_not_recognised(config):
+    refusal = check_association("PACS_X", MODALITY, ["1.2.840.10008.5.1.4.1.1.2"], config=config)
+    assert refusal == ((1, 1, 7), "called AE title not recognised")  # rejected-permanent, service user
+
+
+def test_a_caller_that_may_use_none_of_its_services_is_rejected_as_calling_ae_not_recognised(config):
+    study_find = "1.2.840.10008.5.1.4.1.2.2.1"
+    assert check_association("PACS", MODALITY, [study_find], config=config) == (
+        (1, 1, 3),
+        "calling AE title not recognised",
+    )
+    assert check_association("PACS", STRANGER, ["1.2.840.10008.1.1"], config=config)[1] == (
+        "calling AE title not recognised"
+    )
 
 
 # --- C-STORE ----------------------------------------------------------------------------------------
