@@ -26,9 +26,9 @@ from dicomnodes.scp.access import AccessPolicy
 from dicomnodes.scp.handlers import answer_store, check_association
 from dicomnodes.scp.qr import Plan, Refusal, answer_find, plan_get, plan_move
 from dicomnodes.scp.server import load_config
-from tests.archive_support import archive_files
-from tests.dicomdata import make_ct, make_ct_series
-from tests.transfer_support import dataset_bytes
+from tests.support.archive import archive_files
+from tests.support.dicomdata import make_ct, make_ct_series
+from tests.support.transfer import dataset_bytes
 from worklist.models import WorklistItem, WorklistQuery, WorklistSettings
 
 pytestmark = [pytest.mark.django_db]

@@ -1,0 +1,254 @@
+"""The archive index (dicomnodes/index.py) without a network: apply_batch()
+on headers read from generated files, and the IndexWriter thread."""
+
+import dataclasses
+import threading
+import uuid
+
+import pytest
+from django.utils import timezone
+from pydicom.uid import generate_uid
+
+from dicomnodes.archive.header import read_header_file
+from dicomnodes.archive.index import (
+    AssociationClose,
+    AssociationOpen,
+    IndexItem,
+    IndexUnavailable,
+    IndexWriter,
+    Outcome,
+    apply_batch,
+)
+from dicomnodes.models import AssociationLog, AssociationResult, Instance, Patient, Series, Study
+from tests.support.dicomdata import make_ct
+
+pytestmark = pytest.mark.archive
+
+
+@pytest.fixture
+def header(tmp_path):
+    """header(**make_ct arguments, modality=...) -> InstanceHeader of a new file."""
+
+    def make(*, modality=None, **kwargs):
+        path = make_ct(tmp_path / f"{uuid.uuid4().hex}.dcm", size=8, **kwargs)
+        h = read_header_file(path)
+        return dataclasses.replace(h, modality=modality) if modality else h
+
+    return make
+
+
+def stored(h, *, overwrite=False, file_is_new=True, **kwargs):
+    return IndexItem(header=h, file_size=1000, file_is_new=file_is_new, overwrite=overwrite, **kwargs)
+
+
+def series_headers(header, count, **kwargs):
+    series_uid = generate_uid()
+    return [header(series_uid=series_uid, instance_number=i + 1, **kwargs) for i in range(count)]
+
+
+def row_counts():
+    return {
+        "patients": Patient.objects.count(),
+        "studies": Study.objects.count(),
+        "series": Series.objects.count(),
+        "instances": Instance.objects.count(),
+    }
+
+
+# --- one batch -------------------------------------------------------------------
+
+
+def test_a_batch_creates_patients_studies_series_and_counts(db, header):
+    study_uid = generate_uid()
+    mr = series_headers(header, 4, study_uid=study_uid, patient_id="P1", series_number=1, modality="MR")
+    ct = series_headers(header, 6, study_uid=study_uid, patient_id="P1", series_number=2)
+    other = header(patient_id="P2", patient_name="Roe^Richard")
+
+    outcomes = apply_batch([stored(h) for h in mr + ct + [other]])
+
+    assert outcomes == [Outcome.STORED] * 11
+    assert row_counts() == {"patients": 2, "studies": 2, "series": 3, "instances": 11}
+    study = Study.objects.get(study_instance_uid=study_uid)
+    assert (study.num_series, study.num_instances) == (2, 10)
+    assert study.modalities_in_study == "CT\\MR"  # sorted, whatever arrived first
+    assert (study.patient_id, study.patient_name, study.patient_name_upper) == ("P1", "Doe^Jane", "DOE^JANE")
+    assert sorted(study.series.values_list("modality", "num_instances")) == [("CT", 6), ("MR", 4)]
+    assert Patient.objects.get(patient_id="P1").num_studies == 1
+    assert Patient.objects.get(patient_id="P2").studies.get().num_instances == 1
+
+
+def test_an_instance_row_keeps_what_the_item_says(db, header):
+    h = header(instance_number=5)
+    apply_batch([stored(h, called_ae="PACS_TE", calling_ae="MODALITY1")])
+    row = Instance.objects.get(sop_instance_uid=h.sop_instance_uid)
+    assert (row.instance_number, row.called_ae, row.calling_ae, row.file_size) == (5, "PACS_TE", "MODALITY1", 1000)
+    assert row.series.series_instance_uid == h.series_instance_uid
+    assert row.transfer_syntax_uid == "1.2.840.10008.1.2.1"
+
+
+def test_a_second_study_of_a_patient_is_counted(db, header):
+    apply_batch([stored(header(patient_id="P1"))])
+    apply_batch([stored(header(patient_id="P1"))])
+    assert Patient.objects.get(patient_id="P1").num_studies == 2
+
+
+# --- duplicates and overwrites --------------------------------------------------
+
+
+def test_a_duplicate_in_the_same_batch_is_indexed_once(db, header):
+    h = header()
+    assert apply_batch([stored(h), stored(h)]) == [Outcome.STORED, Outcome.DUPLICATE]
+    assert row_counts() == {"patients": 1, "studies": 1, "series": 1, "instances": 1}
+    assert Series.objects.get().num_instances == 1
+
+
+def test_a_kept_first_duplicate_in_another_study_creates_no_empty_rows(db, header):
+    sop_uid = generate_uid()
+    first = header(sop_uid=sop_uid, patient_id="P1")
+    apply_batch([stored(first)])
+    again = header(sop_uid=sop_uid, patient_id="P2")
+
+    assert apply_batch([stored(again, file_is_new=False)]) == [Outcome.DUPLICATE]
+
+    assert not Study.objects.filter(study_instance_uid=again.study_instance_uid).exists()
+    assert not Series.objects.filter(series_instance_uid=again.series_instance_uid).exists()
+    assert not Patient.objects.filter(patient_id="P2").exists()
+    assert Instance.objects.get().series.series_instance_uid == first.series_instance_uid
+
+
+def test_an_overwrite_moving_the_only_instance_removes_the_emptied_rows(db, header):
+    sop_uid = generate_uid()
+    first = header(sop_uid=sop_uid, patient_id="P1")
+    apply_batch([stored(first)])
+    moved = header(sop_uid=sop_uid, patient_id="P2", patient_name="Roe^Richard")
+
+    assert apply_batch([stored(moved, overwrite=True)]) == [Outcome.REPLACED]
+
+    assert row_counts() == {"patients": 1, "studies": 1, "series": 1, "instances": 1}
+    assert Instance.objects.get().series.series_instance_uid == moved.series_instance_uid
+    assert not Study.objects.filter(study_instance_uid=first.study_instance_uid).exists()
+    assert Patient.objects.get().patient_id == "P2"
+    assert Study.objects.get().num_instances == 1
+
+
+def test_an_overwrite_moving_one_of_two_instances_recounts_the_old_series(db, header):
+    study_uid = generate_uid()
+    first, second = series_headers(header, 2, study_uid=study_uid)
+    apply_batch([stored(first), stored(second)])
+    moved = header(sop_uid=second.sop_instance_uid, study_uid=study_uid, series_number=2)
+
+    apply_batch([stored(moved, overwrite=True)])
+
+    study = Study.objects.get()
+    assert (study.num_series, study.num_instances) == (2, 2)
+    assert sorted(study.series.values_list("num_instances", flat=True)) == [1, 1]
+
+
+def test_an_overwrite_in_the_same_series_updates_the_row(db, header):
+    h = header()
+    apply_batch([stored(h, calling_ae="FIRST")])
+    assert apply_batch([stored(h, overwrite=True, calling_ae="SECOND")]) == [Outcome.REPLACED]
+    assert Instance.objects.get().calling_ae == "SECOND"
+    assert row_counts() == {"patients": 1, "studies": 1, "series": 1, "instances": 1}
+
+
+def test_an_overwrite_that_kept_the_old_file_is_a_duplicate(db, header):
+    h = header()
+    apply_batch([stored(h, calling_ae="FIRST")])
+    assert apply_batch([stored(h, overwrite=True, file_is_new=False, calling_ae="SECOND")]) == [Outcome.DUPLICATE]
+    assert Instance.objects.get().calling_ae == "FIRST"
+
+
+def test_an_overwrite_within_one_batch_leaves_only_the_last_copy(db, header):
+    sop_uid = generate_uid()
+    first, last = header(sop_uid=sop_uid), header(sop_uid=sop_uid)
+    assert apply_batch([stored(first), stored(last, overwrite=True)]) == [Outcome.STORED, Outcome.REPLACED]
+    assert row_counts() == {"patients": 1, "studies": 1, "series": 1, "instances": 1}
+    assert Series.objects.get().series_instance_uid == last.series_instance_uid
+
+
+def test_newer_demographics_update_the_patient(db, header):
+    apply_batch([stored(header(patient_id="P1", patient_name="Doe^Jane"))])
+    apply_batch([stored(header(patient_id="P1", patient_name="Doe^Janet"))])
+    patient = Patient.objects.get()
+    assert (patient.patient_name, patient.patient_name_upper) == ("Doe^Janet", "DOE^JANET")
+
+
+def test_a_corrected_patient_name_reaches_the_study_it_arrives_in(db, header):
+    study_uid = generate_uid()
+    apply_batch([stored(header(study_uid=study_uid, patient_id="P1", patient_name="Doe^Jane"))])
+    apply_batch([stored(header(study_uid=study_uid, patient_id="P1", patient_name="Doe^Janet"))])
+    assert Study.objects.get().patient_name == Patient.objects.get().patient_name
+
+
+# --- association rows ---------------------------------------------------------------
+
+
+def test_an_association_opens_indexes_and_closes_in_one_batch(db, header):
+    row = AssociationLog(started_at=timezone.now(), calling_ae="MODALITY1", called_ae="PACS")
+    h = header()
+    close = AssociationClose(
+        row.id, {"result": AssociationResult.RELEASED, "instances_received": 1, "bytes_received": 1000}
+    )
+
+    results = apply_batch([AssociationOpen(row), stored(h, association_id=row.id), close])
+
+    assert results == [None, Outcome.STORED, None]
+    saved = AssociationLog.objects.get(pk=row.id)
+    assert (saved.result, saved.instances_received, saved.bytes_received) == (AssociationResult.RELEASED, 1, 1000)
+    assert Instance.objects.get().association_id == row.id
+
+
+# --- the writer thread ----------------------------------------------------------
+
+
+@pytest.fixture
+def writer_to_start():
+    w = IndexWriter()
+    yield w
+    w.stop(timeout=5)
+
+
+def test_the_writer_indexes_what_five_threads_submit(transactional_db, header, writer_to_start):
+    headers = [header(patient_id=f"P{i % 5}") for i in range(50)]
+    writer_to_start.start()
+    results, go = [], threading.Barrier(5)
+
+    def submit(mine):
+        go.wait()
+        pending = [writer_to_start.submit(stored(h)) for h in mine]
+        results.extend(p.wait(20) for p in pending)
+
+    threads = [threading.Thread(target=submit, args=(headers[i::5],)) for i in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+
+    assert results == [Outcome.STORED] * 50
+    assert writer_to_start.jobs == 50
+    assert Instance.objects.count() == 50
+    assert sorted(Patient.objects.values_list("num_studies", flat=True)) == [10] * 5
+    writer_to_start.stop(timeout=10)
+    assert not writer_to_start._thread.is_alive()
+
+
+def test_a_job_that_cannot_be_written_fails_alone(transactional_db, header, writer_to_start):
+    good, bad, also_good = header(), header(), header()
+    # Queued before the thread starts, so they arrive as one batch; the bad
+    # one points at an association row that does not exist.
+    pending = [
+        writer_to_start.submit(stored(good)),
+        writer_to_start.submit(stored(bad, association_id=uuid.uuid4())),
+        writer_to_start.submit(stored(also_good)),
+    ]
+    writer_to_start.start()
+
+    assert pending[0].wait(20) == Outcome.STORED
+    with pytest.raises(IndexUnavailable):
+        pending[1].wait(20)
+    assert pending[2].wait(20) == Outcome.STORED
+    assert set(Instance.objects.values_list("sop_instance_uid", flat=True)) == {
+        good.sop_instance_uid,
+        also_good.sop_instance_uid,
+    }

@@ -1,0 +1,56 @@
+"""Fixtures of the portal tests (REST API, dashboard, patient links).
+
+Personas of the API tests: `anonymous` (no login), `a_clerk` (logged in,
+not staff), `a_staff_member` (staff, no model permissions), `an_api_admin`
+(a superuser).
+"""
+
+import pytest
+from rest_framework.test import APIClient
+
+from dicomnodes.models import Peer
+from tests.support.browser import launched_chromium
+
+
+@pytest.fixture
+def anonymous():
+    return APIClient()
+
+
+@pytest.fixture
+def a_clerk(django_user_model):
+    client = APIClient()
+    client.force_login(django_user_model.objects.create_user("clerk", password=None))
+    return client
+
+
+@pytest.fixture
+def a_staff_member(django_user_model):
+    client = APIClient()
+    client.force_login(django_user_model.objects.create_user("staff", password=None, is_staff=True))
+    return client
+
+
+@pytest.fixture
+def an_api_admin(django_user_model):
+    client = APIClient()
+    client.user = django_user_model.objects.create_superuser("apiadmin", "", None)
+    client.force_login(client.user)
+    return client
+
+
+@pytest.fixture
+def orthanc_peer(db):
+    """A peer row for a remote PACS (nothing listens: for rows, not for the network)."""
+    return Peer.objects.create(name="Orthanc", ae_title="ORTHANC", host="127.0.0.1", port=4242)
+
+
+@pytest.fixture
+def browser(monkeypatch):
+    """A launched Chromium.  Playwright's sync API keeps an event loop in
+    this thread; the test's own ORM calls are plain synchronous code between
+    its calls, so Django's guard against ORM use in a coroutine is lifted
+    (in this process only: the servers under test keep it)."""
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with launched_chromium() as chromium:
+        yield chromium

@@ -1,0 +1,123 @@
+"""Peers for the transfer tests: a small pynetdicom storage SCP that records
+what it receives and how many associations it holds at once, and a TCP
+listener that accepts connections and never says a word."""
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+from tests.support.processes import dcmtk, free_port
+
+
+class RecordingScp:
+    """A storage SCP (AE `RECORDER`) on 127.0.0.1.
+
+    `delay`: seconds each C-STORE takes; `abort_after`: abort the first
+    association after this many instances (a peer that goes away mid-job).
+    """
+
+    def __init__(self, *, port=None, ae_title="RECORDER", delay=0.0, abort_after=None):
+        self.port = port or free_port()
+        self.ae_title = ae_title
+        self.delay = delay
+        self.abort_after = abort_after
+        self.received = []  # SOP Instance UIDs, in arrival order (duplicates kept)
+        self.associations = 0
+        self.aborted = 0
+        self.concurrent = 0
+        self.max_concurrent = 0
+        self._lock = threading.Lock()
+        self.server = None
+
+    def start(self):
+        ae = AE(ae_title=self.ae_title)
+        ae.supported_contexts = AllStoragePresentationContexts
+        ae.maximum_associations = 50
+        handlers = [
+            (evt.EVT_ESTABLISHED, self._opened),
+            (evt.EVT_RELEASED, self._closed),
+            (evt.EVT_ABORTED, self._aborted),
+            (evt.EVT_C_STORE, self._store),
+        ]
+        self.server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=handlers)
+        return self
+
+    def stop(self):
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+
+    def _opened(self, event):
+        with self._lock:
+            self.associations += 1
+            self.concurrent += 1
+            self.max_concurrent = max(self.max_concurrent, self.concurrent)
+
+    def _closed(self, event):
+        with self._lock:
+            self.concurrent -= 1
+
+    def _aborted(self, event):
+        with self._lock:
+            self.aborted += 1
+            self.concurrent -= 1
+
+    def _store(self, event):
+        if self.delay:
+            time.sleep(self.delay)
+        with self._lock:
+            if self.abort_after is not None and self.associations == 1 and len(self.received) >= self.abort_after:
+                self.abort_after = None
+                threading.Thread(target=event.assoc.abort, daemon=True).start()
+                return 0xA700
+            self.received.append(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
+
+class SilentPeer:
+    """Accepts TCP connections and never answers (a hung PACS)."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.connections = []
+        self._stop = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections.append(conn)
+
+    def stop(self):
+        self._stop = True
+        self.sock.close()
+        for conn in self.connections:
+            conn.close()
+
+
+def store_to_us(scp, folder: Path):
+    """Send a folder of files to our runscp with DCMTK storescu."""
+    result = scp.store(*sorted(folder.iterdir()))
+    assert result.returncode == 0, result.stderr
+
+
+def store_to_orthanc(orthanc, folder: Path):
+    result = dcmtk("storescu", "-aec", orthanc.aet, "127.0.0.1", orthanc.dicom_port, "+sd", folder)
+    assert result.returncode == 0, result.stderr
+
+
+def dataset_bytes(data: bytes) -> bytes:
+    """The bytes of a Part 10 file after its file meta group."""
+    assert data[128:132] == b"DICM"
+    # (0002,0000) UL File Meta Information Group Length, explicit VR LE.
+    group_length = int.from_bytes(data[140:144], "little")
+    return data[144 + group_length :]
