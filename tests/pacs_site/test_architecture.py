@@ -12,7 +12,7 @@ from pynetdicom.association import Association
 
 from dicomnodes.scp.compat import PATCHED, USED_ON_INSTANCES
 
-BASE_DIR = Path(__file__).resolve().parent.parent
+BASE_DIR = Path(__file__).resolve().parents[2]  # the project, above tests/pacs_site/
 APPS = ("pacs_site", "dicomnodes", "worklist", "portal", "publishing")
 
 
@@ -101,6 +101,14 @@ def _cycles(graph):
         if v not in index:
             visit(v)
     return found
+
+
+def test_the_graph_covers_every_app():
+    graph = _graph()
+    assert {"dicomnodes.scp.server", "worklist.mllp", "portal.views", "publishing.tasks", "pacs_site.listeners"} <= set(
+        graph
+    )
+    assert "dicomnodes.archive.index" in {target for target, _, _ in graph["dicomnodes.scp.server"]}
 
 
 def test_the_import_graph_has_no_cycles_even_through_imports_inside_functions():
