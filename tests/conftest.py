@@ -5,19 +5,16 @@ Personas: `MODALITY` (a CT scanner that stores to us), `STRANGER` (an AE
 title nobody configured), `an_admin` (a superuser in the admin).
 """
 
-import subprocess
-import sys
-
 import pytest
+from django.core.management import call_command
 
 from tests.support.processes import (
-    BASE_DIR,
+    POLL,
     QCluster,
-    RunningMllp,
-    RunningScp,
     free_port,
-    port_accepts,
-    server_env,
+    launch_runmllp,
+    launch_runscp,
+    point_settings_at,
     wait_until,
 )
 
@@ -34,22 +31,25 @@ def data_dir(tmp_path, settings):
     """A data folder of this test's own, shared with the servers it starts."""
     root = tmp_path / "data"
     root.mkdir()
-    settings.PACS_DATA_DIR = root
-    settings.PACS_STORAGE_DIR = root / "storage"
-    settings.PACS_QUARANTINE_DIR = root / "quarantine"
-    settings.PACS_LOG_DIR = root / "logs"
-    from dicomnodes.archive import storage
-
-    storage._made_dirs.clear()
+    point_settings_at(settings, root)
     return root
+
+
+def flush_database(django_db_blocker):
+    """Empty the test database as a transactional test's teardown does."""
+    with django_db_blocker.unblock():
+        call_command("flush", verbosity=0, interactive=False, reset_sequences=False)
+
+
+# --- the DICOM server -------------------------------------------------------------
 
 
 @pytest.fixture
 def start_scp(transactional_db, data_dir, tmp_path):
-    """Start `manage.py runscp` on a free port; stopped after the test."""
+    """Start `manage.py runscp` on a free port (saved in the settings); stopped after the test."""
     started = []
 
-    def start(*, port=None, ae_title=None, processes=1, args=(), wait=True, poll=0.5):
+    def start(*, port=None, ae_title=None, processes=1, args=(), wait=True, poll=POLL):
         from dicomnodes.models import DicomServerSettings
 
         row = DicomServerSettings.load()
@@ -58,25 +58,11 @@ def start_scp(transactional_db, data_dir, tmp_path):
             row.port = port
             row.save()
         log_path = tmp_path / f"runscp-{len(started)}.log"
-        argv = [
-            sys.executable,
-            str(BASE_DIR / "manage.py"),
-            "runscp",
-            "--processes",
-            str(processes),
-            "--poll",
-            str(poll),
-        ]
-        if ae_title is not None:
-            argv += ["--ae-title", ae_title]
-        argv += list(args)
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(argv, cwd=BASE_DIR, env=server_env(data_dir), stdout=log, stderr=subprocess.STDOUT)
-        server = RunningScp(port, ae_title or row.ae_title, data_dir, proc, log_path)
+        server = launch_runscp(
+            data_dir, log_path, port=port, ae_title=ae_title, processes=processes, poll=poll, args=args, wait=wait
+        )
+        server.ae_title = ae_title or row.ae_title
         started.append(server)
-        if wait and port:
-            wait_until(lambda: port_accepts(port) or proc.poll() is not None, 30, message=f"runscp on port {port}")
-            assert proc.poll() is None, f"runscp exited early:\n{server.log()}"
         return server
 
     yield start
@@ -86,7 +72,56 @@ def start_scp(transactional_db, data_dir, tmp_path):
 
 @pytest.fixture
 def scp(start_scp):
+    """A runscp of this test's own: for tests that change its settings,
+    restart it, or count what is in its folders or its log."""
     return start_scp()
+
+
+@pytest.fixture(scope="module")
+def module_scp(django_db_setup, django_db_blocker, tmp_path_factory):
+    """One `manage.py runscp` for the tests of a module that only talk to it
+    (through `shared_scp`).
+
+    1. Its port and AE title are command-line overrides: each test's flush
+       deletes the settings row, which runscp reads at every poll; without
+       them it would fall back to port 11112 and rebind.
+    2. Its data folder is the module's: files stored and quarantined pile up
+       over the module's tests (each test sends its own UIDs).
+    3. Once it stopped, the database is flushed again: it may have written a
+       settings row since the last test's flush.
+    """
+    root = tmp_path_factory.mktemp("runscp")
+    data = root / "data"
+    data.mkdir()
+    port = free_port()
+    server = launch_runscp(data, root / "runscp.log", port=port, ae_title="PACS", args=["--port", port])
+    yield server
+    server.stop()
+    flush_database(django_db_blocker)
+
+
+@pytest.fixture
+def shared_scp(module_scp, transactional_db, settings):
+    """The module's runscp, for a test that only talks to it.
+
+    1. This process reads and writes the runscp's data folder (do not also
+       ask for `data_dir`).
+    2. The database is this test's (flushed after it, as with `scp`); the test
+       starts once runscp has read it: the flush deleted the settings row,
+       and runscp's next poll writes it back as it reads the settings and the
+       peers (one step of its loop).
+    3. Its `log()` is what it logged during this test.
+    4. The test ends once every association it opened is over and logged.
+    """
+    from dicomnodes.models import DicomServerSettings
+
+    point_settings_at(settings, module_scp.data_dir)
+    wait_until(
+        lambda: DicomServerSettings.objects.filter(pk=1).exists(), 10, message="runscp to read the fresh database"
+    )
+    since = module_scp.log_start = module_scp.log_offset()
+    yield module_scp
+    module_scp.wait_until_settled(since)
 
 
 # --- the HL7 listener -------------------------------------------------------------
@@ -108,16 +143,8 @@ def start_mllp(transactional_db, data_dir, tmp_path):
         for name, value in stored.items():
             setattr(row, name, value)
         row.save()
-        log_path = tmp_path / f"runmllp-{len(started)}.log"
-        argv = [sys.executable, str(BASE_DIR / "manage.py"), "runmllp", "--poll", "0.5", *args]
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(argv, cwd=BASE_DIR, env=server_env(data_dir), stdout=log, stderr=subprocess.STDOUT)
-        server = RunningMllp(port, proc, log_path)
+        server = launch_runmllp(data_dir, tmp_path / f"runmllp-{len(started)}.log", port=port, args=args, wait=wait)
         started.append(server)
-        if wait and port:
-            text = f"listening on port {port}"
-            wait_until(lambda: text in server.log() or proc.poll() is not None, 30, message=f"runmllp on port {port}")
-            assert proc.poll() is None, f"runmllp exited early:\n{server.log()}"
         return server
 
     yield start
@@ -127,7 +154,34 @@ def start_mllp(transactional_db, data_dir, tmp_path):
 
 @pytest.fixture
 def mllp(start_mllp):
+    """A runmllp of this test's own: for tests that change its settings or stop it."""
     return start_mllp()
+
+
+@pytest.fixture(scope="module")
+def module_mllp(django_db_setup, django_db_blocker, tmp_path_factory):
+    """One `manage.py runmllp` for the tests of a module that only send it
+    messages (through `shared_mllp`); its port is a command-line override,
+    as `module_scp`'s, and the database is flushed once it stopped."""
+    root = tmp_path_factory.mktemp("runmllp")
+    data = root / "data"
+    data.mkdir()
+    port = free_port()
+    server = launch_runmllp(data, root / "runmllp.log", port=port, args=["--port", port])
+    yield server
+    server.stop()
+    flush_database(django_db_blocker)
+
+
+@pytest.fixture
+def shared_mllp(module_mllp, transactional_db):
+    """The module's runmllp, for a test that only sends it messages (with
+    the default settings): the database is this test's, its `log()` is
+    what it logged during this test, and the test ends once every
+    connection it opened is closed."""
+    since = module_mllp.log_start = module_mllp.log_offset()
+    yield module_mllp
+    module_mllp.wait_until_settled(since)
 
 
 # --- django-q2 -------------------------------------------------------------------------------------

@@ -16,14 +16,14 @@ from tests.support.processes import MODALITY, STRANGER, free_port, wait_until
 
 
 @pytest.fixture
-def unknown_callers_refused(scp):
+def unknown_callers_refused(shared_scp):
     row = DicomServerSettings.load()
     row.unknown_ae_may_echo_and_store = False
     row.save()
     Peer.objects.create(name="CT scanner", ae_title=MODALITY, host="127.0.0.1", port=104)
     # runscp reloads who may associate within its poll interval (0.5 s here).
-    wait_until(lambda: scp.echo(calling=STRANGER).returncode != 0, 10, message="runscp to refuse strangers")
-    return scp
+    wait_until(lambda: shared_scp.echo(calling=STRANGER).returncode != 0, 10, message="runscp to refuse strangers")
+    return shared_scp
 
 
 @pytest.fixture
@@ -50,14 +50,15 @@ def full_listener():
             sock.close()
 
 
-def test_it_answers_ok_with_a_round_trip_time(scp):
-    result = echo("127.0.0.1", port=scp.port, ae_title=scp.ae_title)
+def test_it_answers_ok_with_a_round_trip_time(shared_scp):
+    result = echo("127.0.0.1", port=shared_scp.port, ae_title=shared_scp.ae_title)
     assert result.ok, result.message
     assert 0 < result.round_trip_ms < 1000
     assert result.message == f"echo OK in {result.round_trip_ms:.1f} ms"
 
 
-def test_it_uses_the_peer_row_for_host_port_and_called_ae(scp):
+def test_it_uses_the_peer_row_for_host_port_and_called_ae(shared_scp):
+    scp = shared_scp
     peer = Peer.objects.create(name="Our own runscp", ae_title=scp.ae_title, host="localhost", port=scp.port)
     assert echo(peer).ok
 
@@ -86,8 +87,8 @@ def test_it_echoes_as_a_known_peer_when_unknown_callers_are_refused(unknown_call
     assert echo("127.0.0.1", port=unknown_callers_refused.port, ae_title="PACS", calling_ae=MODALITY).ok
 
 
-def test_it_reports_a_called_ae_title_runscp_does_not_answer_to(scp):
-    result = echo("127.0.0.1", port=scp.port, ae_title="NOTPACS")
+def test_it_reports_a_called_ae_title_runscp_does_not_answer_to(shared_scp):
+    result = echo("127.0.0.1", port=shared_scp.port, ae_title="NOTPACS")
     assert not result.ok
     assert result.message == "association rejected: called AE title NOTPACS not recognised by the peer"
 

@@ -30,9 +30,9 @@ def test_a_study_stored_by_a_modality_is_announced_once_per_association(start_sc
     assert "Doe" not in events[0].message  # no patient names in the message
 
 
-def test_an_echo_announces_nothing(scp):
-    assert scp.echo().returncode == 0
-    scp.wait_for_log("released")
+def test_an_echo_announces_nothing(shared_scp):
+    assert shared_scp.echo().returncode == 0
+    shared_scp.wait_for_log("released")
     assert not Event.objects.exists()
 
 

@@ -35,8 +35,8 @@ def a_peer_viewer(client, django_user_model):
 
 
 @pytest.fixture
-def peer_at_scp(scp):
-    return Peer.objects.create(name="Our runscp", ae_title=scp.ae_title, host="127.0.0.1", port=scp.port)
+def peer_at_scp(shared_scp):
+    return Peer.objects.create(name="Our runscp", ae_title=shared_scp.ae_title, host="127.0.0.1", port=shared_scp.port)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from pydicom.uid import generate_uid
 
 from dicomnodes.models import DicomServerSettings, Peer
 from tests.support.dicomdata import make_ct, make_ct_series
+from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.archive
 
@@ -24,7 +25,7 @@ _LAYOUT = [
 
 
 @pytest.fixture
-def four_studies(scp, tmp_path):
+def four_studies(shared_scp, tmp_path):
     """Three patients, four studies; a viewer that may query."""
     studies = {"smith1": generate_uid(), "smith2": generate_uid(), "jones": generate_uid(), "greek": generate_uid()}
     for folder, count, study, pid, name, date, accession, number in _LAYOUT:
@@ -47,10 +48,9 @@ def four_studies(scp, tmp_path):
         study_date="20260110",
         accession="ACC4",
     )
-    for folder in ("a", "b", "b2", "c", "d"):
-        assert scp.store(tmp_path / folder).returncode == 0
+    assert shared_scp.store(*(tmp_path / folder for folder in ("a", "b", "b2", "c", "d"))).returncode == 0
     Peer.objects.create(name="viewer", ae_title=VIEWER, host="127.0.0.1", may_query=True)
-    time.sleep(0.8)
+    shared_scp.wait_until_allowed(VIEWER, "find")
     return studies
 
 
@@ -69,9 +69,9 @@ def find(scp, tmp_path, *keys, root="-S"):
     return answers
 
 
-def test_study_root_study_level_by_patient_id(scp, four_studies, tmp_path):
+def test_study_root_study_level_by_patient_id(shared_scp, four_studies, tmp_path):
     answers = find(
-        scp,
+        shared_scp,
         tmp_path,
         "QueryRetrieveLevel=STUDY",
         "PatientID=P1",
@@ -90,15 +90,15 @@ def test_study_root_study_level_by_patient_id(scp, four_studies, tmp_path):
         assert "AccessionNumber" not in a, "only the requested keys come back"
 
 
-def test_wildcard_name_is_case_insensitive(scp, four_studies, tmp_path):
-    answers = find(scp, tmp_path, "QueryRetrieveLevel=STUDY", "PatientName=smi*", "StudyInstanceUID")
+def test_wildcard_name_is_case_insensitive(shared_scp, four_studies, tmp_path):
+    answers = find(shared_scp, tmp_path, "QueryRetrieveLevel=STUDY", "PatientName=smi*", "StudyInstanceUID")
     assert len(answers) == 2
     assert {str(a.PatientName) for a in answers} == {"Smith^John"}
 
 
-def test_date_range_and_open_ranges(scp, four_studies, tmp_path):
+def test_date_range_and_open_ranges(shared_scp, four_studies, tmp_path):
     def dates(value):
-        answers = find(scp, tmp_path, "QueryRetrieveLevel=STUDY", f"StudyDate={value}", "StudyInstanceUID")
+        answers = find(shared_scp, tmp_path, "QueryRetrieveLevel=STUDY", f"StudyDate={value}", "StudyInstanceUID")
         return len(answers)
 
     assert dates("20260101-20260131") == 2  # smith1 and the Greek study
@@ -106,15 +106,15 @@ def test_date_range_and_open_ranges(scp, four_studies, tmp_path):
     assert dates("-20260110") == 2
 
 
-def test_uid_list(scp, four_studies, tmp_path):
+def test_uid_list(shared_scp, four_studies, tmp_path):
     value = f"{four_studies['jones']}\\{four_studies['greek']}"
-    answers = find(scp, tmp_path, "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={value}")
+    answers = find(shared_scp, tmp_path, "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={value}")
     assert sorted(a.StudyInstanceUID for a in answers) == sorted([four_studies["jones"], four_studies["greek"]])
 
 
-def test_non_ascii_query_and_answer(scp, four_studies, tmp_path):
+def test_non_ascii_query_and_answer(shared_scp, four_studies, tmp_path):
     answers = find(
-        scp,
+        shared_scp,
         tmp_path,
         "SpecificCharacterSet=ISO_IR 192",
         "QueryRetrieveLevel=STUDY",
@@ -125,9 +125,9 @@ def test_non_ascii_query_and_answer(scp, four_studies, tmp_path):
     assert str(answers[0].PatientName) == "Παπαδόπουλος^Νίκος"
 
 
-def test_series_and_image_levels(scp, four_studies, tmp_path):
+def test_series_and_image_levels(shared_scp, four_studies, tmp_path):
     series = find(
-        scp,
+        shared_scp,
         tmp_path,
         "QueryRetrieveLevel=SERIES",
         f"StudyInstanceUID={four_studies['smith2']}",
@@ -139,7 +139,7 @@ def test_series_and_image_levels(scp, four_studies, tmp_path):
     assert sorted((int(s.SeriesNumber), int(s.NumberOfSeriesRelatedInstances)) for s in series) == [(1, 2), (2, 1)]
     target = [s for s in series if int(s.SeriesNumber) == 1][0]
     images = find(
-        scp,
+        shared_scp,
         tmp_path,
         "QueryRetrieveLevel=IMAGE",
         f"StudyInstanceUID={four_studies['smith2']}",
@@ -150,9 +150,9 @@ def test_series_and_image_levels(scp, four_studies, tmp_path):
     assert sorted(int(i.InstanceNumber) for i in images) == [1, 2]
 
 
-def test_patient_root_at_every_level(scp, four_studies, tmp_path):
+def test_patient_root_at_every_level(shared_scp, four_studies, tmp_path):
     patients = find(
-        scp,
+        shared_scp,
         tmp_path,
         "QueryRetrieveLevel=PATIENT",
         "PatientID=P*",
@@ -161,10 +161,10 @@ def test_patient_root_at_every_level(scp, four_studies, tmp_path):
         root="-P",
     )
     assert {a.PatientID: int(a.NumberOfPatientRelatedStudies) for a in patients} == {"P1": 2, "P2": 1, "P3": 1}
-    studies = find(scp, tmp_path, "QueryRetrieveLevel=STUDY", "PatientID=P1", "StudyInstanceUID", root="-P")
+    studies = find(shared_scp, tmp_path, "QueryRetrieveLevel=STUDY", "PatientID=P1", "StudyInstanceUID", root="-P")
     assert len(studies) == 2
     series = find(
-        scp,
+        shared_scp,
         tmp_path,
         "QueryRetrieveLevel=SERIES",
         "PatientID=P2",
@@ -174,7 +174,7 @@ def test_patient_root_at_every_level(scp, four_studies, tmp_path):
     )
     assert len(series) == 1
     images = find(
-        scp,
+        shared_scp,
         tmp_path,
         "QueryRetrieveLevel=IMAGE",
         "PatientID=P2",
@@ -186,22 +186,21 @@ def test_patient_root_at_every_level(scp, four_studies, tmp_path):
     assert len(images) == 4
 
 
-def test_a_key_below_the_level_is_a900(scp, four_studies, tmp_path):
-    result, answers = run_findscu(scp, tmp_path, "QueryRetrieveLevel=STUDY", "SOPInstanceUID", options=["-v"])
+def test_a_key_below_the_level_is_a900(shared_scp, four_studies, tmp_path):
+    result, answers = run_findscu(shared_scp, tmp_path, "QueryRetrieveLevel=STUDY", "SOPInstanceUID", options=["-v"])
     assert "DataSetDoesNotMatchSOPClass" in result.stdout + result.stderr  # DCMTK's name for A900
     assert answers == []
 
 
-def test_result_limit(scp, four_studies, tmp_path):
+def test_result_limit(shared_scp, four_studies, tmp_path):
     row = DicomServerSettings.load()
     row.find_result_limit = 2
     row.save()
-    time.sleep(0.8)
-    answers = find(scp, tmp_path, "QueryRetrieveLevel=STUDY", "StudyInstanceUID")
-    assert len(answers) == 2
+    # runscp reads the limit at its next poll: ask until it applies.
+    wait_until(lambda: len(find(shared_scp, tmp_path, "QueryRetrieveLevel=STUDY", "StudyInstanceUID")) == 2, 10)
 
 
-def test_cancel_stops_the_answers(scp, four_studies, tmp_path):
+def test_cancel_stops_the_answers(shared_scp, four_studies, tmp_path):
     from dicomnodes.archive.header import InstanceHeader
     from dicomnodes.archive.index import IndexItem, index_instances
 
@@ -218,7 +217,7 @@ def test_cancel_stops_the_answers(scp, four_studies, tmp_path):
     ]
     index_instances([IndexItem(header=h, file_size=1, file_is_new=True, overwrite=False) for h in headers])
     result, answers = run_findscu(
-        scp, tmp_path, "QueryRetrieveLevel=STUDY", "StudyInstanceUID", options=["-v", "--cancel", "1"]
+        shared_scp, tmp_path, "QueryRetrieveLevel=STUDY", "StudyInstanceUID", options=["-v", "--cancel", "1"]
     )
     output = result.stdout + result.stderr
     assert "Cancel" in output, output

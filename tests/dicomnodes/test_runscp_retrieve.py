@@ -1,7 +1,6 @@
 """runscp C-MOVE and C-GET with DCMTK movescu/getscu into storescp and Orthanc."""
 
 import subprocess
-import time
 
 import pydicom
 import pytest
@@ -21,13 +20,13 @@ def qr(tool, scp, *keys, calling=VIEWER, **kwargs):
     return scp.qr(tool, *keys, calling=calling, **kwargs)
 
 
-def declare_destination(ae_title, port):
+def declare_destination(scp, ae_title, port):
     Peer.objects.create(name=ae_title.lower(), ae_title=ae_title, host="127.0.0.1", port=port, is_move_destination=True)
-    time.sleep(0.8)  # runscp reads peers on its next poll
+    scp.wait_for_peers()
 
 
 @pytest.fixture
-def storescp(tmp_path):
+def storescp(shared_scp, tmp_path):
     """A DCMTK storescp (AE DEST) declared as a move destination; yields its output folder."""
     port = free_port()
     out = tmp_path / "received"
@@ -39,22 +38,22 @@ def storescp(tmp_path):
         stderr=subprocess.DEVNULL,
     )
     wait_until(lambda: port_accepts(port), 10, message="storescp")
-    declare_destination("DEST", port)
+    declare_destination(shared_scp, "DEST", port)
     yield out
     proc.terminate()
     proc.wait(10)
 
 
 @pytest.fixture
-def a_study_in_runscp(scp, tmp_path):
+def a_study_in_runscp(shared_scp, tmp_path):
     """A study of 5 CT images and one JPEG image in the running server, and a viewer peer."""
     study = generate_uid()
     make_ct_series(tmp_path / "ct", 5, study_uid=study, patient_id="P1")
-    assert scp.store(tmp_path / "ct").returncode == 0
+    assert shared_scp.store(tmp_path / "ct").returncode == 0
     jpeg = fresh_copy("SC_rgb_jpeg_dcmtk.dcm", tmp_path / "jpeg" / "sc.dcm", StudyInstanceUID=study, PatientID="P1")
-    assert scp.store(jpeg, options=["-xy"]).returncode == 0
+    assert shared_scp.store(jpeg, options=["-xy"]).returncode == 0
     Peer.objects.create(name="viewer", ae_title=VIEWER, host="127.0.0.1", may_query=True, may_retrieve=True)
-    time.sleep(0.8)
+    shared_scp.wait_until_allowed(VIEWER, "move")
     return study
 
 
@@ -66,8 +65,8 @@ def study_keys(study):
     return ("QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study}")
 
 
-def test_move_sends_a_study_to_a_declared_destination(scp, a_study_in_runscp, storescp):
-    result = qr("movescu", scp, *study_keys(a_study_in_runscp), options=["-aem", "DEST"])
+def test_move_sends_a_study_to_a_declared_destination(shared_scp, a_study_in_runscp, storescp):
+    result = qr("movescu", shared_scp, *study_keys(a_study_in_runscp), options=["-aem", "DEST"])
     assert result.returncode == 0, result.stdout + result.stderr
     files = received(storescp)
     assert len(files) == 6
@@ -75,17 +74,17 @@ def test_move_sends_a_study_to_a_declared_destination(scp, a_study_in_runscp, st
     assert "1.2.840.10008.1.2.4.50" in syntaxes, "the JPEG image went as stored"
 
 
-def test_move_to_an_unknown_destination_is_a801_naming_it(scp, a_study_in_runscp):
-    result = qr("movescu", scp, *study_keys(a_study_in_runscp), options=["-d", "-aem", "NOWHERE"])
+def test_move_to_an_unknown_destination_is_a801_naming_it(shared_scp, a_study_in_runscp):
+    result = qr("movescu", shared_scp, *study_keys(a_study_in_runscp), options=["-d", "-aem", "NOWHERE"])
     output = result.stdout + result.stderr
     assert "MoveDestinationUnknown" in output, output
     assert "NOWHERE" in output, "the Error Comment names the AE"
 
 
-def test_get_retrieves_a_study_over_the_same_association(scp, a_study_in_runscp, tmp_path):
+def test_get_retrieves_a_study_over_the_same_association(shared_scp, a_study_in_runscp, tmp_path):
     out = tmp_path / "got"
     out.mkdir()
-    result = qr("getscu", scp, *study_keys(a_study_in_runscp), options=["-od", out])
+    result = qr("getscu", shared_scp, *study_keys(a_study_in_runscp), options=["-od", out])
     assert result.returncode == 0, result.stdout + result.stderr
     files = received(out)
     assert len(files) == 6
@@ -94,11 +93,11 @@ def test_get_retrieves_a_study_over_the_same_association(scp, a_study_in_runscp,
     assert str(pydicom.dcmread(sc[0]).file_meta.TransferSyntaxUID) in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 
 
-def test_an_unknown_caller_may_not_find_move_or_get(scp, a_study_in_runscp, tmp_path):
+def test_an_unknown_caller_may_not_find_move_or_get(shared_scp, a_study_in_runscp, tmp_path):
     out = tmp_path / "got"
     out.mkdir()
     for tool, options in (("findscu", []), ("movescu", ["-aem", VIEWER]), ("getscu", ["-od", out])):
-        result = qr(tool, scp, *study_keys(a_study_in_runscp), calling="STRANGER", options=["-v", *options])
+        result = qr(tool, shared_scp, *study_keys(a_study_in_runscp), calling="STRANGER", options=["-v", *options])
         output = result.stdout + result.stderr
         if tool == "getscu":
             # getscu also proposes storage (unknown AEs may store): accepted,
@@ -109,51 +108,51 @@ def test_an_unknown_caller_may_not_find_move_or_get(scp, a_study_in_runscp, tmp_
     assert not list(out.iterdir()), "nothing was retrieved"
 
 
-def test_a_peer_without_the_query_right_cannot_find(scp, a_study_in_runscp):
+def test_a_peer_without_the_query_right_cannot_find(shared_scp, a_study_in_runscp):
     Peer.objects.create(name="store only", ae_title="STOREONLY", host="127.0.0.1", may_store=True)
-    time.sleep(0.8)
-    result = qr("findscu", scp, "QueryRetrieveLevel=STUDY", "StudyInstanceUID", calling="STOREONLY", options=["-v"])
+    shared_scp.wait_for_peers()
+    result = qr(
+        "findscu", shared_scp, "QueryRetrieveLevel=STUDY", "StudyInstanceUID", calling="STOREONLY", options=["-v"]
+    )
     assert "Calling AE Title Not Recognized" in result.stdout + result.stderr
 
 
-def test_move_into_orthanc_delivers_every_instance_intact(scp, a_study_in_runscp, tmp_path):
+def test_move_into_orthanc_delivers_every_instance_intact(shared_scp, a_study_in_runscp, orthanc, tmp_path):
     from tests.dicomnodes.test_runscp_store import dataset_bytes
-    from tests.support.orthanc import start_orthanc, stop_orthanc
 
-    orthanc = start_orthanc(tmp_path / "orthanc", modalities={"pacs": ["PACS", "127.0.0.1", scp.port]})
-    try:
-        declare_destination("ORTHANC", orthanc.dicom_port)
-        result = qr("movescu", scp, *study_keys(a_study_in_runscp), options=["-aem", "ORTHANC"])
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert orthanc.count_instances() == 6
-        theirs = orthanc.instance_files()
-        assert set(theirs) == set(Instance.objects.values_list("sop_instance_uid", flat=True))
-        for uid, body in theirs.items():
-            copy = tmp_path / "copy.dcm"
-            copy.write_bytes(body)
-            assert dataset_bytes(copy) == dataset_bytes(instance_path(uid)), f"{uid} differs"
-    finally:
-        stop_orthanc(orthanc)
+    Peer.objects.filter(pk=orthanc.peer.pk).update(is_move_destination=True)
+    shared_scp.wait_for_peers()
+    result = qr("movescu", shared_scp, *study_keys(a_study_in_runscp), options=["-aem", "ORTHANC"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert orthanc.count_instances() == 6
+    theirs = orthanc.instance_files()
+    assert set(theirs) == set(Instance.objects.values_list("sop_instance_uid", flat=True))
+    for uid, body in theirs.items():
+        copy = tmp_path / "copy.dcm"
+        copy.write_bytes(body)
+        assert dataset_bytes(copy) == dataset_bytes(instance_path(uid)), f"{uid} differs"
 
 
-def test_move_reports_an_instance_it_cannot_send(scp, a_study_in_runscp, storescp):
+def test_move_reports_an_instance_it_cannot_send(shared_scp, a_study_in_runscp, storescp):
     lost = Instance.objects.order_by("pk").first().sop_instance_uid
     instance_path(lost).unlink()  # the file is gone from the disk
-    result = qr("movescu", scp, *study_keys(a_study_in_runscp), options=["-d", "-aem", "DEST"])
+    result = qr("movescu", shared_scp, *study_keys(a_study_in_runscp), options=["-d", "-aem", "DEST"])
     output = result.stdout + result.stderr
     assert len(received(storescp)) == 5
     assert "Warning" in output, output
     assert lost in output, "the Failed SOP Instance UID List names it"
-    assert "cannot read stored instance" in scp.log()
+    assert "cannot read stored instance" in shared_scp.log()
 
 
-def test_patient_root_move_at_patient_level(scp, a_study_in_runscp, storescp):
-    result = qr("movescu", scp, "QueryRetrieveLevel=PATIENT", "PatientID=P1", root="-P", options=["-aem", "DEST"])
+def test_patient_root_move_at_patient_level(shared_scp, a_study_in_runscp, storescp):
+    result = qr(
+        "movescu", shared_scp, "QueryRetrieveLevel=PATIENT", "PatientID=P1", root="-P", options=["-aem", "DEST"]
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert len(received(storescp)) == 6
 
 
-def test_get_one_image(scp, a_study_in_runscp, tmp_path):
+def test_get_one_image(shared_scp, a_study_in_runscp, tmp_path):
     one = Instance.objects.filter(series__study__study_instance_uid=a_study_in_runscp).order_by("pk").first()
     out = tmp_path / "one"
     out.mkdir()
@@ -163,6 +162,6 @@ def test_get_one_image(scp, a_study_in_runscp, tmp_path):
         f"SeriesInstanceUID={one.series.series_instance_uid}",
         f"SOPInstanceUID={one.sop_instance_uid}",
     )
-    result = qr("getscu", scp, *keys, options=["-od", out])
+    result = qr("getscu", shared_scp, *keys, options=["-od", out])
     assert result.returncode == 0, result.stdout + result.stderr
     assert [pydicom.dcmread(f).SOPInstanceUID for f in received(out)] == [one.sop_instance_uid]

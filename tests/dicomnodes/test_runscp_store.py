@@ -52,10 +52,10 @@ def dataset_bytes(path):
         return raw[f.tell() :]
 
 
-def test_it_stores_every_transfer_syntax_as_received(scp, tmp_path):
+def test_it_stores_every_transfer_syntax_as_received(shared_scp, tmp_path):
     for name, ts_uid, options in TRANSFER_SYNTAX_CASES:
         src = fresh_copy(name, tmp_path / "src" / name)
-        result = scp.store(src, options=options)
+        result = shared_scp.store(src, options=options)
         assert result.returncode == 0, f"{name}: {result.stdout}{result.stderr}"
         uid = pydicom.dcmread(src, stop_before_pixels=True).SOPInstanceUID
         row = Instance.objects.get(sop_instance_uid=uid)
@@ -67,9 +67,9 @@ def test_it_stores_every_transfer_syntax_as_received(scp, tmp_path):
     assert Instance.objects.count() == len(TRANSFER_SYNTAX_CASES)
 
 
-def test_uncompressed_datasets_are_written_byte_for_byte(scp, tmp_path):
+def test_uncompressed_datasets_are_written_byte_for_byte(shared_scp, tmp_path):
     src = make_ct(tmp_path / "ct.dcm")
-    assert scp.store(src).returncode == 0
+    assert shared_scp.store(src).returncode == 0
     uid = pydicom.dcmread(src).SOPInstanceUID
     assert dataset_bytes(instance_path(uid)) == dataset_bytes(src)
 
@@ -94,27 +94,27 @@ def test_it_indexes_patients_studies_series_and_counts(scp, tmp_path):
     assert len(stored_files(scp.data_dir)) == 10
 
 
-def test_it_remembers_the_called_ae_of_every_instance(scp, tmp_path):
+def test_it_remembers_the_called_ae_of_every_instance(shared_scp, tmp_path):
     a = make_ct(tmp_path / "a.dcm")
     b = make_ct(tmp_path / "b.dcm")
-    assert scp.store(a, called="PACS_TE").returncode == 0
-    assert scp.store(b, called="PACS_P").returncode == 0
+    assert shared_scp.store(a, called="PACS_TE").returncode == 0
+    assert shared_scp.store(b, called="PACS_P").returncode == 0
     called = dict(Instance.objects.values_list("sop_instance_uid", "called_ae"))
     assert called[pydicom.dcmread(a).SOPInstanceUID] == "PACS_TE"
     assert called[pydicom.dcmread(b).SOPInstanceUID] == "PACS_P"
 
 
-def test_non_ascii_names_are_decoded(scp, tmp_path):
+def test_non_ascii_names_are_decoded(shared_scp, tmp_path):
     src = make_ct(tmp_path / "greek.dcm", patient_name="Παπαδόπουλος^Νίκος", charset="ISO_IR 126")
-    assert scp.store(src).returncode == 0
+    assert shared_scp.store(src).returncode == 0
     study = Study.objects.get()
     assert study.patient_name == "Παπαδόπουλος^Νίκος"
     assert study.patient_name_upper == "ΠΑΠΑΔΌΠΟΥΛΟΣ^ΝΊΚΟΣ"
 
 
-def test_association_log_counts_instances_and_bytes(scp, tmp_path):
+def test_association_log_counts_instances_and_bytes(shared_scp, tmp_path):
     files = make_ct_series(tmp_path / "s", 4)
-    assert scp.store(tmp_path / "s").returncode == 0
+    assert shared_scp.store(tmp_path / "s").returncode == 0
     wait_until(lambda: AssociationLog.objects.filter(result=AssociationResult.RELEASED).exists())
     row = AssociationLog.objects.get()
     assert (row.instances_received, row.instances_failed) == (4, 0)
@@ -210,12 +210,12 @@ def test_unparseable_dataset_gets_c000_and_the_next_one_is_stored(scp, tmp_path,
     assert "cannot understand the dataset" in scp.log()
 
 
-def test_store_refused_for_a_known_peer_without_store_right(scp, tmp_path):
+def test_store_refused_for_a_known_peer_without_store_right(shared_scp, tmp_path):
     from dicomnodes.models import Peer
 
     Peer.objects.create(name="viewer", ae_title="VIEWER", host="127.0.0.1", may_store=False, may_query=True)
-    time.sleep(1.2)  # next settings poll
-    result = scp.store(make_ct(tmp_path / "x.dcm"), calling="VIEWER")
+    shared_scp.wait_for_peers()  # until then VIEWER is a stranger, and strangers may store
+    result = shared_scp.store(make_ct(tmp_path / "x.dcm"), calling="VIEWER")
     assert result.returncode != 0 or "Not Authorised" in result.stdout + result.stderr
     assert Instance.objects.count() == 0
 

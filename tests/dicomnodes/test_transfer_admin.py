@@ -7,32 +7,15 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 from django.urls import reverse
-from pydicom import dcmread
 
 from dicomnodes.models import Instance, Peer, Study, TransferJob, TransferState
 from dicomnodes.transfers.jobs import run_next
 from tests.support.dicomdata import make_ct_series
-from tests.support.orthanc import start_orthanc, stop_orthanc
-from tests.support.processes import wait_until
-from tests.support.transfer import RecordingScp, store_to_orthanc, store_to_us
+from tests.support.processes import free_port, wait_until
+from tests.support.transfer import RecordingScp, store_to_us
 
 QUERY = reverse("admin:dicomnodes_transferjob_query")
 JOBS = reverse("admin:dicomnodes_transferjob_changelist")
-
-
-@pytest.fixture
-def orthanc_with_two_studies(tmp_path, scp):
-    """Orthanc knowing us as a C-MOVE destination, holding two studies."""
-    server = start_orthanc(tmp_path / "orthanc", modalities={"pacs": ["PACS", "127.0.0.1", scp.port]})
-    server.peer = Peer.objects.create(name="orthanc", ae_title=server.aet, host="127.0.0.1", port=server.dicom_port)
-    a = make_ct_series(tmp_path / "a", 2, patient_id="P1", patient_name="Smith^John", accession="ACC1")
-    make_ct_series(tmp_path / "b", 1, patient_id="P2", patient_name="Jones^Ann", study_date="20250101")
-    store_to_orthanc(server, tmp_path / "a")
-    store_to_orthanc(server, tmp_path / "b")
-    server.study_a = str(dcmread(a[0]).StudyInstanceUID)
-    server.series_a = str(dcmread(a[0]).SeriesInstanceUID)
-    yield server
-    stop_orthanc(server)
 
 
 def search(client, orthanc, **fields):
@@ -49,7 +32,9 @@ def test_the_query_page_finds_studies_by_name_date_and_modality(an_admin, orthan
     assert "2 studies" in search(an_admin, orthanc_with_two_studies, modality="CT")
 
 
-def test_the_query_page_drills_down_to_series_and_retrieves_the_ticked_one(an_admin, orthanc_with_two_studies):
+def test_the_query_page_drills_down_to_series_and_retrieves_the_ticked_one(
+    an_admin, orthanc_with_two_studies, data_dir
+):
     page = an_admin.get(
         QUERY,
         {
@@ -84,8 +69,6 @@ def test_the_query_page_drills_down_to_series_and_retrieves_the_ticked_one(an_ad
 
 
 def test_a_peer_that_is_down_shows_why_on_the_query_page(an_admin, transactional_db):
-    from tests.support.processes import free_port
-
     peer = Peer.objects.create(name="down", ae_title="DOWN", host="127.0.0.1", port=free_port())
     page = an_admin.get(QUERY, {"peer": peer.pk, "search": "Search"}).content.decode()
     assert "connection refused" in page
@@ -97,11 +80,11 @@ def test_the_query_page_needs_the_add_transfer_job_permission(client, django_use
     assert client.get(QUERY).status_code == 403
 
 
-def test_send_to_on_studies_queues_one_job_per_study(an_admin, scp, tmp_path):
+def test_send_to_on_studies_queues_one_job_per_study(an_admin, shared_scp, tmp_path):
     make_ct_series(tmp_path / "a", 2)
     make_ct_series(tmp_path / "b", 1)
-    store_to_us(scp, tmp_path / "a")
-    store_to_us(scp, tmp_path / "b")
+    store_to_us(shared_scp, tmp_path / "a")
+    store_to_us(shared_scp, tmp_path / "b")
     peer = Peer.objects.create(name="remote", ae_title="REMOTE", host="127.0.0.1", port=104)
     studies = list(Study.objects.values_list("pk", flat=True))
     changelist = reverse("admin:dicomnodes_study_changelist")
@@ -142,16 +125,16 @@ def dicom(*args):
     return summary, out.getvalue()
 
 
-def test_dicom_retrieve_prints_progress_and_indexes_the_study(orthanc_with_two_studies):
+def test_dicom_retrieve_prints_progress_and_indexes_the_study(shared_scp, orthanc_with_two_studies):
     summary, output = dicom("retrieve", "orthanc", orthanc_with_two_studies.study_a)
     assert summary == f"job #{TransferJob.objects.get().pk} succeeded: 2/2"
     assert "queued: retrieve (C-MOVE): 1 study" in output
     assert Instance.objects.filter(series__study__study_instance_uid=orthanc_with_two_studies.study_a).count() == 2
 
 
-def test_dicom_send_then_a_failed_send_exits_non_zero(orthanc_with_two_studies, scp, tmp_path):
+def test_dicom_send_then_a_failed_send_exits_non_zero(shared_scp, orthanc_with_two_studies, tmp_path):
     make_ct_series(tmp_path / "mine", 3)
-    store_to_us(scp, tmp_path / "mine")
+    store_to_us(shared_scp, tmp_path / "mine")
     uid = Study.objects.get().study_instance_uid
     summary, output = dicom("send", "orthanc", uid)
     assert summary.endswith("succeeded: 3/3")
@@ -163,7 +146,8 @@ def test_dicom_send_then_a_failed_send_exits_non_zero(orthanc_with_two_studies, 
     row = DicomServerSettings.load()
     row.retry_delays = ""
     row.save()
-    stop_orthanc(orthanc_with_two_studies)
+    # Orthanc goes away: nothing listens at its peer's address any more.
+    Peer.objects.filter(name="orthanc").update(port=free_port())
     with pytest.raises(CommandError, match="failed: 0/3.*connection refused"):
         dicom("send", "orthanc", uid)
 

@@ -17,7 +17,6 @@ from dicomnodes.models import DicomServerSettings, Instance, Peer, TransferJob, 
 from dicomnodes.transfers.jobs import cancel_job, run_next, submit_job
 from pacs_site.models import Event, EventKind
 from tests.support.dicomdata import make_ct_series
-from tests.support.orthanc import start_orthanc, stop_orthanc
 from tests.support.processes import wait_until
 from tests.support.transfer import (
     RecordingScp,
@@ -26,8 +25,6 @@ from tests.support.transfer import (
     store_to_orthanc,
     store_to_us,
 )
-
-pytestmark = pytest.mark.archive
 
 
 def settings(**values):
@@ -44,15 +41,6 @@ def a_study_here(scp, tmp_path, name, count=3, **kwargs):
     return str(dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID), paths
 
 
-@pytest.fixture
-def orthanc(tmp_path, scp):
-    """Orthanc knowing us (AE PACS at our runscp's port) as a C-MOVE destination."""
-    server = start_orthanc(tmp_path / "orthanc", modalities={"pacs": ["PACS", "127.0.0.1", scp.port]})
-    server.peer = Peer.objects.create(name="orthanc", ae_title=server.aet, host="127.0.0.1", port=server.dicom_port)
-    yield server
-    stop_orthanc(server)
-
-
 def recorder_peer(recorder, name="recorder"):
     return Peer.objects.create(name=name, ae_title=recorder.ae_title, host="127.0.0.1", port=recorder.port)
 
@@ -60,8 +48,9 @@ def recorder_peer(recorder, name="recorder"):
 # --- Orthanc as the remote PACS ---------------------------------------------------------
 
 
-def test_a_study_sent_to_orthanc_arrives_byte_identical(orthanc, scp, tmp_path):
-    study_uid, _ = a_study_here(scp, tmp_path, "s", count=4)
+@pytest.mark.archive
+def test_a_study_sent_to_orthanc_arrives_byte_identical(shared_scp, orthanc, tmp_path):
+    study_uid, _ = a_study_here(shared_scp, tmp_path, "s", count=4)
     job = submit_job(kind="send", peer=orthanc.peer, uids=[study_uid], kick_runner=False)
     assert run_next() == 1
     job.refresh_from_db()
@@ -75,8 +64,9 @@ def test_a_study_sent_to_orthanc_arrives_byte_identical(orthanc, scp, tmp_path):
         assert dataset_bytes(received[instance.sop_instance_uid]) == dataset_bytes(stored)
 
 
+@pytest.mark.archive
 @pytest.mark.parametrize("kind", ["move", "get"])
-def test_a_study_retrieved_from_orthanc_is_indexed_here(orthanc, tmp_path, kind):
+def test_a_study_retrieved_from_orthanc_is_indexed_here(shared_scp, orthanc, tmp_path, kind):
     paths = make_ct_series(tmp_path / "remote", 3, patient_id="R1", accession="RACC")
     store_to_orthanc(orthanc, tmp_path / "remote")
     study_uid = str(dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID)
@@ -92,7 +82,8 @@ def test_a_study_retrieved_from_orthanc_is_indexed_here(orthanc, tmp_path, kind)
     assert event.open_study is True and "ORTHANC" in event.message
 
 
-def test_a_series_can_be_retrieved_alone(orthanc, tmp_path):
+@pytest.mark.archive
+def test_a_series_can_be_retrieved_alone(orthanc, data_dir, tmp_path):
     first = make_ct_series(tmp_path / "one", 2)
     study_uid = str(dcmread(first[0]).StudyInstanceUID)
     second = make_ct_series(tmp_path / "two", 3, study_uid=study_uid)
@@ -109,7 +100,7 @@ def test_a_series_can_be_retrieved_alone(orthanc, tmp_path):
     assert set(Instance.objects.values_list("series__series_instance_uid", flat=True)) == {series_uid}
 
 
-def test_retrieving_a_study_orthanc_does_not_have_fails_with_a_reason(orthanc):
+def test_retrieving_a_study_orthanc_does_not_have_fails_with_a_reason(orthanc, data_dir):
     job = submit_job(kind="move", peer=orthanc.peer, uids=["1.2.3.4.5.6.7.8"], kick_runner=False)
     run_next()
     job.refresh_from_db()
@@ -117,7 +108,7 @@ def test_retrieving_a_study_orthanc_does_not_have_fails_with_a_reason(orthanc):
     assert job.last_error == "C-MOVE to PACS failed: status 0xC000"  # Orthanc's answer for an unknown study
 
 
-def test_a_move_to_a_destination_orthanc_does_not_know_fails_with_a_reason(orthanc, tmp_path):
+def test_a_move_to_a_destination_orthanc_does_not_know_fails_with_a_reason(orthanc, data_dir, tmp_path):
     paths = make_ct_series(tmp_path / "remote", 1)
     store_to_orthanc(orthanc, tmp_path / "remote")
     study_uid = str(dcmread(paths[0]).StudyInstanceUID)
@@ -128,6 +119,7 @@ def test_a_move_to_a_destination_orthanc_does_not_know_fails_with_a_reason(ortha
     assert job.last_error.startswith("C-MOVE to NOBODY failed")
 
 
+@pytest.mark.archive
 def test_a_move_to_us_while_our_dicom_server_is_off_fails_with_a_reason(transactional_db):
     settings(port=0)
     peer = Peer.objects.create(name="remote", ae_title="REMOTE", host="127.0.0.1", port=104)
@@ -141,9 +133,10 @@ def test_a_move_to_us_while_our_dicom_server_is_off_fails_with_a_reason(transact
 # --- the connection limit ------------------------------------------------------------------
 
 
-def test_with_two_connections_five_jobs_never_hold_more_than_two_associations(scp, tmp_path):
+@pytest.mark.archive
+def test_with_two_connections_five_jobs_never_hold_more_than_two_associations(shared_scp, tmp_path):
     settings(max_outgoing_connections=2)
-    studies = [a_study_here(scp, tmp_path, f"s{i}", count=2)[0] for i in range(5)]
+    studies = [a_study_here(shared_scp, tmp_path, f"s{i}", count=2)[0] for i in range(5)]
     recorder = RecordingScp(delay=0.3).start()
     try:
         peer = recorder_peer(recorder)
@@ -163,8 +156,8 @@ def test_with_two_connections_five_jobs_never_hold_more_than_two_associations(sc
 # --- time-outs, retries, cancel ------------------------------------------------------------
 
 
-def test_a_peer_that_never_answers_fails_the_job_within_the_service_timeout(scp, tmp_path):
-    study_uid, _ = a_study_here(scp, tmp_path, "s", count=1)
+def test_a_peer_that_never_answers_fails_the_job_within_the_service_timeout(shared_scp, tmp_path):
+    study_uid, _ = a_study_here(shared_scp, tmp_path, "s", count=1)
     settings(service_timeout=2, retry_delays="")
     silent = SilentPeer()
     try:
@@ -181,8 +174,9 @@ def test_a_peer_that_never_answers_fails_the_job_within_the_service_timeout(scp,
     assert elapsed < 2 + 2.5
 
 
-def test_a_peer_that_is_down_then_up_gets_the_study_on_a_retry_without_duplicates(scp, tmp_path):
-    study_uid, _ = a_study_here(scp, tmp_path, "s", count=3)
+@pytest.mark.archive
+def test_a_peer_that_is_down_then_up_gets_the_study_on_a_retry_without_duplicates(shared_scp, tmp_path):
+    study_uid, _ = a_study_here(shared_scp, tmp_path, "s", count=3)
     settings(retry_delays="1s 1s")
     recorder = RecordingScp()
     peer = recorder_peer(recorder)
@@ -234,8 +228,9 @@ def test_the_worker_retries_when_the_retry_time_comes(start_scp, qcluster, tmp_p
     assert len(recorder.received) == 2 == len(set(recorder.received))
 
 
-def test_instances_delivered_before_a_failure_are_not_sent_again(scp, tmp_path):
-    study_uid, _ = a_study_here(scp, tmp_path, "s", count=5)
+@pytest.mark.archive
+def test_instances_delivered_before_a_failure_are_not_sent_again(shared_scp, tmp_path):
+    study_uid, _ = a_study_here(shared_scp, tmp_path, "s", count=5)
     settings(retry_delays="1s")
     recorder = RecordingScp(abort_after=2).start()
     try:
@@ -255,6 +250,7 @@ def test_instances_delivered_before_a_failure_are_not_sent_again(scp, tmp_path):
     assert len(recorder.received) == 5 == len(set(recorder.received))
 
 
+@pytest.mark.archive
 def test_retries_end_in_failure_when_the_delays_are_used_up(transactional_db):
     settings(retry_delays="1s")
     peer = Peer.objects.create(name="gone", ae_title="GONE", host="127.0.0.1", port=RecordingScp().port)
@@ -265,8 +261,8 @@ def test_retries_end_in_failure_when_the_delays_are_used_up(transactional_db):
     assert "gave up after 2 attempts" in job.last_error
 
 
-def test_cancelling_a_running_job_aborts_its_association(scp, tmp_path):
-    study_uid, _ = a_study_here(scp, tmp_path, "s", count=6)
+def test_cancelling_a_running_job_aborts_its_association(shared_scp, tmp_path):
+    study_uid, _ = a_study_here(shared_scp, tmp_path, "s", count=6)
     recorder = RecordingScp(delay=0.7).start()
     try:
         job = submit_job(kind="send", peer=recorder_peer(recorder), uids=[study_uid], kick_runner=False)

@@ -9,7 +9,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from dicomnodes.models import Peer
-from tests.support.browser import launched_chromium
+from tests.support.browser import chromium_process, connected_browser
 
 
 @pytest.fixture
@@ -45,12 +45,21 @@ def orthanc_peer(db):
     return Peer.objects.create(name="Orthanc", ae_title="ORTHANC", host="127.0.0.1", port=4242)
 
 
+@pytest.fixture(scope="session")
+def chromium(tmp_path_factory):
+    """One headless Chromium for the run; its DevTools endpoint."""
+    with chromium_process(tmp_path_factory.mktemp("chromium")) as endpoint:
+        yield endpoint
+
+
 @pytest.fixture
-def browser(monkeypatch):
-    """A launched Chromium.  Playwright's sync API keeps an event loop in
-    this thread; the test's own ORM calls are plain synchronous code between
-    its calls, so Django's guard against ORM use in a coroutine is lifted
-    (in this process only: the servers under test keep it)."""
+def browser(chromium, monkeypatch):
+    """The shared Chromium, connected for this test (pages in contexts of
+    their own).  Playwright's sync API keeps an event loop in this thread
+    while connected, hence a connection per test; the test's own ORM calls
+    are plain synchronous code between its calls, so Django's guard against
+    ORM use in a coroutine is lifted (in this process only: the servers
+    under test keep it)."""
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with launched_chromium() as chromium:
-        yield chromium
+    with connected_browser(chromium) as connected:
+        yield connected

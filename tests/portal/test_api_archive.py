@@ -152,9 +152,9 @@ def test_a_file_missing_from_the_storage_is_a_404_that_says_so(a_staff_member, t
     assert "missing" in response.json()["detail"]
 
 
-def test_an_instance_stored_by_storescu_downloads_byte_identical(an_api_admin, scp, tmp_path):
+def test_an_instance_stored_by_storescu_downloads_byte_identical(an_api_admin, shared_scp, tmp_path):
     sent = make_ct(tmp_path / "sent.dcm", patient_id="P9")
-    scp.store(sent)
+    shared_scp.store(sent)
     instance = Instance.objects.get()
 
     response = an_api_admin.get(f"/api/instances/{instance.pk}/file")

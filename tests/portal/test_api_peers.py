@@ -83,8 +83,8 @@ def test_anonymous_and_non_staff_clients_cannot_echo_or_write(anonymous, a_clerk
     assert a_clerk.delete(f"/api/peers/{a_peer.pk}/").status_code == 403
 
 
-def test_echo_reaches_our_own_runscp(an_api_admin, scp):
-    peer = Peer.objects.create(name="ourselves", ae_title="PACS", host="127.0.0.1", port=scp.port)
+def test_echo_reaches_our_own_runscp(an_api_admin, shared_scp):
+    peer = Peer.objects.create(name="ourselves", ae_title="PACS", host="127.0.0.1", port=shared_scp.port)
 
     response = an_api_admin.post(f"/api/peers/{peer.pk}/echo/")
 
@@ -95,8 +95,8 @@ def test_echo_reaches_our_own_runscp(an_api_admin, scp):
     assert body["message"].startswith("echo OK in")
 
 
-def test_echo_says_why_it_failed(an_api_admin, scp):
-    wrong_ae = Peer.objects.create(name="wrong AE", ae_title="NOTPACS", host="127.0.0.1", port=scp.port)
+def test_echo_says_why_it_failed(an_api_admin, shared_scp):
+    wrong_ae = Peer.objects.create(name="wrong AE", ae_title="NOTPACS", host="127.0.0.1", port=shared_scp.port)
     nobody = Peer.objects.create(name="nobody", ae_title="PACS", host="127.0.0.1", port=free_port())
 
     refused = an_api_admin.post(f"/api/peers/{wrong_ae.pk}/echo/").json()

@@ -24,11 +24,22 @@ class RunningOrthanc:
             body = r.read()
         return json.loads(body) if body[:1] in (b"{", b"[") else body
 
-    def post(self, path, payload):
-        data = json.dumps(payload).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=data, method="POST")
+    def post(self, path, payload, *, method="POST"):
+        data = json.dumps(payload).encode() if payload is not None else None
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=data, method=method)
         with urllib.request.urlopen(req, timeout=10) as r:
-            return json.loads(r.read())
+            body = r.read()
+        return json.loads(body) if body[:1] in (b"{", b"[") else body
+
+    def empty(self):
+        """Delete everything it holds (one Orthanc serves many tests)."""
+        for patient in self.get("/patients"):
+            self.post(f"/patients/{patient}", None, method="DELETE")
+        assert self.count_instances() == 0
+
+    def knows(self, name, ae_title, port, host="127.0.0.1"):
+        """Declare (or move) a DICOM modality: who may query it, where its C-MOVEs go."""
+        self.post(f"/modalities/{name}", {"AET": ae_title, "Host": host, "Port": port}, method="PUT")
 
     def count_instances(self):
         return self.get("/statistics")["CountInstances"]

@@ -10,8 +10,6 @@ import pytest
 from dicomnodes.models import Peer
 from tests.support.processes import MLLP_SEND
 
-pytestmark = pytest.mark.archive
-
 SCANNER = "SCANNER1"
 SPS = "ScheduledProcedureStepSequence[0]"
 
@@ -63,9 +61,9 @@ def send(port, text, encoding, tmp_path):
 
 
 @pytest.fixture
-def scanner_peer(scp):
+def scanner_peer(shared_scp):
     Peer.objects.create(name="scanner", ae_title=SCANNER, host="127.0.0.1", may_query=True)
-    time.sleep(0.8)
+    shared_scp.wait_until_allowed(SCANNER, "mwl")
 
 
 def worklist(scp, tmp_path, *keys):
@@ -87,21 +85,22 @@ def worklist(scp, tmp_path, *keys):
     return {a.AccessionNumber: a for a in (pydicom.dcmread(p) for p in sorted(out.glob("rsp*.dcm")))}
 
 
-def test_greek_and_german_orders_reach_the_scanner_intact(scp, scanner_peer, mllp, tmp_path):
+def test_greek_and_german_orders_reach_the_scanner_intact(shared_scp, scanner_peer, shared_mllp, tmp_path):
     greek = orm("G1", order="100", patient_id="P100", name="Παπαδόπουλος^Νίκος", charset="8859/7")
     german = orm("D1", order="200", patient_id="P200", name="Müller^Jürgen")  # no MSH-18: the default 8859/1
-    assert "MSA|AA|G1" in send(mllp.port, greek, "iso8859_7", tmp_path)
-    assert "MSA|AA|D1" in send(mllp.port, german, "iso8859_1", tmp_path)
-    answers = worklist(scp, tmp_path, f"{SPS}.ScheduledStationAETitle=CTSCAN1")
+    assert "MSA|AA|G1" in send(shared_mllp.port, greek, "iso8859_7", tmp_path)
+    assert "MSA|AA|D1" in send(shared_mllp.port, german, "iso8859_1", tmp_path)
+    answers = worklist(shared_scp, tmp_path, f"{SPS}.ScheduledStationAETitle=CTSCAN1")
     assert set(answers) == {"ACC100", "ACC200"}
     assert str(answers["ACC100"].PatientName) == "Παπαδόπουλος^Νίκος"
     assert str(answers["ACC200"].PatientName) == "Müller^Jürgen"
     assert answers["ACC100"].ScheduledProcedureStepSequence[0].Modality == "CT"
 
 
-def test_a_cancelled_order_leaves_the_worklist(scp, scanner_peer, mllp, tmp_path):
-    assert "MSA|AA|N1" in send(mllp.port, orm("N1", order="300", patient_id="P300", name="Doe^Jane"), "ascii", tmp_path)
-    assert "ACC300" in worklist(scp, tmp_path)
+def test_a_cancelled_order_leaves_the_worklist(shared_scp, scanner_peer, shared_mllp, tmp_path):
+    new = orm("N1", order="300", patient_id="P300", name="Doe^Jane")
+    assert "MSA|AA|N1" in send(shared_mllp.port, new, "ascii", tmp_path)
+    assert "ACC300" in worklist(shared_scp, tmp_path)
     cancel = orm("C1", order="300", patient_id="P300", name="Doe^Jane", code="CA")
-    assert "MSA|AA|C1" in send(mllp.port, cancel, "ascii", tmp_path)
-    assert "ACC300" not in worklist(scp, tmp_path)
+    assert "MSA|AA|C1" in send(shared_mllp.port, cancel, "ascii", tmp_path)
+    assert "ACC300" not in worklist(shared_scp, tmp_path)

@@ -351,12 +351,12 @@ def test_a_failing_hook_does_not_fail_the_ingest(tmp_path):
 # --- End to end -------------------------------------------------------------------------------
 
 
-def test_images_stored_to_runscp_complete_the_item_and_the_ris_hears_of_it(our_settings, scp, tmp_path, ris):
+def test_images_stored_to_runscp_complete_the_item_and_the_ris_hears_of_it(our_settings, shared_scp, tmp_path, ris):
     listener = ris()
     item = an_item(study_instance_uid="")
     HL7Destination.objects.create(name="RIS", host="127.0.0.1", port=listener.port)
 
-    assert scp.store(make_ct(tmp_path / "ct.dcm", accession="ACC1")).returncode == 0
+    assert shared_scp.store(make_ct(tmp_path / "ct.dcm", accession="ACC1")).returncode == 0
 
     wait_until(lambda: OutgoingHL7Message.objects.exists(), 15, message="a status update")
     item.refresh_from_db()

@@ -15,7 +15,7 @@ SPS = "ScheduledProcedureStepSequence[0]"
 
 
 @pytest.fixture
-def worklist(scp):
+def worklist(shared_scp):
     """Three open items and a cancelled one; a scanner that may query."""
     common = dict(requested_procedure_id="RP1", scheduled_procedure_step_id="SPS1")
     WorklistItem.objects.create(
@@ -42,7 +42,7 @@ def worklist(scp):
         **common,
     )  # fmt: skip
     Peer.objects.create(name="scanner", ae_title=SCANNER, host="127.0.0.1", may_query=True, may_store=True)
-    time.sleep(0.8)
+    shared_scp.wait_until_allowed(SCANNER, "mwl")
 
 
 def find_worklist(scp, tmp_path, *keys):
@@ -59,8 +59,8 @@ def find_worklist(scp, tmp_path, *keys):
     return [pydicom.dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
 
 
-def test_by_station_ae_title(scp, worklist, tmp_path):
-    answers = find_worklist(scp, tmp_path, f"{SPS}.ScheduledStationAETitle=CTSCAN1")
+def test_by_station_ae_title(shared_scp, worklist, tmp_path):
+    answers = find_worklist(shared_scp, tmp_path, f"{SPS}.ScheduledStationAETitle=CTSCAN1")
     assert sorted(a.AccessionNumber for a in answers) == ["ACC100", "ACC300"], "the cancelled item is hidden"
     first = [a for a in answers if a.AccessionNumber == "ACC100"][0]
     sps = first.ScheduledProcedureStepSequence[0]
@@ -70,38 +70,38 @@ def test_by_station_ae_title(scp, worklist, tmp_path):
     assert first.StudyInstanceUID == "1.2.3.100"
 
 
-def test_by_date_range_and_modality(scp, worklist, tmp_path):
-    answers = find_worklist(scp, tmp_path, f"{SPS}.ScheduledProcedureStepStartDate=20261127-20261128")
+def test_by_date_range_and_modality(shared_scp, worklist, tmp_path):
+    answers = find_worklist(shared_scp, tmp_path, f"{SPS}.ScheduledProcedureStepStartDate=20261127-20261128")
     assert sorted(a.AccessionNumber for a in answers) == ["ACC100", "ACC200"]
-    answers = find_worklist(scp, tmp_path, f"{SPS}.Modality=MR")
+    answers = find_worklist(shared_scp, tmp_path, f"{SPS}.Modality=MR")
     assert [a.AccessionNumber for a in answers] == ["ACC200"]
 
 
-def test_non_latin_names_arrive_intact(scp, worklist, tmp_path):
-    answers = {a.AccessionNumber: a for a in find_worklist(scp, tmp_path)}
+def test_non_latin_names_arrive_intact(shared_scp, worklist, tmp_path):
+    answers = {a.AccessionNumber: a for a in find_worklist(shared_scp, tmp_path)}
     assert str(answers["ACC200"].PatientName) == "Παπαδόπουλος^Νίκος"
     assert answers["ACC200"].SpecificCharacterSet == "ISO_IR 126"
     assert str(answers["ACC100"].PatientName) == "Müller^Jürgen"
 
 
-def test_wildcard_patient_name_is_case_insensitive(scp, worklist, tmp_path):
-    answers = find_worklist(scp, tmp_path, "SpecificCharacterSet=ISO_IR 192", "PatientName=mül*")
+def test_wildcard_patient_name_is_case_insensitive(shared_scp, worklist, tmp_path):
+    answers = find_worklist(shared_scp, tmp_path, "SpecificCharacterSet=ISO_IR 192", "PatientName=mül*")
     assert [a.AccessionNumber for a in answers] == ["ACC100"]
 
 
-def test_protocol_codes_come_back_as_sequences(scp, worklist, tmp_path):
-    answers = find_worklist(scp, tmp_path, "AccessionNumber=ACC100", f"{SPS}.ScheduledProtocolCodeSequence")
+def test_protocol_codes_come_back_as_sequences(shared_scp, worklist, tmp_path):
+    answers = find_worklist(shared_scp, tmp_path, "AccessionNumber=ACC100", f"{SPS}.ScheduledProtocolCodeSequence")
     code = answers[0].ScheduledProcedureStepSequence[0].ScheduledProtocolCodeSequence[0]
     assert (code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning) == ("CT123", "LOCAL", "CT chest")
 
 
-def test_worklist_queries_are_logged_only_when_asked(scp, worklist, tmp_path):
-    find_worklist(scp, tmp_path, f"{SPS}.Modality=CT")
+def test_worklist_queries_are_logged_only_when_asked(shared_scp, worklist, tmp_path):
+    find_worklist(shared_scp, tmp_path, f"{SPS}.Modality=CT")
     assert WorklistQuery.objects.count() == 0
     row = WorklistSettings.load()
     row.message_logging = True
     row.save()
-    find_worklist(scp, tmp_path, f"{SPS}.Modality=CT")
+    find_worklist(shared_scp, tmp_path, f"{SPS}.Modality=CT")
     logged = WorklistQuery.objects.get()
     assert (logged.calling_ae, logged.matches, logged.status) == (SCANNER, 2, "0000")
     assert "Modality=CT" in logged.keys

@@ -95,21 +95,21 @@ class Client:
         self.sock.close()
 
 
-def test_it_acknowledges_an_order_sent_with_mllp_send(mllp, tmp_path):
-    output = mllp.mllp_send(order("MSG0001"), tmp_dir=tmp_path)
+def test_it_acknowledges_an_order_sent_with_mllp_send(shared_mllp, tmp_path):
+    output = shared_mllp.mllp_send(order("MSG0001"), tmp_dir=tmp_path)
     assert msa(output) == ("AA", "MSG0001"), output
     assert output.startswith(SB + b"MSH|") and output.rstrip(b"\n").endswith(EB + CR)
 
 
-def test_it_answers_several_messages_on_one_connection_in_order(mllp, tmp_path):
-    output = mllp.mllp_send(*(order(f"MSG{n}", n=n) for n in range(1, 4)), tmp_dir=tmp_path)
+def test_it_answers_several_messages_on_one_connection_in_order(shared_mllp, tmp_path):
+    output = shared_mllp.mllp_send(*(order(f"MSG{n}", n=n) for n in range(1, 4)), tmp_dir=tmp_path)
     answers = [msa(part) for part in output.split(EB) if msa(part)]
     assert [control_id for _, control_id in answers] == ["MSG1", "MSG2", "MSG3"]
-    mllp.wait_for_log("(3 messages)")
+    shared_mllp.wait_for_log("(3 messages)")
 
 
-def test_it_serves_two_connections_at_once(mllp):
-    first, second = Client(mllp.port), Client(mllp.port)
+def test_it_serves_two_connections_at_once(shared_mllp):
+    first, second = Client(shared_mllp.port), Client(shared_mllp.port)
     try:
         data = frame(order("SLOW1"))
         first.send(data[:40])  # `first` is in the middle of a message ...
@@ -121,8 +121,8 @@ def test_it_serves_two_connections_at_once(mllp):
         second.close()
 
 
-def test_a_message_split_across_two_writes_with_a_pause_is_answered(mllp):
-    client = Client(mllp.port)
+def test_a_message_split_across_two_writes_with_a_pause_is_answered(shared_mllp):
+    client = Client(shared_mllp.port)
     data = frame(order("SPLIT1"))
     client.send(data[: len(data) // 2])
     time.sleep(0.5)
@@ -131,24 +131,24 @@ def test_a_message_split_across_two_writes_with_a_pause_is_answered(mllp):
     client.close()
 
 
-def test_garbage_before_the_start_block_is_skipped_logged_and_not_echoed(mllp):
-    client = Client(mllp.port)
+def test_garbage_before_the_start_block_is_skipped_logged_and_not_echoed(shared_mllp):
+    client = Client(shared_mllp.port)
     local_port = client.sock.getsockname()[1]
     client.send(b"NOTMLLP-PATIENT-SMITH\r\n" + frame(order("AFTERJUNK")))
     assert msa(client.read_answer())[1] == "AFTERJUNK"
     client.close()
-    mllp.wait_for_log(f"127.0.0.1:{local_port}: skipped 23 bytes outside an MLLP frame")
-    assert "PATIENT-SMITH" not in mllp.log()
+    shared_mllp.wait_for_log(f"127.0.0.1:{local_port}: skipped 23 bytes outside an MLLP frame")
+    assert "PATIENT-SMITH" not in shared_mllp.log()
 
 
-def test_a_missing_carriage_return_after_the_end_block_is_tolerated(mllp):
-    client = Client(mllp.port)
+def test_a_missing_carriage_return_after_the_end_block_is_tolerated(shared_mllp):
+    client = Client(shared_mllp.port)
     client.send(SB + order("NOCR1").encode() + EB)
     assert msa(client.read_answer())[1] == "NOCR1"
     client.send(SB + order("NOCR2", n=2).encode() + EB)
     assert msa(client.read_answer())[1] == "NOCR2"
     client.close()
-    assert "outside an MLLP frame" not in mllp.log()
+    assert "outside an MLLP frame" not in shared_mllp.log()
 
 
 def test_an_oversize_frame_is_dropped_and_the_next_message_answered(start_mllp):
@@ -207,11 +207,11 @@ def test_the_port_option_overrides_the_stored_port_for_one_run(start_mllp):
     assert server.proc.poll() is None
 
 
-def test_it_listens_on_ipv6_too(mllp):
-    client = Client(mllp.port, host="::1")
+def test_it_listens_on_ipv6_too(shared_mllp):
+    client = Client(shared_mllp.port, host="::1")
     assert msa(client.ask(order("IPV6")))[1] == "IPV6"
     client.close()
-    mllp.wait_for_log("HL7 connection from [::1]:")
+    shared_mllp.wait_for_log("HL7 connection from [::1]:")
 
 
 def test_a_port_held_by_another_program_is_reported_and_retried(start_mllp):
