@@ -10,8 +10,6 @@ from dicomnodes.models import Instance
 from tests.support.dicomdata import make_ct
 from tests.support.processes import stored_files, temp_files
 
-pytestmark = pytest.mark.archive
-
 
 @pytest.fixture
 def small_storage(data_dir):

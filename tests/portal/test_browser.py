@@ -16,8 +16,6 @@ from portal.tokens import create_token
 from tests.support.portal import start_runpacs_web, store_study, wait_for_web
 from tests.support.processes import free_port
 
-pytestmark = pytest.mark.archive
-
 
 @pytest.fixture
 def site(transactional_db, data_dir, tmp_path):

@@ -26,8 +26,6 @@ from tests.support.dicomdata import make_ct
 from tests.support.portal import fetch, index_files, self_signed, start_runpacs_web, store_study, wait_for_web
 from tests.support.processes import free_port, port_accepts, wait_until
 
-pytestmark = pytest.mark.archive
-
 
 def http_settings(**values):
     row = HttpSettings.load()
