@@ -3,9 +3,13 @@
 1. Every test run gets a fresh data folder (PACS_DATA_DIR), unless given.
 2. With DATABASE_URL pointing at PostgreSQL that does not answer, every test
    is skipped with the reason shown (a fresh machine has no PostgreSQL).
+3. A run started in the background (bin/test's PostgreSQL run) inherits
+   SIGINT ignored: Ctrl-C gets its KeyboardInterrupt back, so that it stops
+   through its teardown and the servers it started stop with it.
 """
 
 import os
+import signal
 import socket
 import tempfile
 from urllib.parse import urlparse
@@ -14,6 +18,8 @@ import pytest
 
 os.environ.setdefault("PACS_DATA_DIR", tempfile.mkdtemp(prefix="pacs-test-"))
 os.environ.setdefault("TCP_NODELAY", "1")  # for DCMTK and Orthanc started by tests
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _postgres_unreachable():

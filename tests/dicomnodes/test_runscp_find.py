@@ -10,8 +10,6 @@ from dicomnodes.models import DicomServerSettings, Peer
 from tests.support.dicomdata import make_ct, make_ct_series
 from tests.support.processes import wait_until
 
-pytestmark = pytest.mark.archive
-
 VIEWER = "VIEWER1"
 
 
@@ -69,6 +67,7 @@ def find(scp, tmp_path, *keys, root="-S"):
     return answers
 
 
+@pytest.mark.archive
 def test_study_root_study_level_by_patient_id(shared_scp, four_studies, tmp_path):
     answers = find(
         shared_scp,
@@ -90,12 +89,14 @@ def test_study_root_study_level_by_patient_id(shared_scp, four_studies, tmp_path
         assert "AccessionNumber" not in a, "only the requested keys come back"
 
 
+@pytest.mark.archive
 def test_wildcard_name_is_case_insensitive(shared_scp, four_studies, tmp_path):
     answers = find(shared_scp, tmp_path, "QueryRetrieveLevel=STUDY", "PatientName=smi*", "StudyInstanceUID")
     assert len(answers) == 2
     assert {str(a.PatientName) for a in answers} == {"Smith^John"}
 
 
+@pytest.mark.archive
 def test_date_range_and_open_ranges(shared_scp, four_studies, tmp_path):
     def dates(value):
         answers = find(shared_scp, tmp_path, "QueryRetrieveLevel=STUDY", f"StudyDate={value}", "StudyInstanceUID")
@@ -106,12 +107,14 @@ def test_date_range_and_open_ranges(shared_scp, four_studies, tmp_path):
     assert dates("-20260110") == 2
 
 
+@pytest.mark.archive
 def test_uid_list(shared_scp, four_studies, tmp_path):
     value = f"{four_studies['jones']}\\{four_studies['greek']}"
     answers = find(shared_scp, tmp_path, "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={value}")
     assert sorted(a.StudyInstanceUID for a in answers) == sorted([four_studies["jones"], four_studies["greek"]])
 
 
+@pytest.mark.archive
 def test_non_ascii_query_and_answer(shared_scp, four_studies, tmp_path):
     answers = find(
         shared_scp,
@@ -125,6 +128,7 @@ def test_non_ascii_query_and_answer(shared_scp, four_studies, tmp_path):
     assert str(answers[0].PatientName) == "Παπαδόπουλος^Νίκος"
 
 
+@pytest.mark.archive
 def test_series_and_image_levels(shared_scp, four_studies, tmp_path):
     series = find(
         shared_scp,
@@ -150,6 +154,7 @@ def test_series_and_image_levels(shared_scp, four_studies, tmp_path):
     assert sorted(int(i.InstanceNumber) for i in images) == [1, 2]
 
 
+@pytest.mark.archive
 def test_patient_root_at_every_level(shared_scp, four_studies, tmp_path):
     patients = find(
         shared_scp,
@@ -186,12 +191,14 @@ def test_patient_root_at_every_level(shared_scp, four_studies, tmp_path):
     assert len(images) == 4
 
 
+@pytest.mark.archive
 def test_a_key_below_the_level_is_a900(shared_scp, four_studies, tmp_path):
     result, answers = run_findscu(shared_scp, tmp_path, "QueryRetrieveLevel=STUDY", "SOPInstanceUID", options=["-v"])
     assert "DataSetDoesNotMatchSOPClass" in result.stdout + result.stderr  # DCMTK's name for A900
     assert answers == []
 
 
+@pytest.mark.archive
 def test_result_limit(shared_scp, four_studies, tmp_path):
     row = DicomServerSettings.load()
     row.find_result_limit = 2

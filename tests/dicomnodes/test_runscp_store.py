@@ -22,8 +22,6 @@ from dicomnodes.models import (
 from tests.support.dicomdata import TRANSFER_SYNTAX_CASES, fresh_copy, make_ct, make_ct_series
 from tests.support.processes import MODALITY, dcmtk, stored_files, temp_files, wait_until
 
-pytestmark = pytest.mark.archive
-
 
 def dataset_dump(path):
     """dcmdump of the dataset only (our file meta differs from the sender's by design)."""
@@ -52,6 +50,7 @@ def dataset_bytes(path):
         return raw[f.tell() :]
 
 
+@pytest.mark.archive
 def test_it_stores_every_transfer_syntax_as_received(shared_scp, tmp_path):
     for name, ts_uid, options in TRANSFER_SYNTAX_CASES:
         src = fresh_copy(name, tmp_path / "src" / name)
@@ -74,6 +73,7 @@ def test_uncompressed_datasets_are_written_byte_for_byte(shared_scp, tmp_path):
     assert dataset_bytes(instance_path(uid)) == dataset_bytes(src)
 
 
+@pytest.mark.archive
 def test_it_indexes_patients_studies_series_and_counts(scp, tmp_path):
     study = generate_uid()
     make_ct_series(tmp_path / "a", 5, study_uid=study, series_number=1, patient_id="P1", patient_name="Doe^Jane")
@@ -94,6 +94,7 @@ def test_it_indexes_patients_studies_series_and_counts(scp, tmp_path):
     assert len(stored_files(scp.data_dir)) == 10
 
 
+@pytest.mark.archive
 def test_it_remembers_the_called_ae_of_every_instance(shared_scp, tmp_path):
     a = make_ct(tmp_path / "a.dcm")
     b = make_ct(tmp_path / "b.dcm")
@@ -104,6 +105,7 @@ def test_it_remembers_the_called_ae_of_every_instance(shared_scp, tmp_path):
     assert called[pydicom.dcmread(b).SOPInstanceUID] == "PACS_P"
 
 
+@pytest.mark.archive
 def test_non_ascii_names_are_decoded(shared_scp, tmp_path):
     src = make_ct(tmp_path / "greek.dcm", patient_name="Παπαδόπουλος^Νίκος", charset="ISO_IR 126")
     assert shared_scp.store(src).returncode == 0
@@ -112,6 +114,7 @@ def test_non_ascii_names_are_decoded(shared_scp, tmp_path):
     assert study.patient_name_upper == "ΠΑΠΑΔΌΠΟΥΛΟΣ^ΝΊΚΟΣ"
 
 
+@pytest.mark.archive
 def test_association_log_counts_instances_and_bytes(shared_scp, tmp_path):
     files = make_ct_series(tmp_path / "s", 4)
     assert shared_scp.store(tmp_path / "s").returncode == 0
@@ -122,6 +125,7 @@ def test_association_log_counts_instances_and_bytes(shared_scp, tmp_path):
     assert Instance.objects.filter(association=row).count() == 4
 
 
+@pytest.mark.archive
 @pytest.mark.parametrize("policy", [DuplicatePolicy.KEEP_FIRST, DuplicatePolicy.OVERWRITE])
 def test_duplicate_policy(start_scp, tmp_path, policy):
     row = DicomServerSettings.load()
@@ -143,6 +147,7 @@ def test_duplicate_policy(start_scp, tmp_path, policy):
     assert len(stored_files(scp.data_dir)) == 1
 
 
+@pytest.mark.archive
 def test_an_aborted_association_keeps_every_acknowledged_instance(scp, tmp_path):
     files = make_ct_series(tmp_path / "big", 40, size=256)
     proc = subprocess.Popen(
@@ -220,6 +225,7 @@ def test_store_refused_for_a_known_peer_without_store_right(shared_scp, tmp_path
     assert Instance.objects.count() == 0
 
 
+@pytest.mark.archive
 def test_reindex_reproduces_the_index(scp, tmp_path):
     from django.core.management import call_command
 
