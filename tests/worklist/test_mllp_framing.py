@@ -2,7 +2,6 @@
 
 import random
 
-from pacs_site.listeners import peer_address
 from worklist.mllp import FrameBuffer, frame
 
 ORDER = b"MSH|^~\\&|RIS|HOSP|PACS||20240101120000||ORM^O01|MSG1|P|2.3\rPID|||123||DOE^JOHN\r"
@@ -142,9 +141,3 @@ def test_every_valid_frame_survives_random_garbage_around_it():
         out += buffer.feed(bytes(stream[i : i + step]))
         i += step
     assert out.count(ORDER) == 300
-
-
-def test_peer_addresss_show_ipv4_plainly():
-    assert peer_address(("::ffff:10.1.2.3", 4000, 0, 0)) == "10.1.2.3:4000"
-    assert peer_address(("::1", 4000, 0, 0)) == "[::1]:4000"
-    assert peer_address(("127.0.0.1", 4000)) == "127.0.0.1:4000"
