@@ -1,9 +1,12 @@
-"""Who may use the API: staff, and for writes the model permission as well.
+"""Who may use the API: staff, with the model permission the admin asks for.
 
-Reads of the archive and the logs need only `is_staff` (the admin shows the
-same to every staff member).  Writes need Django's model permission
-(`dicomnodes.change_peer`, `worklist.add_worklistitem`, ...), as in the admin;
-a view's extra actions name theirs in `action_permissions`.
+Reads need the model's view permission (`dicomnodes.view_study`,
+`dicomnodes.view_instance` for the stored files, ...), writes the add,
+change or delete permission (`dicomnodes.change_peer`,
+`worklist.add_worklistitem`, ...), exactly as in the admin: a staff account
+without permissions sees nothing of the archive.  A view's extra actions name
+theirs in `action_permissions`.  The API root and its schema pages only need
+staff status.
 """
 
 from rest_framework.permissions import BasePermission, DjangoModelPermissions
@@ -18,16 +21,17 @@ class IsStaff(BasePermission):
 
 
 class StaffModelPermissions(DjangoModelPermissions):
-    """Staff; writes need the model permission; an extra action names its own.
+    """Staff with the model permission: view to read, add/change/delete to
+    write; an extra action names its own.
 
     `action_permissions = {"cancel": ["change"]}` on a view: the `cancel`
     action needs `<app>.change_<model>`, whatever the HTTP method.
     """
 
     perms_map = {
-        "GET": [],
-        "OPTIONS": [],
-        "HEAD": [],
+        "GET": ["%(app_label)s.view_%(model_name)s"],
+        "OPTIONS": ["%(app_label)s.view_%(model_name)s"],
+        "HEAD": ["%(app_label)s.view_%(model_name)s"],
         "POST": ["%(app_label)s.add_%(model_name)s"],
         "PUT": ["%(app_label)s.change_%(model_name)s"],
         "PATCH": ["%(app_label)s.change_%(model_name)s"],

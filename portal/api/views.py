@@ -55,18 +55,21 @@ class DicomFileRenderer(BaseRenderer):
 
 
 class StudyViewSet(viewsets.ReadOnlyModelViewSet):
+    permission_classes = [StaffModelPermissions]
     queryset = Study.objects.order_by("-study_date", "-study_time", "-id")
     serializer_class = StudySerializer
     filterset_class = f.StudyFilter
 
 
 class SeriesViewSet(viewsets.ReadOnlyModelViewSet):
+    permission_classes = [StaffModelPermissions]
     queryset = Series.objects.select_related("study").order_by("study_id", "series_number", "id")
     serializer_class = SeriesSerializer
     filterset_class = f.SeriesFilter
 
 
 class InstanceViewSet(viewsets.ReadOnlyModelViewSet):
+    permission_classes = [StaffModelPermissions]
     queryset = Instance.objects.select_related("series").order_by("series_id", "instance_number", "id")
     serializer_class = InstanceSerializer
     filterset_class = f.InstanceFilter
@@ -77,6 +80,7 @@ class InstanceFileView(generics.GenericAPIView):
     it was received (application/dicom)."""
 
     queryset = Instance.objects.all()
+    permission_classes = [StaffModelPermissions]  # view_instance
     renderer_classes = [JSONRenderer, DicomFileRenderer]
 
     @extend_schema(responses={(200, "application/dicom"): OpenApiTypes.BINARY}, operation_id="instances_file")
@@ -176,6 +180,7 @@ class WorklistItemViewSet(viewsets.ModelViewSet):
 class BurnJobViewSet(viewsets.ReadOnlyModelViewSet):
     """Disc publishing jobs and their state (the admin and the robots change them)."""
 
+    permission_classes = [StaffModelPermissions]
     queryset = BurnJob.objects.select_related("publisher").prefetch_related("studies", "discs").order_by("-id")
     serializer_class = BurnJobSerializer
     filterset_class = f.BurnJobFilter

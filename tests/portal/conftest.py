@@ -1,11 +1,13 @@
 """Fixtures of the portal tests (REST API, dashboard, patient links).
 
 Personas of the API tests: `anonymous` (no login), `a_clerk` (logged in,
-not staff), `a_staff_member` (staff, no model permissions), `an_api_admin`
-(a superuser).
+not staff), `a_staff_member` (staff, no model permissions), `a_reader`
+(staff with every view permission and nothing else), `an_api_admin` (a
+superuser).
 """
 
 import pytest
+from django.contrib.auth.models import Permission
 from rest_framework.test import APIClient
 
 from dicomnodes.models import Peer
@@ -28,6 +30,16 @@ def a_clerk(django_user_model):
 def a_staff_member(django_user_model):
     client = APIClient()
     client.force_login(django_user_model.objects.create_user("staff", password=None, is_staff=True))
+    return client
+
+
+@pytest.fixture
+def a_reader(django_user_model):
+    """Staff who may view everything the API lists, and change nothing."""
+    user = django_user_model.objects.create_user("reader", password=None, is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(codename__startswith="view_"))
+    client = APIClient()
+    client.force_login(user)
     return client
 
 

@@ -1,8 +1,10 @@
 """Who may read the API: every endpoint answers an anonymous client 401, a
-logged-in user who is not staff 403, and staff 200; a DRF token works as
-well as a session."""
+logged-in user who is not staff 403, staff without the model's view
+permission 403 (the API root and schema pages excepted), and staff with it
+200; a DRF token works as well as a session."""
 
 import pytest
+from django.contrib.auth.models import Permission
 from rest_framework.authtoken.models import Token
 
 from dicomnodes.models import Peer, TransferJob
@@ -62,6 +64,37 @@ def test_an_anonymous_client_is_asked_to_authenticate(anonymous, one_of_each, en
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 def test_a_user_who_is_not_staff_is_refused(a_clerk, one_of_each, endpoint):
     assert a_clerk.get(endpoint.format(**one_of_each)).status_code == 403
+
+
+STAFF_ONLY = {"/api/", "/api/schema/", "/api/docs/", "/api/redoc/"}
+
+
+@pytest.mark.parametrize("endpoint", [e for e in ENDPOINTS if e not in STAFF_ONLY])
+def test_staff_without_the_view_permission_read_nothing(a_staff_member, one_of_each, endpoint):
+    response = a_staff_member.get(endpoint.format(**one_of_each))
+    assert response.status_code == 403
+    assert b"DICM" not in response.content
+
+
+@pytest.mark.parametrize("endpoint", sorted(STAFF_ONLY))
+def test_the_api_root_and_schema_pages_need_staff_only(a_staff_member, endpoint):
+    assert a_staff_member.get(endpoint).status_code == 200
+
+
+def test_the_view_permission_of_a_model_opens_that_model_only(a_staff_member, django_user_model, one_of_each):
+    staff = django_user_model.objects.get(username="staff")
+    staff.user_permissions.add(Permission.objects.get(codename="view_study"))
+    assert a_staff_member.get("/api/studies/").json()["count"] == 1
+    assert a_staff_member.get("/api/series/").status_code == 403
+    assert a_staff_member.get(f"/api/instances/{one_of_each['instance']}/file").status_code == 403
+    staff.user_permissions.add(Permission.objects.get(codename="view_instance"))
+    assert a_staff_member.get(f"/api/instances/{one_of_each['instance']}/file").status_code == 200
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+def test_a_reader_can_read_every_endpoint(a_reader, one_of_each, endpoint):
+    response = a_reader.get(endpoint.format(**one_of_each))
+    assert response.status_code == 200, response.content[:500]
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)

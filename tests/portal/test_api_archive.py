@@ -125,10 +125,10 @@ def test_a_filter_that_is_not_a_number_is_refused(an_api_admin, three_studies):
     assert an_api_admin.get("/api/instances/?series=abc").status_code == 400
 
 
-def test_the_file_of_an_instance_is_streamed_as_stored(a_staff_member, three_studies):
+def test_the_file_of_an_instance_is_streamed_as_stored(a_reader, three_studies):
     instance = three_studies["john"]
 
-    response = a_staff_member.get(f"/api/instances/{instance.pk}/file")
+    response = a_reader.get(f"/api/instances/{instance.pk}/file")
 
     assert response.status_code == 200
     assert response.headers["Content-Type"] == "application/dicom"
@@ -136,17 +136,17 @@ def test_the_file_of_an_instance_is_streamed_as_stored(a_staff_member, three_stu
     assert b"".join(response.streaming_content) == instance_path(instance.sop_instance_uid).read_bytes()
 
 
-def test_a_client_may_ask_for_application_dicom(a_staff_member, three_studies):
-    response = a_staff_member.get(f"/api/instances/{three_studies['roe'].pk}/file", HTTP_ACCEPT="application/dicom")
+def test_a_client_may_ask_for_application_dicom(a_reader, three_studies):
+    response = a_reader.get(f"/api/instances/{three_studies['roe'].pk}/file", HTTP_ACCEPT="application/dicom")
     assert response.status_code == 200
     assert b"".join(response.streaming_content)[128:132] == b"DICM"
 
 
-def test_a_file_missing_from_the_storage_is_a_404_that_says_so(a_staff_member, three_studies):
+def test_a_file_missing_from_the_storage_is_a_404_that_says_so(a_reader, three_studies):
     instance = three_studies["roe"]
     instance_path(instance.sop_instance_uid).unlink()
 
-    response = a_staff_member.get(f"/api/instances/{instance.pk}/file")
+    response = a_reader.get(f"/api/instances/{instance.pk}/file")
 
     assert response.status_code == 404
     assert "missing" in response.json()["detail"]

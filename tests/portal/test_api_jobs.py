@@ -96,13 +96,13 @@ def test_cancelling_a_finished_job_is_a_conflict(an_api_admin, orthanc_peer):
     assert "succeeded" in response.json()["detail"]
 
 
-def test_staff_without_the_permissions_may_not_queue_or_cancel(a_staff_member, orthanc_peer, a_study):
+def test_a_reader_may_list_jobs_but_not_queue_or_cancel(a_reader, orthanc_peer, a_study):
     job = TransferJob.objects.create(kind="move", peer=orthanc_peer, uids=["1.2.3"])
     request = {"kind": "send", "peer": orthanc_peer.pk, "uids": [a_study.study_instance_uid]}
 
-    assert a_staff_member.post("/api/transfers/", request, format="json").status_code == 403
-    assert a_staff_member.post(f"/api/transfers/{job.pk}/cancel/").status_code == 403
-    assert a_staff_member.get("/api/transfers/").json()["count"] == 1
+    assert a_reader.post("/api/transfers/", request, format="json").status_code == 403
+    assert a_reader.post(f"/api/transfers/{job.pk}/cancel/").status_code == 403
+    assert a_reader.get("/api/transfers/").json()["count"] == 1
     job.refresh_from_db()
     assert job.state == TransferState.QUEUED
 
@@ -121,13 +121,13 @@ def test_anonymous_and_non_staff_clients_may_not_queue_or_cancel(anonymous, a_cl
 # --- burn jobs ---------------------------------------------------------------------------
 
 
-def test_burn_jobs_show_their_state_and_discs(a_staff_member, a_study):
+def test_burn_jobs_show_their_state_and_discs(a_reader, a_study):
     job = BurnJob.objects.create(kind="primera", trigger="immediate", state=JobState.BURNING, good_discs=1)
     job.studies.add(a_study)
     Disc.objects.create(job=job, number=1, count=1, media="cd", robot_job_id="PACS-1", folder="/x")
     BurnJob.objects.create(kind="epson", trigger="delayed", state=JobState.DONE)
 
-    body = a_staff_member.get(f"/api/burnjobs/{job.pk}/").json()
+    body = a_reader.get(f"/api/burnjobs/{job.pk}/").json()
 
     assert (body["state"], body["trigger"], body["good_discs"], body["studies"]) == (
         "burning",
@@ -146,8 +146,8 @@ def test_burn_jobs_show_their_state_and_discs(a_staff_member, a_study):
             "bad_discs": 0,
         }
     ]
-    assert [row["id"] for row in a_staff_member.get("/api/burnjobs/?state=burning").json()["results"]] == [job.pk]
-    assert a_staff_member.get(f"/api/burnjobs/?study={a_study.pk}").json()["count"] == 1
+    assert [row["id"] for row in a_reader.get("/api/burnjobs/?state=burning").json()["results"]] == [job.pk]
+    assert a_reader.get(f"/api/burnjobs/?study={a_study.pk}").json()["count"] == 1
 
 
 def test_burn_jobs_are_read_only(an_api_admin, db):

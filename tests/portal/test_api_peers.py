@@ -51,12 +51,12 @@ def test_an_admin_changes_and_deletes_a_peer(an_api_admin, a_peer):
     assert not Peer.objects.exists()
 
 
-def test_staff_without_the_permissions_may_read_but_not_change_peers(a_staff_member, a_peer):
-    assert a_staff_member.get("/api/peers/").json()["count"] == 1
-    assert a_staff_member.post("/api/peers/", {**ORTHANC, "port": 1}, format="json").status_code == 403
-    assert a_staff_member.patch(f"/api/peers/{a_peer.pk}/", {"port": 1}, format="json").status_code == 403
-    assert a_staff_member.delete(f"/api/peers/{a_peer.pk}/").status_code == 403
-    assert a_staff_member.post(f"/api/peers/{a_peer.pk}/echo/").status_code == 403
+def test_a_reader_may_read_but_not_change_peers(a_reader, a_peer):
+    assert a_reader.get("/api/peers/").json()["count"] == 1
+    assert a_reader.post("/api/peers/", {**ORTHANC, "port": 1}, format="json").status_code == 403
+    assert a_reader.patch(f"/api/peers/{a_peer.pk}/", {"port": 1}, format="json").status_code == 403
+    assert a_reader.delete(f"/api/peers/{a_peer.pk}/").status_code == 403
+    assert a_reader.post(f"/api/peers/{a_peer.pk}/echo/").status_code == 403
     a_peer.refresh_from_db()
     assert a_peer.port == 4242
 

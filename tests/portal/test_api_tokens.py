@@ -55,12 +55,12 @@ def test_revoking_a_token(an_api_admin, a_study_of_20261120):
     assert an_api_admin.get(f"/api/tokens/?study={a_study_of_20261120.pk}").json()["results"][0]["state"] == "revoked"
 
 
-def test_staff_without_the_permissions_may_not_make_or_revoke_tokens(a_staff_member, an_api_admin, a_study_of_20261120):
+def test_a_reader_may_not_make_or_revoke_tokens(a_reader, an_api_admin, a_study_of_20261120):
     made = an_api_admin.post("/api/tokens/", {"study": a_study_of_20261120.pk}, format="json").json()
 
-    assert a_staff_member.post("/api/tokens/", {"study": a_study_of_20261120.pk}, format="json").status_code == 403
-    assert a_staff_member.post(f"/api/tokens/{made['id']}/revoke/").status_code == 403
-    assert a_staff_member.get("/api/tokens/").json()["count"] == 1
+    assert a_reader.post("/api/tokens/", {"study": a_study_of_20261120.pk}, format="json").status_code == 403
+    assert a_reader.post(f"/api/tokens/{made['id']}/revoke/").status_code == 403
+    assert a_reader.get("/api/tokens/").json()["count"] == 1
     assert not lookup(made["token"]).is_revoked()
 
 

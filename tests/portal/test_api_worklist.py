@@ -70,12 +70,12 @@ def test_items_can_be_filtered(an_api_admin, two_items, query, expected):
     assert sorted(row["patient_id"] for row in body["results"]) == expected
 
 
-def test_staff_without_the_permissions_only_read(a_staff_member, two_items):
+def test_a_reader_only_reads_the_worklist(a_reader, two_items):
     item = two_items[0]
-    assert a_staff_member.get("/api/worklist/").json()["count"] == 2
-    assert a_staff_member.post("/api/worklist/", ORDER, format="json").status_code == 403
-    assert a_staff_member.patch(f"/api/worklist/{item.pk}/", {"status": "CANCELLED"}, format="json").status_code == 403
-    assert a_staff_member.delete(f"/api/worklist/{item.pk}/").status_code == 403
+    assert a_reader.get("/api/worklist/").json()["count"] == 2
+    assert a_reader.post("/api/worklist/", ORDER, format="json").status_code == 403
+    assert a_reader.patch(f"/api/worklist/{item.pk}/", {"status": "CANCELLED"}, format="json").status_code == 403
+    assert a_reader.delete(f"/api/worklist/{item.pk}/").status_code == 403
 
 
 def test_anonymous_and_non_staff_clients_cannot_write(anonymous, a_clerk, two_items):
