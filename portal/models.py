@@ -224,12 +224,15 @@ class StudyToken(models.Model):
 def token_expiry(study, accessibility: str, *, created_at=None):
     """When a token for `study` stops working: the study date + accessibility,
     at midnight (server time zone) of that day; None for unlimited.  A study
-    without a (valid) date counts from the token's creation day."""
+    without a (valid) date, or dated after the token's creation day, counts
+    from the creation day: anyone who may store can send a StudyDate of
+    99991231, and that must not make a link eternal."""
     created_at = created_at or timezone.now()
+    created = timezone.localtime(created_at).date()
     try:
-        start = dt.datetime.strptime(study.study_date, "%Y%m%d").date()
+        start = min(dt.datetime.strptime(study.study_date, "%Y%m%d").date(), created)
     except (TypeError, ValueError):
-        start = timezone.localtime(created_at).date()
+        start = created
     end = add_period(start, accessibility)
     if end is None:
         return None

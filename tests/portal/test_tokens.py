@@ -110,6 +110,15 @@ def test_a_study_without_a_date_counts_from_the_day_the_token_was_made(db):
     assert timezone.localtime(expiry) == timezone.make_aware(dt.datetime(2026, 3, 17))
 
 
+def test_a_study_dated_in_the_future_counts_from_the_day_the_token_was_made(db):
+    made = timezone.make_aware(dt.datetime(2026, 3, 10, 15, 30))
+    for n, future in enumerate(("99991231", "20260311")):
+        expiry = token_expiry(a_study(future, uid=f"1.2.3.9{n}"), Accessibility.ONE_WEEK, created_at=made)
+        assert timezone.localtime(expiry) == timezone.make_aware(dt.datetime(2026, 3, 17))
+    past = token_expiry(a_study("20260301", uid="1.2.3.99"), Accessibility.ONE_WEEK, created_at=made)
+    assert timezone.localtime(past) == timezone.make_aware(dt.datetime(2026, 3, 8))
+
+
 def test_a_token_past_its_expiry_is_expired(db):
     token = create_token(a_study("20260115")).row  # default: 1 month -> 2026-02-15
     assert not token.is_expired(timezone.make_aware(dt.datetime(2026, 2, 14, 23, 59)))

@@ -122,6 +122,16 @@ def test_the_limit_is_per_client_address(client, a_study_of_today, settings):
     assert client.get(f"/token?{token}", REMOTE_ADDR="192.0.2.2").status_code == 200
 
 
+def test_the_limit_counts_an_ipv6_client_by_its_64_bit_network(client, a_study_of_today, settings):
+    settings.PACS_TOKEN_LOOKUPS_PER_MINUTE = 2
+    for host in ("::1", "::2", "::3"):  # one machine can use every address of its /64
+        client.get("/token?nope", REMOTE_ADDR=f"2001:db8:1:1{host}")
+    token = create_token(a_study_of_today).clear
+    assert client.get(f"/token?{token}", REMOTE_ADDR="2001:db8:1:1::99").status_code == 429
+    assert client.get(f"/token?{token}", REMOTE_ADDR="2001:db8:1:2::1").status_code == 200
+    assert client.get(f"/token?{token}", REMOTE_ADDR="::ffff:192.0.2.9").status_code == 200
+
+
 def test_previews_of_an_opened_page_do_not_use_up_the_limit(a_patient_with_a_token, a_study_of_today, settings):
     settings.PACS_TOKEN_LOOKUPS_PER_MINUTE = 2
     client, token = a_patient_with_a_token
