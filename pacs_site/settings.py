@@ -83,6 +83,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "portal.middleware.SecureOverHttpsMiddleware",  # outermost: sees every cookie set below it
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -222,6 +223,8 @@ if REDIS_URL:
 # --- Portal (token links) -----------------------------------------------------
 # Token lookups (link pages, downloads, failed previews) per client address and minute.
 PACS_TOKEN_LOOKUPS_PER_MINUTE = envint("PACS_TOKEN_LOOKUPS_PER_MINUTE", 30, minimum=0)
+# HSTS max-age of HTTPS answers (portal.middleware: whenever TLS is on; 0 = none).
+PACS_HSTS_SECONDS = envint("PACS_HSTS_SECONDS", 31536000, minimum=0)
 
 # --- Production (PACS_PRODUCTION=1; README "Production settings") -------------
 # HTTPS only: TLS on in the HTTP settings, or a TLS reverse proxy in front
@@ -235,7 +238,7 @@ if PACS_PRODUCTION:
     SECURE_SSL_REDIRECT = envbool("PACS_SSL_REDIRECT", True)
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
-    SECURE_HSTS_SECONDS = envint("PACS_HSTS_SECONDS", 31536000, minimum=0)
+    SECURE_HSTS_SECONDS = PACS_HSTS_SECONDS
     SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("PACS_HSTS_INCLUDE_SUBDOMAINS", True)
     SECURE_HSTS_PRELOAD = envbool("PACS_HSTS_PRELOAD", True)
 

@@ -207,7 +207,12 @@ class OutgoingHL7MessageAdmin(_LogAdmin):
     def ack_text(self, obj):
         return _pre(obj.ack) if obj.ack else "-"
 
-    @admin.action(description="Send the selected messages again")
+    def has_resend_permission(self, request):
+        """The log is read-only; sending messages to the RIS again needs the
+        change permission of outgoing messages."""
+        return request.user.has_perm("worklist.change_outgoinghl7message")
+
+    @admin.action(description="Send the selected messages again", permissions=["resend"])
     def resend(self, request, queryset):
         pks = list(queryset.values_list("pk", flat=True))
         queryset.update(

@@ -10,6 +10,7 @@ import threading
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.urls import reverse
 from django.utils import timezone
 from django_q.models import Schedule
@@ -404,3 +405,22 @@ def test_resend_in_the_admin_makes_a_failed_message_pending_and_queues_it(
     row.refresh_from_db()
     assert (row.state, row.attempts, row.error) == (DeliveryState.PENDING, 0, "")
     assert queued == [("worklist.outgoing.deliver", row.pk)]
+
+
+@pytest.mark.filterwarnings("ignore:No directory at")
+def test_resend_needs_the_change_permission_of_outgoing_messages(our_settings, client, django_user_model, queued):
+    row = a_pending_message(2576)
+    OutgoingHL7Message.objects.filter(pk=row.pk).update(state=DeliveryState.FAILED, attempts=4, error="refused")
+    viewer = django_user_model.objects.create_user("viewer", password=None, is_staff=True)
+    viewer.user_permissions.set(Permission.objects.filter(codename="view_outgoinghl7message"))
+    client.force_login(viewer)
+    changelist = reverse("admin:worklist_outgoinghl7message_changelist")
+
+    assert "resend" not in client.get(changelist).content.decode()
+    client.post(changelist, {"action": "resend", "_selected_action": [row.pk]})
+
+    row.refresh_from_db()
+    assert (row.state, row.attempts) == (DeliveryState.FAILED, 4)
+    assert queued == []
+    viewer.user_permissions.add(Permission.objects.get(codename="change_outgoinghl7message"))
+    assert 'value="resend"' in client.get(changelist).content.decode()
