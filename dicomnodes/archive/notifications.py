@@ -10,7 +10,7 @@
 
 import logging
 
-from dicomnodes import signals
+from dicomnodes import signals  # its studies_created, not the hook of that name below
 from dicomnodes.models import AssociationLog, DicomServerSettings, Study
 from dicomnodes.signals import association_closed, send_logged
 from pacs_site import events

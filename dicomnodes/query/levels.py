@@ -56,9 +56,6 @@ MODELS = {
     "STUDY": (STUDY, SERIES, IMAGE),
 }
 
-UNIQUE_KEYS = {name: level.unique_key for name, level in LEVELS.items()}
-
-
 def levels_above(model, level):
     """The levels of `model` above `level`, top down."""
     levels = MODELS[model]
