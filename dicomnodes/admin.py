@@ -34,6 +34,10 @@ class DicomServerSettingsAdmin(SingletonAdmin):
         ("Behaviour", {"fields": ["duplicate_policy", "unknown_ae_may_echo_and_store", "fsync_on_store"]}),
         ("Query", {"fields": ["case_insensitive_names", "find_result_limit"]}),
         ("Network", {"fields": ["service_timeout", "debug"]}),
+        (
+            "Limits",
+            {"fields": ["max_associations", "max_associations_per_address", "max_inflated_mb", "max_decoded_mb"]},
+        ),
         ("Outgoing transfers", {"fields": ["max_outgoing_connections", "retry_delays", "open_transferred_studies"]}),
     ]
 

@@ -103,6 +103,36 @@ class DicomServerSettings(SingletonModel):
         help_text="Flush every received file to the disk before answering the "
         "sender. Off is faster but a power cut may lose acknowledged images.",
     )
+    max_associations = models.PositiveIntegerField(
+        "maximum incoming associations",
+        default=100,
+        validators=[MinValueValidator(1), MaxValueValidator(10000)],
+        help_text="Associations the DICOM server runs at once, all callers together; a caller "
+        "beyond it is rejected as transient (local limit exceeded) and may try again. "
+        "Connections that have not yet asked for an association are dropped, oldest "
+        "first, to make room.",
+    )
+    max_associations_per_address = models.PositiveIntegerField(
+        "maximum incoming associations per address",
+        default=20,
+        validators=[MinValueValidator(1), MaxValueValidator(10000)],
+        help_text="Associations one network address may hold at once (IPv6: per /64).",
+    )
+    max_inflated_mb = models.PositiveIntegerField(
+        "largest inflated dataset (MB)",
+        default=1024,
+        validators=[MinValueValidator(1), MaxValueValidator(1 << 20)],
+        help_text="A dataset in Deflated Explicit VR Little Endian that inflates beyond this "
+        "is refused (C-STORE status C000) and its bytes kept in the quarantine folder.",
+    )
+    max_decoded_mb = models.PositiveIntegerField(
+        "largest decoded pixel data (MB)",
+        default=1024,
+        validators=[MinValueValidator(1), MaxValueValidator(1 << 20)],
+        help_text="Sending a compressed image to a peer that cannot take its transfer syntax "
+        "decodes its pixel data; an image that decodes beyond this is not converted and "
+        "its sub-operation fails.",
+    )
 
     class Meta:
         verbose_name = "DICOM server settings"
@@ -128,8 +158,10 @@ class Peer(models.Model):
     may_retrieve = models.BooleanField("may retrieve with C-GET", default=False)
     is_move_destination = models.BooleanField("is a C-MOVE destination", default=False)
     check_host = models.BooleanField(
-        default=False,
-        help_text="Accept this AE title only from the address its host resolves to.",
+        default=True,
+        help_text="Accept this AE title only from the address its host resolves to. On by "
+        "default: otherwise the calling AE title is the only credential. Turn it off only "
+        "for a modality whose address changes.",
     )
     notes = models.TextField(blank=True)
 

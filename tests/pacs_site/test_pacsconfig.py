@@ -52,7 +52,12 @@ def configured(db):
     Peer.objects.create(name="CT room 1", ae_title=MODALITY, host="10.0.0.1", may_query=True, check_host=True)
     Peer.objects.create(name="CT room 2", ae_title=MODALITY, host="10.0.0.2", port=11112, notes="night shift")
     Peer.objects.create(
-        name="Viewer", ae_title="VIEWER", host="viewer.example", may_store=False, is_move_destination=True
+        name="Viewer",
+        ae_title="VIEWER",
+        host="viewer.example",
+        may_store=False,
+        is_move_destination=True,
+        check_host=False,
     )
     return row
 
