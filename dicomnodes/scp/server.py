@@ -27,6 +27,7 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from dicomnodes.archive.index import IndexWriter
+from dicomnodes.archive.reconcile import index_orphans
 from dicomnodes.archive.storage import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, remove_stale_temporaries
 from dicomnodes.dimse import QUERY_RETRIEVE
 from dicomnodes.models import PUBLISHING_SUFFIXES, DicomServerSettings, DuplicatePolicy
@@ -291,3 +292,4 @@ def prepare_storage():
     removed = remove_stale_temporaries()
     if removed:
         logger.info("removed %d stale temporary files from the storage folder", removed)
+    index_orphans()  # files written but never indexed (a kill, a 0110 never resent)

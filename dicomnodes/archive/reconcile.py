@@ -1,0 +1,299 @@
+"""Files and index rows brought back in line: orphans at start, `reindex`.
+
+Files are the truth.  A file can be on disk without its row: runscp was
+killed between the write and the commit, or the index write failed (0110)
+and the sender never sent the instance again.  Two ways repair that, through
+the same path (`read_item` + `index_instances`, inside transactions, so they
+may run while runscp stores):
+
+* `index_orphans()`, at every start of runscp (`scp.server.prepare_storage`):
+  a bounded scan of the files written since shortly before the newest
+  indexed instance;
+* `upsert_items()` and `remove_missing()`, the whole archive, for
+  `manage.py reindex`.
+"""
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
+from pathlib import Path
+
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+from pydicom.filereader import read_file_meta_info
+
+from dicomnodes.archive.header import UnreadableDataset, read_header_file
+from dicomnodes.archive.hierarchy import HierarchyCache, recount
+from dicomnodes.archive.index import IndexItem, index_instances
+from dicomnodes.archive.rawsql import existing_instances
+from dicomnodes.archive.storage import instance_path, storage_root
+from dicomnodes.models import Instance, Patient, Series, Study
+
+logger = logging.getLogger(__name__)
+
+# Files written this long before the newest indexed instance are scanned too:
+# with several senders (or runscp processes), the instance killed mid-way may
+# have been written before others that were committed after it.
+ORPHAN_MARGIN = timedelta(minutes=10)
+# At most this many unindexed-looking files are read at one start; beyond,
+# the log says to run `manage.py reindex`.
+ORPHAN_LIMIT = 10_000
+BATCH = 500
+
+
+class NotAnInstance(ValueError):
+    """A file in the storage folder that cannot be indexed (the reason)."""
+
+
+def read_item(path: Path, root: Path | None = None) -> IndexItem:
+    """The IndexItem for one stored file (header only, never the pixels);
+    its received_at is the file's modification time."""
+    root = root or storage_root()
+    try:
+        header = read_header_file(path)
+    except UnreadableDataset as exc:
+        raise NotAnInstance(str(exc)) from exc
+    except OSError as exc:
+        raise NotAnInstance(f"cannot read it: {exc.strerror or exc}") from exc
+    if instance_path(header.sop_instance_uid, root) != path:
+        raise NotAnInstance("not where its SOP Instance UID belongs")
+    calling, called = _meta_ae(path)
+    stat = path.stat()
+    return IndexItem(
+        header=header,
+        file_size=stat.st_size,
+        file_is_new=True,
+        overwrite=False,
+        called_ae=called[:16],
+        calling_ae=calling[:16],
+        received_at=datetime.fromtimestamp(stat.st_mtime, tz=dt_timezone.utc),
+    )
+
+
+def _meta_ae(path):
+    """Calling and called AE from the file meta we wrote ((0002,0016)/(0002,0018))."""
+    try:
+        meta = read_file_meta_info(path)
+    except Exception:
+        return "", ""
+    return (
+        str(meta.get("SourceApplicationEntityTitle", "")).strip(),
+        str(meta.get("ReceivingApplicationEntityTitle", "")).strip(),
+    )
+
+
+# --- Orphans, at start ------------------------------------------------------------------
+
+
+@dataclass
+class OrphanScan:
+    indexed: int = 0  # rows created
+    skipped: int = 0  # files that are not instances (logged)
+    truncated: bool = False  # the limit was reached: run reindex
+
+
+def index_orphans(*, root=None, margin=ORPHAN_MARGIN, limit=ORPHAN_LIMIT) -> OrphanScan:
+    """Index the recent files that have no row.
+
+    1. cutoff = the newest indexed received_at minus `margin` (no rows at
+       all: every file is a candidate);
+    2. list the files newer than the cutoff: a folder not modified since
+       the cutoff cannot hold a newer file (a file is linked or renamed into
+       its folder after it is written), so old folders are not even listed;
+    3. leave out the files of rows received since the cutoff (their paths
+       are hashes of their UIDs: no file is read for them);
+    4. read the headers of the rest (at most `limit`) and index them, in
+       transactions; a row that appeared meanwhile (another process) makes
+       its instance a duplicate, never a second row.
+    """
+    root = Path(root or storage_root())
+    scan = OrphanScan()
+    if not root.exists():
+        return scan
+    newest = Instance.objects.aggregate(newest=Max("received_at"))["newest"]
+    cutoff = (newest - margin).timestamp() if newest else None
+    indexed = set()
+    if newest is not None:
+        since = newest - margin - timedelta(seconds=1)
+        recent = Instance.objects.filter(received_at__gte=since).values_list("sop_instance_uid", flat=True)
+        indexed = {instance_path(uid, root) for uid in recent.iterator()}
+    pending = []
+    for path in _files_newer_than(root, cutoff):
+        if path in indexed:
+            continue
+        if len(pending) >= limit:
+            scan.truncated = True
+            break
+        try:
+            pending.append(read_item(path, root))
+        except NotAnInstance as exc:
+            logger.warning("storage file %s is not indexed: %s", path.relative_to(root), exc)
+            scan.skipped += 1
+    cache = HierarchyCache()
+    for start in range(0, len(pending), BATCH):
+        scan.indexed += _index_new(pending[start : start + BATCH], cache)
+    if scan.indexed:
+        logger.warning("indexed %d stored files that had no index row (orphans)", scan.indexed)
+    if scan.truncated:
+        logger.warning("more than %d stored files newer than the index were found: run `manage.py reindex`", limit)
+    return scan
+
+
+def _files_newer_than(root: Path, cutoff: float | None):
+    for first in sorted(_subfolders(root, cutoff)):
+        for second in sorted(_subfolders(first, cutoff)):
+            try:
+                entries = list(second.iterdir())
+            except FileNotFoundError:
+                continue
+            for path in sorted(entries):
+                if path.name.startswith("."):
+                    continue  # temporaries of writes in progress or crashed
+                try:
+                    stat = path.stat()
+                except FileNotFoundError:
+                    continue
+                if cutoff is None or stat.st_mtime >= cutoff:
+                    yield path
+
+
+def _subfolders(folder: Path, cutoff: float | None):
+    try:
+        entries = list(folder.iterdir())
+    except FileNotFoundError:
+        return []
+    found = []
+    for entry in entries:
+        if len(entry.name) != 2:
+            continue
+        try:
+            stat = entry.stat()
+        except FileNotFoundError:
+            continue
+        if entry.is_dir() and (cutoff is None or stat.st_mtime >= cutoff):
+            found.append(entry)
+    return found
+
+
+def _index_new(items, cache) -> int:
+    """Index `items` whose UIDs have no row; returns the rows created."""
+    for attempt in (1, 2):
+        try:
+            with transaction.atomic():
+                existing = existing_instances({i.header.sop_instance_uid for i in items})
+                new = [i for i in items if i.header.sop_instance_uid not in existing]
+                if new:
+                    index_instances(new, cache)
+                return len({i.header.sop_instance_uid for i in new})
+        except IntegrityError:
+            # Another process inserted one of these meanwhile (PostgreSQL;
+            # SQLite serialises writers): the second look sees it.
+            cache.clear()
+            if attempt == 2:
+                raise
+    return 0
+
+
+# --- The whole archive (reindex) -------------------------------------------------------------
+
+# Columns a file decides; the rest (association, received_at, demographics an
+# administrator corrected) stays as the row has it.
+_FILE_COLUMNS = ("sop_class_uid", "instance_number", "transfer_syntax_uid", "file_size")
+
+
+@dataclass
+class Upserted:
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+
+def upsert_items(items, cache, totals: Upserted) -> None:
+    """Create the rows of `items` that are missing and bring the others up
+    to date with their files, in one transaction.
+
+    1. new UIDs are indexed as runscp indexes them (patients, studies and
+       series found or created, counters incremented);
+    2. an instance whose file names another series than its row moves there
+       (as an overwrite does; the series it left is recounted);
+    3. otherwise only the columns the file decides are updated, and only
+       where they differ.
+    """
+    with transaction.atomic():
+        existing = existing_instances({i.header.sop_instance_uid for i in items})
+        new = [i for i in items if i.header.sop_instance_uid not in existing]
+        if new:
+            totals.created += len({i.header.sop_instance_uid for i in new})
+            index_instances(new, cache)
+        old = [i for i in items if i.header.sop_instance_uid in existing]
+        if not old:
+            return
+        series_of = dict(Series.objects.filter(pk__in=set(existing.values())).values_list("pk", "series_instance_uid"))
+        moving = []
+        rows = Instance.objects.in_bulk([i.header.sop_instance_uid for i in old], field_name="sop_instance_uid")
+        for item in old:
+            h = item.header
+            if series_of.get(existing[h.sop_instance_uid]) != h.series_instance_uid:
+                item.overwrite = True
+                moving.append(item)
+                continue
+            row = rows[h.sop_instance_uid]
+            wanted = dict(
+                sop_class_uid=h.sop_class_uid,
+                instance_number=h.instance_number,
+                transfer_syntax_uid=h.transfer_syntax_uid,
+                file_size=item.file_size,
+            )
+            changed = {k: v for k, v in wanted.items() if getattr(row, k) != v}
+            if changed:
+                Instance.objects.filter(pk=row.pk).update(**changed)
+                totals.updated += 1
+            else:
+                totals.unchanged += 1
+        if moving:
+            index_instances(moving, cache)  # the overwrite path: moves and recounts
+            totals.updated += len(moving)
+
+
+def remove_missing(root=None, *, batch=BATCH) -> int:
+    """Delete the rows whose file is gone, then recount and drop the series,
+    studies and patients left without instances; returns the rows deleted.
+    A row is deleted only if its file is still missing inside the
+    transaction that deletes it (a row is committed after its file is
+    written, so a live runscp never loses one)."""
+    root = Path(root or storage_root())
+    deleted, last = 0, 0
+    while True:
+        chunk = list(
+            Instance.objects.filter(pk__gt=last).order_by("pk").values_list("pk", "sop_instance_uid")[: batch * 4]
+        )
+        if not chunk:
+            break
+        last = chunk[-1][0]
+        gone = [pk for pk, uid in chunk if not instance_path(uid, root).exists()]
+        if gone:
+            with transaction.atomic():
+                rows = Instance.objects.filter(pk__in=gone).values_list("pk", "sop_instance_uid", "series_id")
+                really = [(pk, series) for pk, uid, series in rows if not instance_path(uid, root).exists()]
+                Instance.objects.filter(pk__in=[pk for pk, _ in really]).delete()
+                recount(series_ids={series for _, series in really})
+                deleted += len(really)
+    return deleted
+
+
+def recount_everything(*, batch=BATCH) -> None:
+    """Counters of every series, study and patient from the rows, a few
+    hundred series per transaction (runscp's writer waits for each, not for
+    the whole); rows left without instances are removed."""
+    last = 0
+    while True:
+        ids = list(Series.objects.filter(pk__gt=last).order_by("pk").values_list("pk", flat=True)[:batch])
+        if not ids:
+            break
+        last = ids[-1]
+        with transaction.atomic():
+            recount(series_ids=ids)
+    with transaction.atomic():
+        Study.objects.filter(series__isnull=True).delete()
+        Patient.objects.filter(studies__isnull=True).delete()
