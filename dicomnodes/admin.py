@@ -31,7 +31,10 @@ from pacs_site.singleton import SingletonAdmin
 class DicomServerSettingsAdmin(SingletonAdmin):
     fieldsets = [
         (None, {"fields": ["ae_title", "port"]}),
-        ("Behaviour", {"fields": ["duplicate_policy", "unknown_ae_may_echo_and_store", "fsync_on_store"]}),
+        (
+            "Behaviour",
+            {"fields": ["duplicate_policy", "unknown_ae_may_echo_and_store", "trust_any_sender", "fsync_on_store"]},
+        ),
         ("Query", {"fields": ["case_insensitive_names", "find_result_limit"]}),
         ("Network", {"fields": ["service_timeout", "debug"]}),
         (

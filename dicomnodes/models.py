@@ -65,6 +65,14 @@ class DicomServerSettings(SingletonModel):
         help_text="Accept C-ECHO and C-STORE from calling AE titles that are not "
         "in the peer list. Query and retrieve always need a known peer.",
     )
+    trust_any_sender = models.BooleanField(
+        "any sender completes orders and joins patient links",
+        default=False,
+        help_text="Off: a study first stored by a caller that is not a known peer (its AE title, "
+        'from its host when "check host" is on) is archived and can be found, but completes no '
+        "worklist item, sends no HL7 to the RIS and joins no all-studies patient link. "
+        "Replacing a stored instance (overwrite policy) needs a known peer either way.",
+    )
     case_insensitive_names = models.BooleanField(
         "person names match case-insensitively",
         default=True,
@@ -224,6 +232,14 @@ class Study(models.Model):
     referring_physician_name_upper = models.CharField(max_length=324, blank=True, db_index=True)
     specific_character_set = models.CharField(max_length=128, blank=True)  # (0008,0005)
     modalities_in_study = models.CharField(max_length=128, blank=True)  # backslash-joined
+    # Whether the instance that created this row came from a known peer: a
+    # study from anyone completes no order and joins no all-studies link
+    # unless DicomServerSettings.trust_any_sender.
+    from_known_peer = models.BooleanField(
+        "stored by a known peer",
+        default=True,
+        help_text="Off: its first instance came from a caller not in the peer list.",
+    )
     num_series = models.PositiveIntegerField(default=0)
     num_instances = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)

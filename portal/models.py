@@ -15,7 +15,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator
 from django.db import models
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from dicomnodes.models import DicomServerSettings, Study
@@ -217,7 +217,13 @@ class StudyToken(models.Model):
     def studies(self):
         """The studies this token opens."""
         if self.scope == TokenScope.PATIENT:
-            return Study.objects.filter(patient_record_id=self.study.patient_record_id)
+            studies = Study.objects.filter(patient_record_id=self.study.patient_record_id)
+            # Anyone may store by default: a study an unknown caller filed
+            # under this Patient ID does not join the link (unless the DICOM
+            # server setting "any sender ... joins patient links" is on).
+            if not DicomServerSettings.load().trust_any_sender:
+                studies = studies.filter(Q(from_known_peer=True) | Q(pk=self.study_id))
+            return studies
         return Study.objects.filter(pk=self.study_id)
 
 

@@ -19,6 +19,7 @@ from django.utils import timezone
 from django_q.models import Schedule
 from django_q.tasks import async_task, schedule
 
+from dicomnodes.models import DicomServerSettings
 from worklist.er7 import Encoding, escape, read_header, split_segments
 from worklist.mllp import FrameBuffer, frame
 from worklist.models import (
@@ -53,8 +54,19 @@ DEFAULT_VERSION = "2.3.1"
 
 def on_studies_created(sender, *, studies, **kwargs):
     """Receiver of dicomnodes.signals.studies_created (runscp's and the
-    transfer runner's index writers)."""
-    studies_arrived(studies)
+    transfer runner's index writers): `studies` are signals.NewStudy.
+
+    Anyone may store by default, so a study from a caller that is not a known
+    peer completes no item and tells the RIS nothing (an instance with an
+    order's accession number would otherwise report the exam done), unless
+    the DICOM server setting "any sender completes orders" is on.
+    """
+    trusted = [s for s in studies if s.from_known_peer]
+    if len(trusted) < len(studies) and DicomServerSettings.load().trust_any_sender:
+        trusted = studies
+    elif len(trusted) < len(studies):
+        logger.info("%d new studies from unknown senders complete no worklist item", len(studies) - len(trusted))
+    studies_arrived([(s.study_instance_uid, s.accession_number) for s in trusted])
 
 
 def studies_arrived(studies: list[tuple[str, str]]) -> list[int]:

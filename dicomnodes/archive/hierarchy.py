@@ -14,6 +14,7 @@ from django.db.models.functions import Coalesce
 
 from dicomnodes.archive.rawsql import increment
 from dicomnodes.models import Instance, Patient, Series, Study
+from dicomnodes.signals import NewStudy
 
 
 class HierarchyCache:
@@ -37,7 +38,7 @@ class Created:
     """What one batch created, for the counters and the worklist."""
 
     def __init__(self):
-        self.new_studies = []  # (study uid, accession number) of the Study rows created
+        self.new_studies = []  # a NewStudy per Study row created
         self.studies_per_patient = Counter()
         self.series_per_study = Counter()
         self.studies_with_new_series = set()
@@ -67,22 +68,21 @@ def ensure_patients(headers, cache):
                 ]
             )
             _load_patients(new, cache)
-    # The newest demographics win (a corrected name arrives with new images).
+    # A new instance fills what the patient row lacks and changes nothing it
+    # has: anyone may store (the default), so the newest name winning would
+    # let anyone rename a patient.  Study rows keep the demographics they
+    # were created with; corrections are an administrator's act.
     for key, h in wanted.items():
         pk, name, birth, sex = cache.patients[key]
-        new_values = (h.patient_name, h.patient_birth_date, h.patient_sex)
-        if any(new_values) and new_values != (name, birth, sex):
-            demographics = dict(
-                patient_name=h.patient_name,
-                patient_name_upper=h.patient_name.upper(),
-                patient_birth_date=h.patient_birth_date,
-                patient_sex=h.patient_sex,
+        filled = (name or h.patient_name, birth or h.patient_birth_date, sex or h.patient_sex)
+        if filled != (name, birth, sex):
+            Patient.objects.filter(pk=pk).update(
+                patient_name=filled[0],
+                patient_name_upper=filled[0].upper(),
+                patient_birth_date=filled[1],
+                patient_sex=filled[2],
             )
-            Patient.objects.filter(pk=pk).update(**demographics)
-            # The copies on the patient's study rows follow, so that a
-            # study-level search by the corrected name finds every study.
-            Study.objects.filter(patient_record_id=pk).update(**demographics)
-            cache.patients[key] = (pk, *new_values)
+            cache.patients[key] = (pk, *filled)
     return {key: cache.patients[key][0] for key in wanted}
 
 
@@ -96,7 +96,10 @@ def _load_patients(keys, cache):
             cache.patients[(pid, issuer)] = (pk, name, birth, sex)
 
 
-def ensure_studies(headers, patients, cache, created):
+def ensure_studies(headers, patients, cache, created, *, known_studies=None):
+    """Study pk for every Study Instance UID of `headers`.  A study created
+    here is marked as from a known peer when its UID is in `known_studies`
+    (None: all are)."""
     wanted = {}
     for h in headers:
         wanted.setdefault(h.study_instance_uid, h)
@@ -108,10 +111,14 @@ def ensure_studies(headers, patients, cache, created):
         new = [uid for uid in missing if uid not in cache.studies]
         if new:
             rows = [_new_study(wanted[uid], patients) for uid in new]
+            for row in rows:
+                row.from_known_peer = known_studies is None or row.study_instance_uid in known_studies
             Study.objects.bulk_create(rows)
             for row in rows:
                 created.studies_per_patient[row.patient_record_id] += 1
-                created.new_studies.append((row.study_instance_uid, row.accession_number))
+                created.new_studies.append(
+                    NewStudy(row.study_instance_uid, row.accession_number, row.from_known_peer)
+                )
             cache.studies.update(
                 Study.objects.filter(study_instance_uid__in=new).values_list("study_instance_uid", "pk")
             )

@@ -52,6 +52,9 @@ class IndexItem:
     calling_ae: str = ""
     association_id: object = None
     received_at: datetime = field(default_factory=timezone.now)
+    # From a peer in the peer list (or a retrieve we asked for): a study it
+    # creates may complete orders and join patient links.
+    from_known_peer: bool = True
 
 
 @dataclass(slots=True)
@@ -118,7 +121,8 @@ def index_instances(items, cache=None, created=None):
     created = created if created is not None else Created()
     headers = [item.header for item in wanted]
     patients = ensure_patients(headers, cache)
-    studies = ensure_studies(headers, patients, cache, created)
+    known_studies = {item.header.study_instance_uid for item in wanted if item.from_known_peer}
+    studies = ensure_studies(headers, patients, cache, created, known_studies=known_studies)
     series = ensure_series(headers, studies, cache, created)
 
     to_create, new_per_series, moved = [], Counter(), set()
@@ -160,6 +164,23 @@ def index_instances(items, cache=None, created=None):
     return outcomes
 
 
+class SenderMarked:
+    """The index writer as one C-STORE sees it: every IndexItem submitted
+    through it says whether its sender is a known peer (the C-STORE core
+    knows; `store_received`, which builds the item, need not)."""
+
+    __slots__ = ("writer", "from_known_peer")
+
+    def __init__(self, writer, *, from_known_peer):
+        self.writer = writer
+        self.from_known_peer = from_known_peer
+
+    def submit(self, job):
+        if isinstance(job, IndexItem):
+            job.from_known_peer = self.from_known_peer
+        return self.writer.submit(job)
+
+
 class IndexUnavailable(RuntimeError):
     """The index could not be written (database down, locked too long)."""
 
@@ -191,8 +212,8 @@ class IndexWriter:
     them all (group commit without an artificial delay, so a lone sender
     waits for nothing but its own commit).
 
-    `on_studies_created(pairs)` is called after a commit that created
-    studies, with their (Study Instance UID, Accession Number), and
+    `on_studies_created(studies)` is called after a commit that created
+    studies, with a `signals.NewStudy` for each, and
     `on_associations_closed(closes)` with the AssociationClose jobs of a
     commit that closed associations; by default they send the signals of
     `dicomnodes.signals` (see `notifications`).  Their failures are logged
@@ -284,15 +305,15 @@ class IndexWriter:
         self._studies_created(created.new_studies)
         self._associations_closed(_closes(batch))
 
-    def _studies_created(self, pairs):
+    def _studies_created(self, studies):
         """After the commit and after the senders were released, so that the
         hook (worklist matching) adds nothing to their wait."""
-        if not pairs or self.on_studies_created is None:
+        if not studies or self.on_studies_created is None:
             return
         try:
-            self.on_studies_created(pairs)
+            self.on_studies_created(studies)
         except Exception:
-            logger.exception("the new-studies hook failed for %d studies; the images are stored", len(pairs))
+            logger.exception("the new-studies hook failed for %d studies; the images are stored", len(studies))
 
     def _associations_closed(self, closes):
         if not closes or self.on_associations_closed is None:

@@ -21,9 +21,9 @@ logger = logging.getLogger(__name__)
 _CHUNK = 2000  # UIDs per IN (...) query
 
 
-def studies_created(pairs):
-    """`pairs`: (Study Instance UID, Accession Number) of the studies just created."""
-    send_logged(signals.studies_created, None, studies=list(pairs))
+def studies_created(studies):
+    """`studies`: a signals.NewStudy for each study just created."""
+    send_logged(signals.studies_created, None, studies=list(studies))
 
 
 def associations_closed(closes):

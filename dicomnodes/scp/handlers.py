@@ -14,7 +14,7 @@ from datetime import datetime
 from django.utils import timezone
 from pynetdicom import evt
 
-from dicomnodes.archive.index import AssociationClose, AssociationOpen
+from dicomnodes.archive.index import AssociationClose, AssociationOpen, SenderMarked
 from dicomnodes.archive.ingest import store_received
 from dicomnodes.dimse import REJECT_CALLED_AE, REJECT_CALLING_AE, Caller, Status, status
 from dicomnodes.models import AssociationLog, AssociationResult
@@ -208,10 +208,13 @@ def answer_store(
 
     The caller must be allowed to store (0124 otherwise); then the bytes are
     stored as received and indexed (`archive.ingest.store_received`: C000
-    with the bytes quarantined, A700, 0110 as the README says).
+    with the bytes quarantined, A700, 0110 as the README says).  Anyone may
+    store by default, so only a known peer replaces a stored instance (the
+    overwrite policy), and the index learns whether the sender is known.
     """
     if not config.access.may_store(caller.ae_title, caller.address):
         return Status.NOT_AUTHORISED, f"{caller.ae_title} may not store here", ""
+    known = config.access.is_known(caller.ae_title, caller.address)
     result = store_received(
         raw,
         transfer_syntax_uid,
@@ -220,9 +223,9 @@ def answer_store(
         called_ae=called_ae,
         calling_ae=caller.ae_title,
         association_id=association_id,
-        overwrite=config.overwrite,
+        overwrite=config.overwrite and known,
         fsync=config.fsync,
-        writer=writer,
+        writer=SenderMarked(writer, from_known_peer=known),
         wait_timeout=max(config.service_timeout, 30),
     )
     return result.status, result.comment, result.sop_instance_uid

@@ -10,6 +10,7 @@ from django.utils import timezone
 from pydicom.uid import generate_uid
 
 from dicomnodes.archive.header import read_header_file
+from dicomnodes.archive.hierarchy import Created
 from dicomnodes.archive.index import (
     AssociationClose,
     AssociationOpen,
@@ -20,6 +21,7 @@ from dicomnodes.archive.index import (
     apply_batch,
 )
 from dicomnodes.models import AssociationLog, AssociationResult, Instance, Patient, Series, Study
+from dicomnodes.signals import NewStudy
 from tests.support.dicomdata import make_ct
 
 pytestmark = pytest.mark.archive
@@ -167,18 +169,57 @@ def test_an_overwrite_within_one_batch_leaves_only_the_last_copy(db, header):
     assert Series.objects.get().series_instance_uid == last.series_instance_uid
 
 
-def test_newer_demographics_update_the_patient(db, header):
-    apply_batch([stored(header(patient_id="P1", patient_name="Doe^Jane"))])
-    apply_batch([stored(header(patient_id="P1", patient_name="Doe^Janet"))])
-    patient = Patient.objects.get()
-    assert (patient.patient_name, patient.patient_name_upper) == ("Doe^Janet", "DOE^JANET")
-
-
-def test_a_corrected_patient_name_reaches_the_study_it_arrives_in(db, header):
+def test_a_new_instance_never_renames_a_stored_patient_or_study(db, header):
     study_uid = generate_uid()
     apply_batch([stored(header(study_uid=study_uid, patient_id="P1", patient_name="Doe^Jane"))])
-    apply_batch([stored(header(study_uid=study_uid, patient_id="P1", patient_name="Doe^Janet"))])
-    assert Study.objects.get().patient_name == Patient.objects.get().patient_name
+
+    apply_batch([stored(header(study_uid=study_uid, patient_id="P1", patient_name="Mallory^Eve"))])
+
+    patient, study = Patient.objects.get(), Study.objects.get()
+    assert (patient.patient_name, patient.patient_name_upper) == ("Doe^Jane", "DOE^JANE")
+    assert (study.patient_name, study.patient_name_upper) == ("Doe^Jane", "DOE^JANE")
+
+
+def test_each_study_keeps_the_demographics_it_was_stored_with(db, header):
+    first, second = generate_uid(), generate_uid()
+    apply_batch([stored(header(study_uid=first, patient_id="P1", patient_name="Doe^Jane"))])
+
+    apply_batch([stored(header(study_uid=second, patient_id="P1", patient_name="Doe^Janet"))])
+
+    names = dict(Study.objects.values_list("study_instance_uid", "patient_name"))
+    assert names == {first: "Doe^Jane", second: "Doe^Janet"}
+    assert Patient.objects.get().patient_name == "Doe^Jane"
+
+
+def test_a_new_instance_fills_only_what_the_patient_row_lacks(db, header):
+    study_uid = generate_uid()
+    apply_batch([stored(header(study_uid=study_uid, patient_id="P1", patient_name=""))])
+    fuller = dataclasses.replace(
+        header(study_uid=study_uid, patient_id="P1", patient_name="Doe^Jane"),
+        patient_birth_date="19700101",
+        patient_sex="F",
+    )
+
+    apply_batch([stored(fuller)])
+    apply_batch([stored(header(study_uid=study_uid, patient_id="P1", patient_name="Mallory^Eve"))])
+
+    patient = Patient.objects.get()
+    assert (patient.patient_name, patient.patient_birth_date, patient.patient_sex) == ("Doe^Jane", "19700101", "F")
+    assert Study.objects.get().patient_name == ""  # the study keeps what it came with
+
+
+def test_a_study_remembers_whether_a_known_peer_created_it(db, header):
+    known, unknown = header(accession="ACC1"), header(accession="ACC2")
+    created = Created()
+
+    apply_batch([stored(known), stored(unknown, from_known_peer=False)], created=created)
+
+    flags = dict(Study.objects.values_list("study_instance_uid", "from_known_peer"))
+    assert flags == {known.study_instance_uid: True, unknown.study_instance_uid: False}
+    assert created.new_studies == [
+        NewStudy(known.study_instance_uid, "ACC1", True),
+        NewStudy(unknown.study_instance_uid, "ACC2", False),
+    ]
 
 
 # --- association rows ---------------------------------------------------------------

@@ -174,3 +174,13 @@ def test_the_same_ae_title_host_and_port_twice_is_refused(an_admin):
     assert response.status_code == 200
     assert "already exists" in str(response.context["adminform"].form.errors)
     assert Peer.objects.count() == 1
+
+
+def test_the_add_form_offers_check_host_ticked_and_saves_what_was_posted(an_admin):
+    page = an_admin.get(ADD).content.decode()
+    assert re.search(r'<input[^>]*name="check_host"[^>]*checked', page), "ticked for a new peer"
+
+    an_admin.post(ADD, peer_form(name="as offered", check_host="on"))
+    an_admin.post(ADD, peer_form(name="unticked", host="10.0.0.2"))  # the browser omits an unticked box
+
+    assert dict(Peer.objects.values_list("name", "check_host")) == {"as offered": True, "unticked": False}

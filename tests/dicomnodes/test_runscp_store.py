@@ -16,6 +16,7 @@ from dicomnodes.models import (
     DuplicatePolicy,
     Instance,
     Patient,
+    Peer,
     Series,
     Study,
 )
@@ -131,6 +132,8 @@ def test_duplicate_policy(start_scp, tmp_path, policy):
     row = DicomServerSettings.load()
     row.duplicate_policy = policy
     row.save()
+    # Only a known peer replaces an instance (test_runscp_unknown_senders.py).
+    Peer.objects.create(name="CT", ae_title=MODALITY, host="127.0.0.1")
     scp = start_scp()
     uid = generate_uid()
     first = make_ct(tmp_path / "first.dcm", sop_uid=uid, patient_name="First^Copy", study_date="20260101")

@@ -24,6 +24,14 @@ def test_an_admin_creates_a_peer(an_api_admin, db):
     assert response.json()["id"] == peer.pk
 
 
+def test_a_peer_created_without_check_host_checks_its_host_unless_told_not_to(an_api_admin, db):
+    assert an_api_admin.post("/api/peers/", ORTHANC, format="json").json()["check_host"] is True
+    other = {**ORTHANC, "host": "10.0.0.2", "check_host": False}
+    assert an_api_admin.post("/api/peers/", other, format="json").json()["check_host"] is False
+
+    assert dict(Peer.objects.values_list("host", "check_host")) == {"127.0.0.1": True, "10.0.0.2": False}
+
+
 def test_a_peer_with_a_bad_ae_title_or_host_is_refused_with_the_reason(an_api_admin, db):
     response = an_api_admin.post("/api/peers/", {**ORTHANC, "ae_title": "TOO LONG FOR AN AE TITLE"}, format="json")
     assert response.status_code == 400

@@ -10,7 +10,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from dicomnodes.models import Patient, Study
+from dicomnodes.models import DicomServerSettings, Patient, Study
 from portal.models import Accessibility, HttpSettings, StudyToken, TokenScope, add_period, hash_token, token_expiry
 from portal.tokens import create_token, lookup, token_url
 
@@ -149,6 +149,24 @@ def test_a_patient_token_opens_every_study_of_the_patient_and_a_study_token_one(
     a_study(patient_id="OTHER", uid="1.2.3.3")
     assert set(create_token(first).row.studies()) == {first}
     assert set(create_token(first, scope=TokenScope.PATIENT).row.studies()) == {first, second}
+
+
+def test_a_study_an_unknown_caller_stored_does_not_join_a_patient_link(db):
+    first = a_study(uid="1.2.3.1")
+    planted = a_study(uid="1.2.3.2")
+    Study.objects.filter(pk=planted.pk).update(from_known_peer=False)
+
+    assert set(create_token(first, scope=TokenScope.PATIENT).row.studies()) == {first}
+    # A link made for the unknown caller's study itself still opens it.
+    assert set(create_token(planted, scope=TokenScope.PATIENT).row.studies()) == {first, planted}
+
+
+def test_with_any_sender_trusted_every_study_of_the_patient_joins_the_link(db):
+    DicomServerSettings.objects.update_or_create(pk=1, defaults={"trust_any_sender": True})
+    first, planted = a_study(uid="1.2.3.1"), a_study(uid="1.2.3.2")
+    Study.objects.filter(pk=planted.pk).update(from_known_peer=False)
+
+    assert set(create_token(first, scope=TokenScope.PATIENT).row.studies()) == {first, planted}
 
 
 def http_settings(**values):

@@ -17,9 +17,11 @@ from django_q.models import Schedule
 
 from dicomnodes.archive.header import read_header_file
 from dicomnodes.archive.index import IndexItem, IndexWriter
+from dicomnodes.models import DicomServerSettings, Peer
+from dicomnodes.signals import NewStudy
 from pacs_site.management.commands.runpacs import process_table
 from tests.support.dicomdata import make_ct
-from tests.support.processes import free_port, wait_until
+from tests.support.processes import MODALITY, STRANGER, free_port, wait_until
 from worklist import outgoing
 from worklist.er7 import Encoding, split_segments
 from worklist.models import (
@@ -313,6 +315,36 @@ def test_without_open_items_arrival_costs_one_query(our_settings, django_assert_
         assert outgoing.studies_arrived([("1.2.3.4", "ACC1")]) == []
 
 
+def test_a_study_from_an_unknown_sender_completes_no_item_and_tells_the_ris_nothing(our_settings, queued):
+    item = an_item()
+    HL7Destination.objects.create(name="RIS", host="ris", port=2576)
+
+    outgoing.on_studies_created(None, studies=[NewStudy("9.9.9", "ACC1", from_known_peer=False)])
+
+    item.refresh_from_db()
+    assert item.status == ItemStatus.SCHEDULED
+    assert not OutgoingHL7Message.objects.exists()
+
+
+def test_a_study_from_a_known_peer_completes_its_item(our_settings, queued):
+    item = an_item()
+
+    outgoing.on_studies_created(None, studies=[NewStudy("9.9.9", "ACC1", from_known_peer=True)])
+
+    item.refresh_from_db()
+    assert item.status == ItemStatus.COMPLETED
+
+
+def test_with_any_sender_trusted_a_study_from_anyone_completes_its_item(our_settings, queued):
+    DicomServerSettings.objects.update_or_create(pk=1, defaults={"trust_any_sender": True})
+    item = an_item()
+
+    outgoing.on_studies_created(None, studies=[NewStudy("9.9.9", "ACC1", from_known_peer=False)])
+
+    item.refresh_from_db()
+    assert item.status == ItemStatus.COMPLETED
+
+
 # --- The index writer's hook ------------------------------------------------------------------
 
 
@@ -332,7 +364,7 @@ def test_the_index_writer_reports_each_new_study_once_after_its_commit(tmp_path)
     finally:
         writer.stop()
 
-    assert calls == [[("1.2.9.1", "ACC7")]]
+    assert calls == [[NewStudy("1.2.9.1", "ACC7", from_known_peer=True)]]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -352,10 +384,18 @@ def test_a_failing_hook_does_not_fail_the_ingest(tmp_path):
 # --- End to end -------------------------------------------------------------------------------
 
 
+def a_known_modality(scp):
+    """MODALITY as a peer on this host; may query too, so that the test can
+    wait until runscp has read the peer list."""
+    Peer.objects.create(name="CT", ae_title=MODALITY, host="127.0.0.1", may_store=True, may_query=True)
+    scp.wait_until_allowed(MODALITY, "find")
+
+
 def test_images_stored_to_runscp_complete_the_item_and_the_ris_hears_of_it(our_settings, shared_scp, tmp_path, ris):
     listener = ris()
     item = an_item(study_instance_uid="")
     HL7Destination.objects.create(name="RIS", host="127.0.0.1", port=listener.port)
+    a_known_modality(shared_scp)
 
     assert shared_scp.store(make_ct(tmp_path / "ct.dcm", accession="ACC1")).returncode == 0
 
@@ -368,6 +408,25 @@ def test_images_stored_to_runscp_complete_the_item_and_the_ris_hears_of_it(our_s
     row.refresh_from_db()
     assert (row.state, row.ack_code) == (DeliveryState.SENT, "AA")
     assert segments(listener.received[0])["OBR"].get(18) == "ACC1"
+
+
+def test_images_from_an_unknown_caller_complete_no_item_and_the_ris_hears_nothing(
+    our_settings, shared_scp, tmp_path
+):
+    HL7Destination.objects.create(name="RIS", host="127.0.0.1", port=free_port())
+    forged = an_item(accession_number="ACC1", study_instance_uid="")
+    real = an_item(accession_number="ACC2", study_instance_uid="")
+    a_known_modality(shared_scp)
+
+    assert shared_scp.store(make_ct(tmp_path / "forged.dcm", accession="ACC1"), calling=STRANGER).returncode == 0
+    # One index writer announces new studies in order: once the known
+    # modality's study completed its item, the stranger's was looked at.
+    assert shared_scp.store(make_ct(tmp_path / "real.dcm", accession="ACC2")).returncode == 0
+    wait_until(lambda: OutgoingHL7Message.objects.exists(), 15, message="the known modality's status update")
+
+    forged.refresh_from_db()
+    assert forged.status == ItemStatus.SCHEDULED
+    assert list(OutgoingHL7Message.objects.values_list("item", flat=True)) == [real.pk]
 
 
 def test_runpacs_runs_the_task_worker():
