@@ -42,3 +42,29 @@ def envlist(name, default):
     if raw is None:
         return list(default)
     return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+def envchoice(name, default, choices):
+    """One of `choices` (case-insensitive; returned as written in `choices`)."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    for choice in choices:
+        if raw.strip().lower() == choice.lower():
+            return choice
+    raise ImproperlyConfigured(f"{name}={raw!r} is not one of {', '.join(choices)}")
+
+
+def envoctal(name, default, *, maximum=0o777):
+    """An octal number such as a umask (`077`, `0o027`)."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    text = raw.strip().lower().removeprefix("0o")
+    try:
+        value = int(text, 8)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not an octal number") from None
+    if not 0 <= value <= maximum:
+        raise ImproperlyConfigured(f"{name}={raw!r} is outside 0..{maximum:o}")
+    return value

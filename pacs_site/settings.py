@@ -12,16 +12,27 @@ from pathlib import Path
 
 import dj_database_url
 
-from pacs_site.env import envbool, envint, envlist, envstr
+from pacs_site.datafiles import DEFAULT_UMASK, make_private
+from pacs_site.env import envbool, envchoice, envint, envlist, envoctal, envstr
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 # Storage root: index database (SQLite default), DICOM files, logs.
 PACS_DATA_DIR = Path(envstr("PACS_DATA_DIR", str(BASE_DIR / "data"))).resolve()
-PACS_DATA_DIR.mkdir(parents=True, exist_ok=True)
 PACS_STORAGE_DIR = PACS_DATA_DIR / "storage"
 PACS_QUARANTINE_DIR = PACS_DATA_DIR / "quarantine"
 PACS_LOG_DIR = PACS_DATA_DIR / "logs"
+PACS_CACHE_DIR = PACS_DATA_DIR / "cache"  # previews (portal/previews.py)
+# What this process creates is its owner's alone (files 0600, folders 0700);
+# the publishing folders a disc robot reads are the one exception
+# (pacs_site/datafiles.py).  027 lets a group read as well (a backup agent).
+PACS_UMASK = envoctal("PACS_UMASK", DEFAULT_UMASK)
+make_private(
+    PACS_DATA_DIR,
+    umask=PACS_UMASK,
+    folders=[PACS_STORAGE_DIR, PACS_QUARANTINE_DIR, PACS_LOG_DIR, PACS_CACHE_DIR],
+    files=[PACS_DATA_DIR / "pacs.sqlite3"],
+)
 
 
 def _local_secret_key():
@@ -119,12 +130,17 @@ ASGI_APPLICATION = "pacs_site.asgi.application"
 # Default: one SQLite file in the data folder.  DATABASE_URL switches to
 # PostgreSQL (postgres://user@host:5432/name).
 _default_db = f"sqlite:///{PACS_DATA_DIR / 'pacs.sqlite3'}"
+PACS_SQLITE_SYNCHRONOUS = envchoice("PACS_SQLITE_SYNCHRONOUS", "FULL", ("FULL", "NORMAL"))
 DATABASES = {"default": dj_database_url.parse(envstr("DATABASE_URL") or _default_db, conn_max_age=0)}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["OPTIONS"] = {
         # WAL lets readers (C-FIND, the admin) run while the index writer
-        # commits; NORMAL is durable across application crashes in WAL mode.
-        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
+        # commits.  synchronous=FULL syncs the WAL at every commit, so that a
+        # C-STORE answered Success survives a power cut as its fsynced file
+        # does; NORMAL syncs only at checkpoints (durable across application
+        # crashes, not power cuts).  Measured with bench/ingest.py: see
+        # docs/storage.md.  NORMAL pairs with "fsync on store" off.
+        "init_command": f"PRAGMA journal_mode=WAL; PRAGMA synchronous={PACS_SQLITE_SYNCHRONOUS}",
         # Wait up to 30 s for a lock instead of failing at once.
         "timeout": 30,
         # Take the write lock at BEGIN: avoids the deadlock of two readers

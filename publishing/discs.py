@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dicomnodes.archive.fileset import FileSetError, plan_fileset
+from pacs_site.datafiles import ROBOT_READABLE_DIR, ROBOT_READABLE_FILE
 
 SECTOR = 2048  # bytes per sector on CD and DVD
 # Room kept per instance for its DICOMDIR records and directory entries, and
@@ -118,18 +119,35 @@ def copy_viewer(viewer: Path, folder: Path):
             shutil.copyfile(entry, target)
 
 
+def readable_by_the_robot(disc: Path, staging: Path):
+    """Open a disc folder (and the staging folder holding it) to the robot.
+
+    Everything else the server writes is its owner's alone (umask 077,
+    pacs_site/datafiles.py), but the robot software reads these files as
+    another user or over a share (PTBurn's `Data=` and TD Bridge's `DATA=`
+    name this folder as the robot's PC sees it): folders 0755, files 0644,
+    as the server made them before.  A staging folder that is not ours (a
+    share an administrator set up) keeps its own mode.
+    """
+    for path in [staging, disc, *disc.rglob("*")]:
+        try:
+            path.chmod(ROBOT_READABLE_DIR if path.is_dir() else ROBOT_READABLE_FILE)
+        except PermissionError:
+            pass
+
+
 def stage_disc(folder: Path, sources, *, fileset_id, readme: str, viewer=None, fallback_date="19000101") -> int:
     """Build one disc folder; returns its size on disc (bytes).  The folder
     is built under a temporary name and renamed, so a half-built disc never
     carries the name a job file points at."""
     folder = Path(folder)
     building = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    building.chmod(0o755)  # mkdtemp makes it private; the robot reads it over a share
     try:
         write_fileset(building, sources, fileset_id=fileset_id, fallback_date=fallback_date)
         (building / "README.TXT").write_bytes(readme.replace("\n", "\r\n").encode("utf-8-sig"))
         if viewer:
             copy_viewer(Path(viewer), building)
+        readable_by_the_robot(building, folder.parent)
         os.replace(building, folder)
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)

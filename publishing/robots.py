@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
 
+from pacs_site.datafiles import ROBOT_READABLE_FILE
 from publishing.models import JobState
 
 CLIENT_ID = "PACS"  # PTBurn ClientID; an abort must name the same one
@@ -202,6 +203,13 @@ def write_atomically(folder: Path, name: str, text: str, encoding: str) -> Path:
     temp = folder / (Path(name).stem + TEMP_SUFFIX)
     data = text.encode(encoding, errors="replace")
     with open(temp, "wb") as fp:
+        # The robot reads (and renames) the job file, perhaps as another user:
+        # 0644 despite the server's umask 077 (pacs_site/datafiles.py).  A
+        # share that keeps no Unix modes may refuse: its own rules apply.
+        try:
+            os.fchmod(fp.fileno(), ROBOT_READABLE_FILE)
+        except OSError:
+            pass
         fp.write(data)
         fp.flush()
         os.fsync(fp.fileno())
