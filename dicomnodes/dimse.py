@@ -42,6 +42,8 @@ REJECTED_TRANSIENT = 2
 # A-ASSOCIATE-RJ (result, source, reason) we send: rejected-permanent, by the service user.
 REJECT_CALLED_AE = (0x01, 0x01, 0x07)
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)
+# Rejected-transient, by the service provider (presentation): local limit exceeded (PS3.8 9.3.4).
+REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)
 
 # SOP Class UID: (service, information model root)  (PS3.4 C.6, K.6)
 QUERY_RETRIEVE = {

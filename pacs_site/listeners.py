@@ -138,3 +138,19 @@ def _host(host: str) -> str:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
         return str(ip.ipv4_mapped)
     return str(ip)
+
+
+def address_group(address: str) -> str:
+    """What per-address limits count: an IPv4 address, or the /64 an IPv6
+    address belongs to (one machine usually holds a whole /64, so counting
+    single IPv6 addresses would not limit it).  A v4-mapped address counts
+    as its IPv4 address; anything else as itself."""
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)

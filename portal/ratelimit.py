@@ -5,11 +5,12 @@ daphne process, so the default per-process memory cache is enough; with
 several web processes, configure a shared cache (CACHES, e.g. Redis).
 """
 
-import ipaddress
 import time
 
 from django.conf import settings
 from django.core.cache import cache
+
+from pacs_site.listeners import address_group
 
 
 def limit_per_minute() -> int:
@@ -17,19 +18,8 @@ def limit_per_minute() -> int:
 
 
 def client_address(request) -> str:
-    """The address lookups are counted for: an IPv4 address, or the /64 an
-    IPv6 address belongs to (one machine usually holds a whole /64, so
-    counting single IPv6 addresses would not slow it down)."""
-    address = request.META.get("REMOTE_ADDR") or "unknown"
-    try:
-        ip = ipaddress.ip_address(address.split("%")[0])
-    except ValueError:
-        return address
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
+    """The address lookups are counted for (`address_group`: IPv6 per /64)."""
+    return address_group(request.META.get("REMOTE_ADDR") or "unknown")
 
 
 def over_limit(request) -> bool:

@@ -96,7 +96,7 @@ def _walk(data, implicit):
         if pos + length > end:
             raise _Unusual("value runs past the end")
         if tag in _KEYWORD_BY_TAG:
-            found[tag] = data[pos : pos + length]
+            found[tag] = bytes(data[pos : pos + length])  # data may be a memoryview
         pos += length
     return found
 

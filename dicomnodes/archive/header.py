@@ -188,7 +188,7 @@ def _text(ds, keyword) -> str:
 def _int(text: str) -> int | None:
     try:
         value = int(float(text.split("\\")[0])) if text else None
-    except ValueError:
+    except (ValueError, OverflowError):  # "abc"; "inf", "1e999"
         return None
     if value is not None and not -(2**31) <= value < 2**31:
         return None

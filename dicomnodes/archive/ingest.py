@@ -4,6 +4,7 @@
 handler in `handlers.py` passes it the raw dataset bytes and the context.
 """
 
+import dataclasses
 import io
 import logging
 import uuid
@@ -14,11 +15,15 @@ from django.conf import settings
 from dicomnodes.archive.fastheader import read_header_fast
 from dicomnodes.archive.header import UnreadableDataset, read_header
 from dicomnodes.archive.index import IndexItem, IndexUnavailable
-from dicomnodes.archive.storage import StorageFull, file_meta_bytes, instance_path, write_atomically
+from dicomnodes.archive.storage import StorageFull, file_meta_bytes, instance_path, storage_root, write_atomically
+from dicomnodes.archive.structure import DEFLATED, EXPLICIT_VR_LITTLE_ENDIAN, check_structure, inflate_bounded
 from dicomnodes.dimse import Status
 
 logger = logging.getLogger(__name__)
 
+# The largest a deflated dataset may inflate to, unless the caller says
+# (DicomServerSettings.max_inflated_mb).
+DEFAULT_MAX_INFLATED = 1024 * 2**20
 
 
 @dataclass(slots=True)
@@ -44,12 +49,16 @@ def store_received(
     fsync: bool,
     writer,
     wait_timeout: float,
+    max_inflated: int = DEFAULT_MAX_INFLATED,
 ) -> StoreResult:
     """Store one received dataset as received and index it.
 
     1. build the file meta group for the bytes as they came (no re-encoding);
-    2. read the header (stops before the pixels); unreadable -> C000 and the
-       bytes go to the quarantine folder so nothing is lost;
+    2. check the structure of the whole dataset (`archive.structure`; a
+       deflated one is inflated at most to `max_inflated` bytes), then read
+       the header (stops before the pixels); malformed or unreadable -> C000
+       with the reason, and the bytes go to the quarantine folder so nothing
+       is lost;
     3. write the file (temp + rename; keep-first or overwrite);
     4. hand the row to the index writer and wait for its commit.
     """
@@ -57,7 +66,7 @@ def store_received(
         sop_class_uid, sop_instance_uid, transfer_syntax_uid, source_ae=calling_ae, receiving_ae=called_ae
     )
     try:
-        header = _read_header(meta, raw, transfer_syntax_uid, sop_class_uid, sop_instance_uid)
+        header = _read_header(meta, raw, transfer_syntax_uid, sop_class_uid, sop_instance_uid, max_inflated)
     except UnreadableDataset as exc:
         where = quarantine(meta, raw)
         logger.warning("C-STORE from %s: cannot understand the dataset (%s); bytes kept as %s", calling_ae, exc, where)
@@ -110,16 +119,66 @@ def store_received(
     )
 
 
-def _read_header(meta, raw, transfer_syntax_uid, sop_class_uid, sop_instance_uid):
-    """The fast little-endian reader, with pydicom as the judge whenever the
-    fast one declines or finds the dataset wanting."""
+def _read_header(meta, raw, transfer_syntax_uid, sop_class_uid, sop_instance_uid, max_inflated):
+    """Check the dataset's structure, then read its header: the fast
+    little-endian reader, with pydicom as the judge whenever the fast one
+    declines or finds the dataset wanting."""
+    if transfer_syntax_uid in DEFLATED:
+        return _read_deflated_header(raw, transfer_syntax_uid, sop_class_uid, sop_instance_uid, max_inflated)
+    check_structure(raw, transfer_syntax_uid)
     try:
         header = read_header_fast(
             raw, transfer_syntax_uid, sop_class_uid=sop_class_uid, sop_instance_uid=sop_instance_uid
         )
     except UnreadableDataset:
         header = None
-    return header or read_header(io.BytesIO(meta + raw))
+    return header or read_header(io.BytesIO(b"".join((meta, raw))))
+
+
+def _read_deflated_header(raw, transfer_syntax_uid, sop_class_uid, sop_instance_uid, max_inflated):
+    """A deflated dataset is inflated, a megabyte at a time, into a temporary
+    file behind an explicit VR little endian file meta; its structure and
+    header are read from there.  pydicom would inflate all of it in memory,
+    however large (a 204 KB dataset can inflate to gigabytes)."""
+    meta = file_meta_bytes(sop_class_uid, sop_instance_uid, EXPLICIT_VR_LITTLE_ENDIAN)
+    with inflate_bounded(raw, limit=max_inflated, prefix=meta, folder=storage_root()) as inflated:
+        with memoryview(inflated) as whole:
+            body = whole[len(meta) :]
+            try:
+                check_structure(body, EXPLICIT_VR_LITTLE_ENDIAN)
+                header = read_header_fast(
+                    body, EXPLICIT_VR_LITTLE_ENDIAN, sop_class_uid=sop_class_uid, sop_instance_uid=sop_instance_uid
+                )
+            finally:
+                body.release()
+        if header is None:
+            header = read_header(io.BytesIO(inflated) if isinstance(inflated, bytes) else _MappedFile(inflated))
+    return dataclasses.replace(header, transfer_syntax_uid=transfer_syntax_uid)
+
+
+class _MappedFile(io.RawIOBase):
+    """A read-only file object over an mmap, for pydicom (which reads, seeks
+    and tells; it stops before the pixel data)."""
+
+    def __init__(self, mapped):
+        self._mapped = mapped
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def readinto(self, buffer):
+        data = self._mapped.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset, whence=io.SEEK_SET):
+        return self._mapped.seek(offset, whence) or self._mapped.tell()
+
+    def tell(self):
+        return self._mapped.tell()
 
 
 def quarantine(meta: bytes, raw: bytes) -> str:
@@ -128,7 +187,9 @@ def quarantine(meta: bytes, raw: bytes) -> str:
     name = f"{uuid.uuid4().hex}.dcm"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_bytes(meta + raw)
+        with open(folder / name, "wb") as out:
+            out.write(meta)
+            out.write(raw)
     except OSError as exc:
         logger.error("cannot write to the quarantine folder: %s", exc)
         return "(not kept: quarantine folder not writable)"

@@ -24,6 +24,13 @@ What every association we open gets (pynetdicom leaves both to us):
    every message even when nobody reads it, stay unbound (runscp binds them
    in debug mode).
 
+4. A PDU is read within the network time-out and up to a length
+   (`bounded_recv`).  pynetdicom reads a PDU's length, then loops on
+   recv() until that many bytes came, with no time-out on an accepted
+   socket and no bound on the length: one byte of a PDU header held a
+   connection and three threads forever, a trickle of a byte a minute
+   held it as long, and a stated length of 4 GB grew a buffer to match.
+
 What runscp adds (`configure_scp()`): every storage-like SOP class accepted,
 no identifier pretty-printing; and a refusal's status and comment put into
 the response pynetdicom sends for a C-MOVE/C-GET (`answer_next_response`).
@@ -31,10 +38,12 @@ the response pynetdicom sends for a C-MOVE/C-GET (`answer_next_response`).
 
 import socket
 import threading
+import time
 
 from pynetdicom import _config, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.transport import AssociationSocket
 
 # (object, attribute) of every pynetdicom attribute set or wrapped below.
 PATCHED = [
@@ -46,12 +55,15 @@ PATCHED = [
     (DIMSEServiceProvider, "get_msg"),  # leave_responses_to_callers
     (DIMSEServiceProvider, "send_msg"),  # answer_next_response
     (Association, "send_c_store"),  # send_files_raw
+    (AssociationSocket, "recv"),  # bounded_recv
 ]
 # Attributes of pynetdicom objects (set in __init__) that the code above and
 # runscp use: class name -> attribute names.
 USED_ON_INSTANCES = {
     "AE": ["_servers"],  # ScpService registers its server so AE.shutdown() stops it
-    "Association": ["dimse", "dul", "acse", "requestor", "acceptor"],
+    "Association": ["dimse", "dul", "acse", "requestor", "acceptor", "network_timeout", "is_acceptor"],
+    "AssociationSocket": ["socket", "assoc"],
+    "ServiceUser": ["maximum_length"],
     "DIMSEServiceProvider": ["msg_queue"],  # JobRun.cancel wakes a DIMSE wait
 }
 
@@ -60,6 +72,62 @@ _config.STORE_SEND_CHUNKED_DATASET = True
 # pynetdicom's standard PDU/DIMSE log handlers format every message even
 # when nobody reads it; runscp binds them only in debug mode.
 _config.LOG_HANDLER_LEVEL = "none"
+
+
+# The longest PDU variable field read when our advertised maximum is 0
+# ("unlimited"); else twice what we advertise (some peers count a header
+# or two more than PS3.8 says), and never less than 1 MiB (an
+# A-ASSOCIATE-RQ with many contexts and a SAML assertion).
+UNLIMITED_PDU_BOUND = 64 * 2**20
+_PDU_FLOOR = 2**20
+_RECV_CHUNK = 2**20
+
+
+def _pdu_bound(assoc) -> int:
+    ours = assoc.acceptor if assoc.is_acceptor else assoc.requestor
+    advertised = ours.maximum_length or 0
+    return max(2 * advertised, _PDU_FLOOR) if advertised else UNLIMITED_PDU_BOUND
+
+
+def bounded_recv(self, nr_bytes):
+    """AssociationSocket.recv: `nr_bytes` within the association's network
+    time-out in all (not per recv() call), and no more than `_pdu_bound`.
+    Like pynetdicom's, it returns what it has when the peer closes; a
+    time-out or an over-long PDU raises OSError, which pynetdicom's DUL
+    turns into "transport connection closed" (Evt17)."""
+    assoc = self.assoc
+    if nr_bytes > 6 and nr_bytes > _pdu_bound(assoc):
+        raise OSError(f"a PDU of {nr_bytes} bytes is longer than the {_pdu_bound(assoc)} accepted here")
+    sock = self.socket
+    timeout = assoc.network_timeout
+    deadline = None if timeout is None else time.monotonic() + timeout
+    buf = bytearray(nr_bytes)
+    view = memoryview(buf)
+    got = 0
+    try:
+        while got < nr_bytes:
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"{got} of {nr_bytes} bytes of a PDU in {timeout} s")
+                sock.settimeout(remaining)
+            n = sock.recv_into(view[got:], min(nr_bytes - got, _RECV_CHUNK))
+            if not n:
+                break
+            got += n
+    finally:
+        view.release()
+        if deadline is not None:
+            try:
+                sock.settimeout(timeout)  # a later send() gets the whole time-out
+            except OSError:
+                pass
+    if got < nr_bytes:
+        del buf[got:]
+    return buf
+
+
+AssociationSocket.recv = bounded_recv
 
 
 def configure_scp():

@@ -16,7 +16,7 @@ from pynetdicom import evt
 
 from dicomnodes.archive.index import AssociationClose, AssociationOpen, SenderMarked
 from dicomnodes.archive.ingest import store_received
-from dicomnodes.dimse import REJECT_CALLED_AE, REJECT_CALLING_AE, Caller, Status, status
+from dicomnodes.dimse import REJECT_CALLED_AE, REJECT_CALLING_AE, REJECT_LOCAL_LIMIT, Caller, Status, status
 from dicomnodes.models import AssociationLog, AssociationResult
 from pacs_site.listeners import peer_address
 
@@ -50,9 +50,10 @@ class Handlers:
     the admin edits the settings); `writer` is the IndexWriter.
     """
 
-    def __init__(self, config, writer):
+    def __init__(self, config, writer, connections=None):
         self.config = config
         self.writer = writer
+        self.connections = connections  # limits.ConnectionTable of the server, if any
 
     def bindings(self):
         return [
@@ -76,11 +77,23 @@ class Handlers:
             started_at=timezone.now(),
         )
         assoc.pacs_state = state
+        config = self.config()
+        conn = getattr(assoc, "pacs_connection", None)
+        if conn is not None and self.connections is not None:
+            busy = self.connections.admit(
+                conn,
+                max_total=config.max_associations,
+                max_per_address=config.max_associations_per_address,
+            )
+            if busy:
+                logger.warning("association from %s (%s) refused for now: %s", state.calling_ae, state.address, busy)
+                self._reject(assoc, state, REJECT_LOCAL_LIMIT, f"local limit exceeded: {busy}")
+                return
         refusal = check_association(
             state.called_ae,
             Caller(state.calling_ae, state.address),
             [cx.abstract_syntax for cx in rq.presentation_context_definition_list],
-            config=self.config(),
+            config=config,
         )
         if refusal:
             self._reject(assoc, state, *refusal)
@@ -167,8 +180,21 @@ class Handlers:
     def on_store(self, event):
         state = event.assoc.pacs_state
         req = event.request
-        raw = req.DataSet.getvalue()
-        code, comment, sop_instance_uid = answer_store(
+        with req.DataSet.getbuffer() as raw:  # the received bytes, not a copy of them
+            code, comment, sop_instance_uid = self._store(event, state, raw)
+            size = len(raw)
+        if code != Status.NOT_AUTHORISED:  # bytes of refused callers are not counted
+            state.bytes += size
+        if code != Status.SUCCESS:
+            state.failed += 1
+            return status(code, comment)
+        state.received += 1
+        state.stored.append(sop_instance_uid)
+        return Status.SUCCESS
+
+    def _store(self, event, state, raw):
+        req = event.request
+        return answer_store(
             raw,
             str(event.context.transfer_syntax),
             sop_class_uid=str(req.AffectedSOPClassUID),
@@ -179,14 +205,6 @@ class Handlers:
             config=self.config(),
             writer=self.writer,
         )
-        if code != Status.NOT_AUTHORISED:  # bytes of refused callers are not counted
-            state.bytes += len(raw)
-        if code != Status.SUCCESS:
-            state.failed += 1
-            return status(code, comment)
-        state.received += 1
-        state.stored.append(sop_instance_uid)
-        return Status.SUCCESS
 
 
 def check_association(called_ae, caller, abstract_syntaxes, *, config):
@@ -227,5 +245,6 @@ def answer_store(
         fsync=config.fsync,
         writer=SenderMarked(writer, from_known_peer=known),
         wait_timeout=max(config.service_timeout, 30),
+        max_inflated=config.max_inflated,
     )
     return result.status, result.comment, result.sop_instance_uid

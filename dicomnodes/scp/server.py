@@ -34,10 +34,11 @@ from dicomnodes.models import PUBLISHING_SUFFIXES, DicomServerSettings, Duplicat
 from dicomnodes.scp.access import AccessPolicy
 from dicomnodes.scp.compat import configure_scp
 from dicomnodes.scp.handlers import Handlers
+from dicomnodes.scp.limits import Connection, ConnectionTable
 from dicomnodes.scp.qr import QueryRetrieveHandlers
 from dicomnodes.scp.sending import UNCOMPRESSED
 from dicomnodes.signals import scp_started, send_logged
-from pacs_site.listeners import SettingsFollower, listening_socket
+from pacs_site.listeners import SettingsFollower, listening_socket, peer_address
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,9 @@ class ScpConfig:
     access: AccessPolicy
     case_insensitive_names: bool = True
     find_result_limit: int = 0
+    max_associations: int = 100
+    max_associations_per_address: int = 20
+    max_inflated: int = 1024 * 2**20  # bytes
 
     @property
     def called_ae_titles(self):
@@ -84,6 +88,9 @@ def load_config(*, port=None, ae_title=None) -> ScpConfig:
         access=AccessPolicy.load(row),
         case_insensitive_names=row.case_insensitive_names,
         find_result_limit=row.find_result_limit,
+        max_associations=row.max_associations,
+        max_associations_per_address=row.max_associations_per_address,
+        max_inflated=row.max_inflated_mb * 2**20,
     )
 
 
@@ -91,11 +98,39 @@ class _RequestHandler(RequestHandler):
     """Runs each association to its end, then lets the handlers log it."""
 
     def handle(self):
-        assoc = self._create_association()
-        evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
-        assoc.start()
-        assoc.join()
-        self.server.on_association_end(assoc)
+        conn = self.server.connection_of(self.request)
+        try:
+            assoc = self._create_association()
+            assoc.pacs_connection = conn  # Handlers.on_requested admits it (limits.py)
+            evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+            assoc.start()
+            assoc.join()
+            self.server.on_association_end(assoc)
+        finally:
+            self.server.connections.close(conn)
+
+
+# Dead peers on idle connections are found by the kernel (Linux's
+# defaults wait two hours before the first probe).
+_KEEPALIVE = [("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 6)]
+
+
+def _tune(client, timeout):
+    """TCP_NODELAY, keep-alive and a time-out on every blocking call."""
+    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in _KEEPALIVE:
+        if hasattr(socket, name):
+            client.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+    client.settimeout(timeout)
+
+
+def shut(sock):
+    """End a connection now: the thread reading it sees the end at once."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # closed already
 
 
 class PacsServer(ThreadedAssociationServer):
@@ -108,9 +143,15 @@ class PacsServer(ThreadedAssociationServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, ae, port, ae_title, contexts, *, evt_handlers, on_end, channel=None):
+    def __init__(self, ae, port, ae_title, contexts, *, evt_handlers, on_end, connections, limits, channel=None):
         self.on_association_end = on_end
         self.channel = channel
+        self.connections = connections  # limits.ConnectionTable
+        self.limits = limits  # () -> ScpConfig
+        self._accepted = {}  # client socket -> limits.Connection, until its handler takes it
+        self._accepted_lock = threading.Lock()
+        self._evicted_since_log = 0
+        self._eviction_logged = 0.0
         # The address only sets the family of socketserver's placeholder
         # socket, which server_bind() replaces.
         super().__init__(
@@ -132,12 +173,39 @@ class PacsServer(ThreadedAssociationServer):
         pass  # listening_socket() listens already; a channel is not listened on
 
     def get_request(self):
+        """Accept a connection, give it its time-outs, and make room for it
+        among the connections still waiting to ask for an association."""
         if self.channel is None:
             client, address = super().get_request()
         else:
             client, address = receive_connection(self.channel)
-        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        cfg = self.limits()
+        _tune(client, cfg.service_timeout)
+        conn = Connection(peer_address(str(address[0])), client)
+        with self._accepted_lock:
+            self._accepted[client] = conn
+        for evicted in self.connections.accept(conn, max_waiting=cfg.max_associations):
+            shut(evicted.sock)
+            self._log_eviction(evicted)
         return client, address
+
+    def connection_of(self, client):
+        with self._accepted_lock:
+            return self._accepted.pop(client)
+
+    def _log_eviction(self, conn):
+        """One line per 10 s at most: a flood of idle connections must not
+        flood the log too."""
+        self._evicted_since_log += 1
+        now = time.monotonic()
+        if now - self._eviction_logged >= 10:
+            logger.warning(
+                "%d connection(s) that had not asked for an association closed to make room (latest from %s)",
+                self._evicted_since_log,
+                conn.address,
+            )
+            self._evicted_since_log = 0
+            self._eviction_logged = now
 
 
 def receive_connection(channel):
@@ -149,12 +217,19 @@ def receive_connection(channel):
     return client, client.getpeername()
 
 
+MAXIMUM_PDU_RECEIVED = 2**20
+
+
 def build_ae() -> AE:
     ae = AE()
     ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
     ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
-    ae.maximum_associations = 1_000_000  # incoming associations are not limited
-    ae.maximum_pdu_size = 0  # we accept PDUs of any size
+    # Incoming associations are limited by ConnectionTable (settings), not
+    # by pynetdicom, whose count would include associations still being torn down.
+    ae.maximum_associations = 1_000_000
+    # What we ask peers to send at most (compat.bounded_recv refuses twice
+    # as much).  Bigger PDUs gain nothing measurable (bench/ingest.py).
+    ae.maximum_pdu_size = MAXIMUM_PDU_RECEIVED
     ae.require_called_aet = False  # checked in Handlers.on_requested (we answer to several)
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
     for sop_class in QUERY_RETRIEVE:
@@ -179,7 +254,8 @@ class ScpService:
         # Publishing starts its clock here (delayed burns, robot status).
         send_logged(scp_started, ScpService)
         self._config = None
-        self.handlers = Handlers(lambda: self._config, self.writer)
+        self.connections = ConnectionTable()
+        self.handlers = Handlers(lambda: self._config, self.writer, self.connections)
         self.qr_handlers = QueryRetrieveHandlers(lambda: self._config)
         self.server = None
         self._server_thread = None
@@ -225,6 +301,8 @@ class ScpService:
             + self.qr_handlers.bindings()
             + (_DEBUG_BINDINGS if self._config.debug else []),
             on_end=self.handlers.finish,
+            connections=self.connections,
+            limits=lambda: self._config,
             channel=self.channel,
         )
         self.ae._servers.append(self.server)
@@ -273,18 +351,32 @@ class ScpService:
                     self.server.unbind(event, handler_fn)
             logger.info("DICOM debug log off")
 
-    def close(self, timeout=10.0):
-        """Stop listening, let running associations finish (up to `timeout`),
-        then flush the index writer."""
+    def close(self, timeout=5.0):
+        """Stop listening; connections that never asked for an association
+        end at once, associations get up to `timeout` to finish and are
+        aborted after it; then the index writer is flushed.  Nothing here
+        waits on a peer without a bound (SIGTERM must stop runscp)."""
         self.follower.stop()
+        for conn in self.connections.stuck():
+            if not conn.associated:
+                shut(conn.sock)
         deadline = time.monotonic() + timeout
-        for assoc in [t for t in threading.enumerate() if isinstance(t, Association)]:
-            if not assoc.is_established:
-                assoc.kill()  # a connection that never asked for an association
-                continue
+        running = [t for t in threading.enumerate() if isinstance(t, Association)]
+        for assoc in running:
             assoc.join(max(0.0, deadline - time.monotonic()))
-            if assoc.is_alive():
-                assoc.abort()
+        for assoc in running:
+            if assoc.is_alive() and assoc.is_established:
+                try:
+                    assoc.abort(block=False)  # queue an A-ABORT for the peer; its socket is shut below
+                except Exception as exc:  # the peer is gone: nothing left to tell it
+                    logger.debug("abort of %s failed: %s", assoc.name, exc)
+        if any(assoc.is_alive() for assoc in running):
+            time.sleep(0.2)  # let the DUL threads send the A-ABORTs queued above
+        for conn in self.connections.stuck():
+            shut(conn.sock)
+        end = time.monotonic() + 2.0
+        for assoc in running:
+            assoc.join(max(0.0, end - time.monotonic()))
         self.writer.stop()
 
 

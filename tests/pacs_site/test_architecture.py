@@ -3,12 +3,14 @@ inside functions included), dicomnodes imports no other app, and every
 pynetdicom attribute we patch or rely on exists in the pinned version."""
 
 import ast
+import socket
 from pathlib import Path
 
 import pynetdicom
 import pytest
 from pynetdicom import AE
 from pynetdicom.association import Association
+from pynetdicom.transport import AssociationSocket
 
 from dicomnodes.scp.compat import PATCHED, USED_ON_INSTANCES
 
@@ -152,7 +154,13 @@ def test_every_pynetdicom_attribute_we_patch_exists_in_the_pinned_version(owner,
 def test_every_pynetdicom_instance_attribute_we_use_exists_in_the_pinned_version():
     ae = AE()
     assoc = Association(ae, mode="requestor")
-    objects = {"AE": ae, "Association": assoc, "DIMSEServiceProvider": assoc.dimse}
+    objects = {
+        "AE": ae,
+        "Association": assoc,
+        "DIMSEServiceProvider": assoc.dimse,
+        "AssociationSocket": AssociationSocket(assoc, client_socket=socket.socket()),
+        "ServiceUser": assoc.requestor,
+    }
     missing = [
         f"{cls}.{name}" for cls, names in USED_ON_INSTANCES.items() for name in names if not hasattr(objects[cls], name)
     ]

@@ -31,6 +31,36 @@ def _default_processes():
     return max(1, min(4, os.cpu_count() or 1))
 
 
+# A worker given SIGTERM stops within this (ScpService.close() bounds every
+# wait); one that does not is killed, so that runscp always stops.
+WORKER_STOP_TIMEOUT = 8.0
+
+
+def _wait_for_workers(pids, *, timeout):
+    deadline = time.monotonic() + timeout
+    left = set(pids)
+    while left:
+        for pid in list(left):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                left.discard(pid)
+        if not left:
+            return
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    for pid in left:
+        logger.error("runscp worker %d did not stop within %.0f s; killing it", pid, timeout)
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
 class Command(BaseCommand):
     help = "Run the DICOM server (AE title and port from the DICOM server settings)."
 
@@ -116,11 +146,7 @@ class Command(BaseCommand):
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        for pid, _ in dispatcher.workers:
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
+        _wait_for_workers([pid for pid, _ in dispatcher.workers], timeout=WORKER_STOP_TIMEOUT)
         return f"runscp stopped ({processes} processes, {dispatcher.handed_over} connections, {restarts} restarts)"
 
     def _fork(self, channel, inherited, port, ae_title, poll):
