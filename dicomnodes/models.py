@@ -10,6 +10,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
+from dicomnodes import aetitle
 from dicomnodes.archive.storage import instance_path
 from dicomnodes.validators import validate_ae_title, validate_retry_delays
 from pacs_site.singleton import SingletonModel
@@ -149,9 +150,16 @@ class DicomServerSettings(SingletonModel):
     def __str__(self):
         return f"{self.ae_title} on port {self.port or 'off'}"
 
+    def our_ae_title(self):
+        """The AE title of this run: the stored one unless PACS_AE_TITLE
+        (`runpacs`/`runscp --ae-title`) overrides it (`dicomnodes.aetitle`).
+        Every process asks this, never `ae_title`."""
+        return aetitle.override() or self.ae_title
+
     def called_ae_titles(self):
         """Every called AE title we accept: ours and its publishing variants."""
-        return {self.ae_title} | {self.ae_title + s for s in PUBLISHING_SUFFIXES}
+        ours = self.our_ae_title()
+        return {ours} | {ours + s for s in PUBLISHING_SUFFIXES}
 
 
 class Peer(models.Model):

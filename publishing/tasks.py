@@ -206,7 +206,7 @@ def stage_job(job, publisher):
     job.robot_job_id = f"{base}-{uuid.uuid4().hex[:6].upper()}"
     job.message = f"{len(groups)} {media.upper()}(s)"
     job.save(update_fields=["robot_job_id", "message", "updated_at"])
-    ae_title = DicomServerSettings.load().ae_title
+    ae_title = DicomServerSettings.load().our_ae_title()
     result = []
     for number, group in enumerate(groups, start=1):
         members = [by_pk[item.pk] for item in group]

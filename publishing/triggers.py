@@ -42,7 +42,7 @@ def on_association_closed(sender, association, sop_instance_uids=None, **kwargs)
     the association stored goes on the disc, also one stored before."""
     if not association.instances_received:
         return None
-    route = publishing_route(association.called_ae, DicomServerSettings.load().ae_title)
+    route = publishing_route(association.called_ae, DicomServerSettings.load().our_ae_title())
     if route is None:
         return None
     if sop_instance_uids is None:

@@ -58,7 +58,7 @@ def echo(peer_or_host, *, port=None, ae_title=None, calling_ae=None, timeout=Non
     host, port, called = _target(peer_or_host, port, ae_title)
     if calling_ae is None or timeout is None:
         server = DicomServerSettings.load()
-        calling_ae = server.ae_title if calling_ae is None else calling_ae
+        calling_ae = server.our_ae_title() if calling_ae is None else calling_ae
         timeout = server.service_timeout if timeout is None else timeout
     problem = _invalid_arguments(host, port, called, calling_ae)
     if problem:
@@ -77,7 +77,7 @@ def echo_many(peers, *, calling_ae=None, timeout=None, max_workers=8):
     peers = list(peers)
     if calling_ae is None or timeout is None:
         server = DicomServerSettings.load()
-        calling_ae = server.ae_title if calling_ae is None else calling_ae
+        calling_ae = server.our_ae_title() if calling_ae is None else calling_ae
         timeout = server.service_timeout if timeout is None else timeout
     if not peers:
         return []

@@ -68,7 +68,7 @@ def remote_instances(run):
     """What the job's scope holds at the peer: C-FIND down to IMAGE level,
     one level at a time with single-valued upper keys (hierarchical query)."""
     job = run.job
-    ae = AE(ae_title=run.settings.ae_title)
+    ae = AE(ae_title=run.ae_title)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     run.associate(ae)
     try:
@@ -135,15 +135,15 @@ def retrieve_plan(run, remote):
 
 def move(run):
     job = run.job
-    destination = job.move_destination or run.settings.ae_title
-    if destination == run.settings.ae_title and not run.settings.port:
+    destination = job.move_destination or run.ae_title
+    if destination == run.ae_title and not run.settings.port:
         raise Refused("our DICOM server is off (port 0), so a C-MOVE to us cannot arrive: use C-GET")
     run.job_identifier = job_identifier(job)
     retry = job.attempts > 1
     plan = retrieve_plan(run, remote_instances(run) if retry else None)
     if not plan:
         return
-    ae = AE(ae_title=run.settings.ae_title)
+    ae = AE(ae_title=run.ae_title)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
     assoc = run.associate(ae)
     for identifier in plan:
@@ -173,7 +173,7 @@ def get(run):
     if not plan:
         return
     sop_classes = sorted({r.sop_class for r in remote if r.sop_class})
-    ae = AE(ae_title=run.settings.ae_title)
+    ae = AE(ae_title=run.ae_title)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
     for sop_class in sop_classes[:120]:
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
@@ -209,7 +209,7 @@ def _store(run, event):
         str(event.context.transfer_syntax),
         sop_class_uid=str(req.AffectedSOPClassUID),
         sop_instance_uid=str(req.AffectedSOPInstanceUID),
-        called_ae=run.settings.ae_title,
+        called_ae=run.ae_title,
         calling_ae=run.peer.ae_title,
         association_id=None,
         overwrite=run.settings.duplicate_policy == DuplicatePolicy.OVERWRITE,

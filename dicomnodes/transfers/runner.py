@@ -133,6 +133,7 @@ class JobRun:
         self.job = job
         self.peer = job.peer
         self.settings = DicomServerSettings.load()
+        self.ae_title = self.settings.our_ae_title()  # our calling AE, and the C-MOVE destination for us
         self.timeout = self.settings.service_timeout
         self.progress = Progress(delivered=list(job.delivered or []))
         self.progress.done = len(self.progress.delivered)

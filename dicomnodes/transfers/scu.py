@@ -67,7 +67,7 @@ def find_series(peer, study_uid, *, timeout=None):
 def find(peer, identifier, *, timeout=None):
     settings = DicomServerSettings.load()
     timeout = timeout or settings.service_timeout
-    ae = AE(ae_title=settings.ae_title)
+    ae = AE(ae_title=settings.our_ae_title())
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     for name in ("connection_timeout", "acse_timeout", "dimse_timeout", "network_timeout"):
         setattr(ae, name, timeout)

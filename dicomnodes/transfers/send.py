@@ -30,7 +30,7 @@ def send(run):
     todo = [(Target(*row[:3]), row[3]) for row in rows if row[0] not in delivered]
     if not todo:
         return
-    ae = AE(ae_title=run.settings.ae_title)
+    ae = AE(ae_title=run.ae_title)
     try:
         ae.requested_contexts = contexts_for([t for t, _ in todo])
     except RetrieveError as exc:

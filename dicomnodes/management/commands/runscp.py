@@ -13,10 +13,10 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 from django.utils import timezone
 
+from dicomnodes import aetitle
 from dicomnodes.scp.dispatch import Dispatcher
 from dicomnodes.scp.server import ScpService, load_config, prepare_storage
 from dicomnodes.transfers.queue import wake_due_retries
-from dicomnodes.validators import validate_ae_title
 
 logger = logging.getLogger("dicomnodes.runscp")
 
@@ -66,7 +66,10 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--port", type=int, help="listen on this port for this run (0 = disabled)")
-        parser.add_argument("--ae-title", help="answer to this AE title for this run")
+        parser.add_argument(
+            "--ae-title",
+            help="our AE title for this run, instead of the stored one (sets PACS_AE_TITLE; default: that variable)",
+        )
         parser.add_argument(
             "--processes",
             type=int,
@@ -80,9 +83,12 @@ class Command(BaseCommand):
             raise CommandError(f"--port {port}: a port is 0 to 65535 (0 = disabled)")
         if ae_title is not None:
             try:
-                validate_ae_title(ae_title)
+                # In the environment too: this process's publishing trigger
+                # and clock, and the workers it forks, ask our_ae_title().
+                aetitle.set_override(ae_title)
             except ValidationError as exc:
                 raise CommandError(f"--ae-title {ae_title!r}: {' '.join(exc.messages)}") from None
+        ae_title = aetitle.override()  # also one inherited from runpacs --ae-title
         processes = processes or _default_processes()
         self.shutdown = False
         signal.signal(signal.SIGTERM, self._on_signal)

@@ -16,8 +16,10 @@ import sys
 import time
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
 
+from dicomnodes import aetitle
 from pacs_site.listeners import SettingsFollower, StartRefused
 from portal.webprocess import load_web_config, web_argv, web_problems
 
@@ -59,8 +61,17 @@ class Command(BaseCommand):
         names = [*process_table(), WEB]
         parser.add_argument("--only", help="comma-separated subset of: " + ", ".join(names))
         parser.add_argument("--poll", type=float, default=2.0, help="seconds between HTTP settings checks (default 2)")
+        parser.add_argument(
+            "--ae-title",
+            help="our AE title for this run in every process, instead of the stored one (sets PACS_AE_TITLE)",
+        )
 
-    def handle(self, *args, only=None, poll=2.0, **options):
+    def handle(self, *args, only=None, poll=2.0, ae_title=None, **options):
+        if ae_title is not None:
+            try:
+                aetitle.set_override(ae_title)  # the children inherit the environment
+            except ValidationError as exc:
+                raise CommandError(f"--ae-title {ae_title!r}: {' '.join(exc.messages)}") from None
         table = process_table()
         wanted = {n.strip() for n in only.split(",")} if only else {*table, WEB}
         table = {n: argv for n, argv in table.items() if n in wanted}
