@@ -3,10 +3,12 @@
 The listeners (runscp, runmllp, the django-q2 workers) run in other processes
 than the web server, so an event is a row: every process can write one, and
 the dashboard reads the rows newer than the last one it showed (see
-`pacs_site/events.py`).
+`pacs_site/events.py`).  The retention settings bound what grows by itself.
 """
 
 from django.db import models
+
+from pacs_site.singleton import SingletonModel
 
 
 class EventKind(models.TextChoices):
@@ -29,3 +31,57 @@ class Event(models.Model):
 
     def __str__(self):
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.message}"
+
+
+class RetentionSettings(SingletonModel):
+    """How long what grows by itself is kept (pacs_site/retention.py prunes
+    it daily).  0 means no limit of that kind."""
+
+    quarantine_days = models.PositiveIntegerField(
+        "quarantine: days",
+        default=90,
+        help_text="Delete quarantined files (data that could not be understood) older than this. 0: no age limit.",
+    )
+    quarantine_max_mb = models.PositiveIntegerField(
+        "quarantine: MB",
+        default=1024,
+        help_text="Keep the quarantine folder under this size, the oldest files go first. 0: no size limit.",
+    )
+    preview_days = models.PositiveIntegerField(
+        "preview cache: days",
+        default=30,
+        help_text="Delete cached series previews older than this (they are rendered again when asked for). "
+        "0: no age limit.",
+    )
+    preview_max_mb = models.PositiveIntegerField(
+        "preview cache: MB",
+        default=512,
+        help_text="Keep the preview cache under this size, the oldest first. 0: no size limit.",
+    )
+    hl7_message_days = models.PositiveIntegerField(
+        "HL7 message text: days",
+        default=90,
+        help_text="Blank the text of HL7 messages (patient data) received or sent longer ago than this; the log "
+        "rows, their outcome and the worklist items stay. 0: keep the text.",
+    )
+    association_log_days = models.PositiveIntegerField(
+        "association log: days",
+        default=180,
+        help_text="Delete association log rows older than this (instances keep their data). 0: no age limit.",
+    )
+    association_log_max_rows = models.PositiveIntegerField(
+        "association log: rows",
+        default=200_000,
+        help_text="Keep at most this many association log rows, the newest (a flood of rejected associations "
+        "cannot grow the table without bound). 0: no limit.",
+    )
+    event_days = models.PositiveIntegerField(
+        "dashboard events: days", default=30, help_text="Delete dashboard events older than this. 0: no age limit."
+    )
+
+    class Meta:
+        verbose_name = "retention settings"
+        verbose_name_plural = "retention settings"
+
+    def __str__(self):
+        return "Retention settings"
