@@ -25,7 +25,7 @@ class HttpSettingsAdmin(SingletonAdmin):
         ("Shown on every page", {"fields": ["institution", "department"]}),
         ("Web server", {"fields": ["web_port", "web_server_name", "detected_ip", "public_ip", "link_example"]}),
         ("TLS", {"fields": ["tls_enabled", "tls_certificate_file", "tls_key_file", "certificate_valid_until"]}),
-        ("Patient links", {"fields": ["study_accessibility"]}),
+        ("Patient links", {"fields": ["study_accessibility", "preview_max_megapixels"]}),
     ]
     readonly_fields = ["detected_ip", "link_example", "certificate_valid_until"]
 

@@ -13,7 +13,7 @@ import secrets
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import MaxValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
@@ -119,6 +119,14 @@ class HttpSettings(SingletonModel):
         default=Accessibility.ONE_MONTH,
         help_text="How long after the study date a patient or physician link works. "
         "A link keeps the expiry it was created with.",
+    )
+    preview_max_megapixels = models.PositiveIntegerField(
+        "largest previewed frame (megapixels)",
+        default=32,
+        validators=[MinValueValidator(1), MaxValueValidator(1000)],
+        help_text="Series previews decode one frame of the middle image; a frame of more pixels "
+        "than this (rows × columns × samples) gets no preview and is not decoded. "
+        "Decoding takes about 7 bytes of memory per pixel in the web process.",
     )
 
     class Meta:

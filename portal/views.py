@@ -23,6 +23,7 @@ from django.views.decorators.http import require_GET
 from dicomnodes.models import Instance, Series
 from portal import previews
 from portal.download import fileset_zip
+from portal.models import HttpSettings
 from portal.ratelimit import over_limit
 from portal.tokens import lookup
 
@@ -139,11 +140,14 @@ def token_page(request):
 def series_preview(request, series_pk):
     token = _resolve(request, counted=False)
     series = get_object_or_404(Series, pk=series_pk, study__in=token.studies())
+    budget = HttpSettings.load().preview_max_megapixels * 1_000_000
     try:
-        path = previews.series_preview(series)
+        path = previews.series_preview(series, max_pixels=budget)
     except previews.NoPreview as exc:
         logger.info("no preview for series %d: %s", series.pk, exc)
-        return HttpResponse(status=404)
+        too_large = isinstance(exc, previews.OverBudget)
+        text = "This image is too large for a preview." if too_large else "No preview for this series."
+        return HttpResponse(text, status=404, content_type="text/plain; charset=utf-8")
     # A few kB: a plain response (a file iterator would be read whole under ASGI anyway).
     return HttpResponse(path.read_bytes(), content_type="image/png")
 

@@ -32,7 +32,7 @@ from dicomnodes.query import matching
 from dicomnodes.query.registry import find_responder
 from dicomnodes.query.selection import RetrieveError, select_instances
 from dicomnodes.scp.compat import NODELAY_HANDLERS, answer_next_response, send_files_raw
-from dicomnodes.scp.sending import contexts_for, dataset_for
+from dicomnodes.scp.sending import contexts_for, dataset_for, decode_budget
 
 logger = logging.getLogger(__name__)
 
@@ -167,11 +167,12 @@ class QueryRetrieveHandlers:
         yield len(plan.targets)
         send_files_raw(event.assoc)
         accepted = event.assoc.accepted_contexts
+        budget = decode_budget()
         for target in plan.targets:
             if event.is_cancelled:
                 yield Status.CANCEL, None
                 return
-            yield Status.PENDING, dataset_for(target, accepted)
+            yield Status.PENDING, dataset_for(target, accepted, max_decoded_bytes=budget)
 
     def on_move(self, event):
         """pynetdicom wants the destination as the first yield, so a refusal
@@ -208,8 +209,9 @@ class QueryRetrieveHandlers:
             },
         )
         yield len(plan.targets)
+        budget = decode_budget()
         for target in plan.targets:
             if event.is_cancelled:
                 yield Status.CANCEL, None
                 return
-            yield Status.PENDING, dataset_for(target, sub["assoc"].accepted_contexts)
+            yield Status.PENDING, dataset_for(target, sub["assoc"].accepted_contexts, max_decoded_bytes=budget)

@@ -4,7 +4,9 @@
 Files are sent as stored when the peer accepted their transfer syntax;
 otherwise they are decompressed to little endian when pydicom can (its
 pixel-data handlers come with pylibjpeg), and counted as failed with a log
-line when it cannot.
+line when it cannot, or when the header says the pixel data would decode to
+more than the DICOM server setting "largest decoded pixel data" (checked
+before anything is decoded: a 2,000-frame image decodes to gigabytes).
 """
 
 import logging
@@ -16,6 +18,7 @@ from pynetdicom.presentation import build_context
 
 from dicomnodes.archive.storage import instance_path
 from dicomnodes.dimse import Status
+from dicomnodes.models import DicomServerSettings
 from dicomnodes.query.selection import RetrieveError
 
 logger = logging.getLogger(__name__)
@@ -58,10 +61,22 @@ class StoredFile(Dataset):
         self._stored_path = str(path)
 
 
-def dataset_for(target, accepted_contexts):
+def decode_budget() -> int:
+    """Bytes a converted instance may decode to (read once per request)."""
+    return DicomServerSettings.load().max_decoded_mb * 2**20
+
+
+def dataset_for(target, accepted_contexts, *, max_decoded_bytes):
     """The Dataset to send for `target` over an association with these
     accepted contexts; a placeholder that fails the sub-operation (its SOP
-    Instance UID lands in the Failed SOP Instance UID List) when it cannot go."""
+    Instance UID lands in the Failed SOP Instance UID List) when it cannot go.
+
+    1. the peer accepted the stored syntax: the file goes as it is;
+    2. else little endian, when the peer accepted it: a compressed file is
+       decoded, unless its header says the pixel data would take more than
+       `max_decoded_bytes` (nothing is decoded then);
+    3. anything else fails the sub-operation with a log line.
+    """
     accepted = {}
     for cx in accepted_contexts:
         accepted.setdefault(str(cx.abstract_syntax), set()).update(str(ts) for ts in cx.transfer_syntax)
@@ -72,11 +87,6 @@ def dataset_for(target, accepted_contexts):
             logger.error("cannot read stored instance %s: the file is missing", path.name[:12])
             return _failure(target)
         return StoredFile(target, path)
-    try:
-        ds = pydicom.dcmread(path)
-    except (OSError, pydicom.errors.InvalidDicomError) as exc:
-        logger.error("cannot read stored instance %s: %s", path.name[:12], exc)
-        return _failure(target)
     usable = [ts for ts in UNCOMPRESSED if ts in syntaxes]
     if not usable:
         logger.error(
@@ -84,7 +94,25 @@ def dataset_for(target, accepted_contexts):
             target.sop_class_uid,
         )
         return _failure(target)
-    if UID(target.transfer_syntax_uid).is_compressed:
+    compressed = UID(target.transfer_syntax_uid).is_compressed
+    try:
+        if compressed:
+            size = decoded_size(pydicom.dcmread(path, stop_before_pixels=True))
+            if size > max_decoded_bytes:
+                logger.error(
+                    "instance %s not sent: converting it to %s would decode %d MB of pixel data, above the "
+                    "limit of %d MB (DICOM server settings: largest decoded pixel data)",
+                    path.name[:12],
+                    usable[0].name,
+                    -(-size // 2**20),
+                    max_decoded_bytes // 2**20,
+                )
+                return _failure(target)
+        ds = pydicom.dcmread(path)
+    except (OSError, pydicom.errors.InvalidDicomError) as exc:
+        logger.error("cannot read stored instance %s: %s", path.name[:12], exc)
+        return _failure(target)
+    if compressed:
         try:
             ds.decompress()
         except Exception as exc:  # pydicom raises assorted errors per codec
@@ -100,6 +128,21 @@ def dataset_for(target, accepted_contexts):
     # dataset whose original encoding differs from the file meta's).
     ds.set_original_encoding(usable[0].is_implicit_VR, usable[0].is_little_endian)
     return ds
+
+
+def decoded_size(header) -> int:
+    """Bytes the pixel data of `header` takes decoded: Rows × Columns ×
+    Samples per Pixel × Number of Frames × Bits Allocated / 8 (a header that
+    does not say counts as too large)."""
+    try:
+        values = [int(header.get(k, default) or default) for k, default in _SIZE_ELEMENTS]
+    except (TypeError, ValueError):
+        return 2**63
+    rows, columns, samples, frames, bits = values
+    return rows * columns * samples * frames * -(-bits // 8)
+
+
+_SIZE_ELEMENTS = [("Rows", 0), ("Columns", 0), ("SamplesPerPixel", 1), ("NumberOfFrames", 1), ("BitsAllocated", 16)]
 
 
 def _failure(target):

@@ -37,10 +37,11 @@ def send(run):
         raise Refused(str(exc)) from None
     assoc = run.associate(ae)
     send_files_raw(assoc)
+    budget = run.settings.max_decoded_mb * 2**20
     for target, size in todo:
         if p.cancelled:
             raise Cancelled()
-        ds = dataset_for(target, assoc.accepted_contexts)
+        ds = dataset_for(target, assoc.accepted_contexts, max_decoded_bytes=budget)
         asked = time.monotonic()
         try:
             answer = assoc.send_c_store(ds)

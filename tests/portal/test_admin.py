@@ -38,6 +38,7 @@ def settings_form(**changes):
         "tls_certificate_file": row.tls_certificate_file,
         "tls_key_file": row.tls_key_file,
         "study_accessibility": row.study_accessibility,
+        "preview_max_megapixels": row.preview_max_megapixels,
     }
     data.update(changes)
     return {name: ("on" if value is True else value) for name, value in data.items() if value is not False}
