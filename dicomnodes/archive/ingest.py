@@ -141,7 +141,9 @@ def _read_deflated_header(raw, transfer_syntax_uid, sop_class_uid, sop_instance_
     header are read from there.  pydicom would inflate all of it in memory,
     however large (a 204 KB dataset can inflate to gigabytes)."""
     meta = file_meta_bytes(sop_class_uid, sop_instance_uid, EXPLICIT_VR_LITTLE_ENDIAN)
-    with inflate_bounded(raw, limit=max_inflated, prefix=meta, folder=storage_root()) as inflated:
+    folder = storage_root()  # the disk the file goes to, not a RAM-backed /tmp
+    folder.mkdir(parents=True, exist_ok=True)
+    with inflate_bounded(raw, limit=max_inflated, prefix=meta, folder=folder) as inflated:
         with memoryview(inflated) as whole:
             body = whole[len(meta) :]
             try:

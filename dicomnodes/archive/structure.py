@@ -148,26 +148,26 @@ class _Walk:
                 pos += 8
                 if tag == _SEQ_END:
                     if frame.end is not None:
-                        raise self._error(pos - 8, "sequence delimiter inside a sequence of defined length")
+                        raise self._error(pos - 8, "sequence delimiter in a sequence of defined length")
                     frame = stack.pop()
                     continue
                 if tag != _ITEM:
-                    raise self._error(pos - 8, f"{_name(tag)} where an item was expected")
+                    raise self._error(pos - 8, f"{_name(tag)} where an item belongs")
                 if length == _UNDEFINED:
                     if kind is _FRAGMENTS:
-                        raise self._error(pos - 8, "a pixel data fragment of undefined length")
+                        raise self._error(pos - 8, "pixel data fragment of undefined length")
                     if len(stack) >= self.max_frames:
-                        raise self._error(pos - 8, f"sequences nested deeper than {self.max_depth} levels")
+                        raise self._error(pos - 8, f"sequences nested over {self.max_depth} deep")
                     stack.append(frame)
                     frame = _Frame(_ITEM_FRAME, None, limit, frame.implicit)
                     continue
                 if pos + length > limit:
-                    raise self._error(pos - 8, f"item of {length} bytes runs past the end")
+                    raise self._error(pos - 8, f"item length {length} past the end")
                 if kind is _FRAGMENTS:
                     pos += length
                     continue
                 if len(stack) >= self.max_frames:
-                    raise self._error(pos - 8, f"sequences nested deeper than {self.max_depth} levels")
+                    raise self._error(pos - 8, f"sequences nested over {self.max_depth} deep")
                 stack.append(frame)
                 frame = _Frame(_ITEM_FRAME, pos + length, pos + length, frame.implicit)
                 continue
@@ -186,13 +186,13 @@ class _Walk:
                 group, elem, vr, length = tag_vr_u16(data, pos)
                 if vr in _LONG_VRS:
                     if pos + 12 > limit:
-                        raise self._error(pos, f"{_name(tag)}: element header runs past the end")
+                        raise self._error(pos, f"{_name(tag)} header past the end")
                     length = u32(data, pos + 8)[0]
                     pos += 12
                 elif vr in _SHORT_VRS:
                     pos += 8
                 else:
-                    raise self._error(pos, f"{_name(tag)}: {vr!r} is not a value representation")
+                    raise self._error(pos, f"{_name(tag)} VR {vr!r} unknown")
             if length == _UNDEFINED:
                 if tag == _PIXEL_DATA and vr in (None, b"OB", b"OW"):
                     inner_kind, inner_implicit = _FRAGMENTS, False  # encapsulated (PS3.5 A.4)
@@ -200,18 +200,18 @@ class _Walk:
                     # Items inside an undefined-length UN are implicit VR (PS3.5 6.2.2).
                     inner_kind, inner_implicit = _SEQUENCE, frame.implicit or vr == b"UN"
                 else:
-                    raise self._error(pos, f"{_name(tag)}: undefined length on VR {vr.decode('ascii')}")
+                    raise self._error(pos, f"{_name(tag)} undefined length on VR {vr.decode('ascii')}")
                 if len(stack) >= self.max_frames:
-                    raise self._error(pos, f"sequences nested deeper than {self.max_depth} levels")
+                    raise self._error(pos, f"sequences nested over {self.max_depth} deep")
                 stack.append(frame)
                 frame = _Frame(inner_kind, None, limit, inner_implicit)
                 continue
             if pos + length > limit:
-                where = "the dataset" if kind is _DATASET else "its item"
-                raise self._error(pos, f"{_name(tag)}: value of {length} bytes runs past the end of {where}")
+                where = "" if kind is _DATASET else " of its item"
+                raise self._error(pos, f"{_name(tag)} length {length} past the end{where}")
             if vr == b"SQ" or (vr is None and tag in _SEQUENCE_TAGS):
                 if len(stack) >= self.max_frames:
-                    raise self._error(pos, f"sequences nested deeper than {self.max_depth} levels")
+                    raise self._error(pos, f"sequences nested over {self.max_depth} deep")
                 stack.append(frame)
                 frame = _Frame(_SEQUENCE, pos + length, pos + length, frame.implicit)
                 continue
@@ -221,15 +221,15 @@ class _Walk:
         """The bytes of `frame` end at `limit` with fewer than 8 left."""
         if frame.end is None:  # a delimiter was due
             what = "sequence" if frame.kind in (_SEQUENCE, _FRAGMENTS) else "item"
-            raise self._error(pos, f"{what} of undefined length is never closed")
+            raise self._error(pos, f"{what} never closed")
         if stack:
-            raise self._error(pos, f"{limit - pos} bytes left over at the end of an item or sequence")
+            raise self._error(pos, f"{limit - pos} bytes left at the end of an item")
         if any(self.data[pos:limit]):
-            raise self._error(pos, f"{limit - pos} stray bytes at the end of the dataset")
+            raise self._error(pos, f"{limit - pos} stray bytes at the end")
 
     @staticmethod
     def _error(pos, reason):
-        return MalformedDataset(f"malformed dataset at byte {pos}: {reason}")
+        return MalformedDataset(f"{reason} (byte {pos})")
 
 
 def _name(tag: int) -> str:
@@ -246,9 +246,10 @@ def inflate_bounded(raw, *, limit: int, prefix: bytes = b"", folder=None, chunk:
     MalformedDataset when the stream is not valid deflate.
     """
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    view = memoryview(raw)
     total = 0
-    with tempfile.TemporaryFile(dir=folder) as out:
+    # Released on the way out: a view left alive (by a traceback) would keep
+    # the caller from releasing `raw`.
+    with memoryview(raw) as view, tempfile.TemporaryFile(dir=folder) as out:
         out.write(prefix)
         try:
             offset = 0
