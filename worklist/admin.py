@@ -26,10 +26,20 @@ from worklist.outgoing import queue_delivery
 class WorklistSettingsAdmin(SingletonAdmin):
     fieldsets = [
         (None, {"fields": ["hl7_port", "default_charset"]}),
+        ("Who may send", {"fields": ["allowed_senders"]}),
         ("Messages we send", {"fields": ["sending_application", "sending_facility", "send_acknowledgement"]}),
-        ("Limits", {"fields": ["max_message_size", "idle_timeout"]}),
+        ("Limits", {"fields": ["max_message_size", "idle_timeout", "frame_timeout", "max_connections"]}),
         ("Logging", {"fields": ["message_logging"]}),
     ]
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        if obj is not None and not obj.allowed_senders.strip() and request.method == "GET":
+            messages.warning(
+                request,
+                "Allowed senders is empty: anyone who can reach the HL7 port can create, change and "
+                "cancel worklist items. List your RIS's address (and its MSH-3^MSH-4).",
+            )
+        return super().render_change_form(request, context, add=add, change=change, form_url=form_url, obj=obj)
 
 
 @admin.register(WorklistItem)

@@ -17,6 +17,7 @@ from worklist.mapping import (
     APPLICATION_INTERNAL_ERROR,
     DATA_TYPE_ERROR,
     SEGMENT_SEQUENCE_ERROR,
+    TABLE_VALUE_NOT_FOUND,
     UNSUPPORTED_EVENT_CODE,
     UNSUPPORTED_MESSAGE_TYPE,
     UNSUPPORTED_VERSION_ID,
@@ -25,6 +26,7 @@ from worklist.mapping import (
 )
 from worklist.models import HL7_CHARSETS, HL7Message, MessageOutcome, WorklistItem, WorklistSettings
 from worklist.orders import apply_merge, apply_order, apply_patient_update
+from worklist.senders import SenderRules
 
 logger = logging.getLogger(__name__)
 
@@ -63,25 +65,31 @@ class Decoded:
     problem: Rejected | None = None
 
 
-def process_message(raw: bytes, *, peer: str = "") -> bytes | None:
+def process_message(raw: bytes, *, peer: str = "", address: str = "") -> bytes | None:
     """Apply one HL7 message and log it; the ACK in the message's charset,
     or None when acknowledgements are off. Never raises.
 
+    `peer` is how the log shows the connection (host:port); `address` is
+    the sending host alone (default: `peer`), what the allowed senders and
+    the duplicate check compare.
+
     1. Read MSH from the bytes (it is ASCII) to learn the charset (MSH-18,
        else the default charset of the settings) and decode.
-    2. Refuse (AR) what is not an HL7 message, not a type/version we take,
-       or what hl7apy cannot parse.
-    3. In one transaction: skip a control ID (MSH-10) this sender (MSH-3 +
-       MSH-4) already had applied, else apply; then log the message.
+    2. Refuse (AR) what is not an HL7 message, a sender that is not allowed
+       (address, MSH-3/MSH-4), not a type/version we take, or what hl7apy
+       cannot parse.
+    3. In one transaction: skip a control ID (MSH-10) this sender (address +
+       MSH-3 + MSH-4) already had applied, else apply; then log the message.
     """
+    address = address or peer
     try:
         settings = WorklistSettings.load()
         decoded = decode(raw, default_charset=settings.default_charset)
-        refused = decoded.problem or refusal(decoded)
+        refused = decoded.problem or sender_refusal(decoded, address, settings.sender_rules()) or refusal(decoded)
         with transaction.atomic():
-            result = Result.failed(refused) if refused else _apply_once(decoded)
+            result = Result.failed(refused) if refused else _apply_once(decoded, address)
             ack = _ack(result, decoded, settings) if settings.send_acknowledgement else None
-            _log(result, decoded, ack, peer)
+            _log(result, decoded, ack, peer, address)
     except Exception:
         # The database is unreachable, or a bug: no ACK, so the sender sends again later.
         logger.exception("HL7 message from %s was not processed", peer or "?")
@@ -135,6 +143,19 @@ def decode(raw: bytes, *, default_charset: str) -> Decoded:
     return Decoded(header, text, name)
 
 
+def sender_refusal(decoded: Decoded, address: str, rules: SenderRules) -> Rejected | None:
+    """AR for a sender the "allowed senders" setting does not list.  Code 103
+    (table value not found): the sender is not in our table of senders."""
+    header = decoded.header
+    application = header.sending_application.split(header.enc.component, 1)[0]
+    facility = header.sending_facility.split(header.enc.component, 1)[0]
+    why = rules.refusal(address, application, facility)
+    if not why:
+        return None
+    location = "" if why.startswith("sender address") else "MSH-3"
+    return Rejected(why, code=TABLE_VALUE_NOT_FOUND, location=location)
+
+
 def refusal(decoded: Decoded) -> Rejected | None:
     """Why a message type, version or syntax is not taken (AR); None if it is."""
     header = decoded.header
@@ -161,18 +182,27 @@ def refusal(decoded: Decoded) -> Rejected | None:
     return None
 
 
-def _apply_once(decoded: Decoded) -> Result:
+def _apply_once(decoded: Decoded, address: str) -> Result:
     header = decoded.header
     # Serialise HL7 messages: two connections delivering the same control ID
     # at once would otherwise both find no earlier copy and both apply it.
     # (PostgreSQL: this row lock; SQLite: its IMMEDIATE transactions.)
     WorklistSettings.objects.select_for_update().filter(pk=1).first()
-    earlier = HL7Message.objects.filter(
-        control_id=header.control_id,
-        sending_application=header.sending_application[:180],
-        sending_facility=header.sending_facility[:180],
-        outcome=MessageOutcome.APPLIED,
-    ).first()
+    # A duplicate is the same control ID from the same sending address as
+    # well as MSH-3/MSH-4: those are text anyone can write, and a forged
+    # message with a RIS's next control ID would otherwise make the real
+    # order come back AA but unapplied.  Rows logged before the address was
+    # kept (sender_address "") still count, so an upgrade applies nothing twice.
+    earlier = (
+        HL7Message.objects.filter(
+            control_id=header.control_id,
+            sending_application=header.sending_application[:180],
+            sending_facility=header.sending_facility[:180],
+            outcome=MessageOutcome.APPLIED,
+        )
+        .filter(sender_address__in=(_fit(address, 64), ""))
+        .first()
+    )
     if header.control_id and earlier is not None:
         return Result(
             MessageOutcome.DUPLICATE, "AA", summary=f"already applied (HL7 message {earlier.pk})", item=earlier.item
@@ -212,10 +242,11 @@ def _fit(text: str, length: int | None = None) -> str:
     return text[:length] if length else text
 
 
-def _log(result: Result, decoded: Decoded, ack: str | None, peer: str):
+def _log(result: Result, decoded: Decoded, ack: str | None, peer: str, address: str):
     header = decoded.header or Header(enc=None)
     HL7Message.objects.create(
         peer=_fit(peer, 64),
+        sender_address=_fit(address, 64),
         sending_application=_fit(header.sending_application, 180),
         sending_facility=_fit(header.sending_facility, 180),
         control_id=_fit(header.control_id, 199),

@@ -63,6 +63,11 @@ class FrameBuffer:
         self._frame = bytearray()
 
     @property
+    def in_frame(self) -> bool:
+        """Whether a frame has begun (0x0B) and not ended."""
+        return self._state in (_FRAME, _DISCARD)
+
+    @property
     def pending_bytes(self) -> int:
         """Bytes of a frame begun but not ended (lost if the stream ends here)."""
         return len(self._frame)
@@ -123,6 +128,8 @@ class MllpConfig:
     port: int
     max_message_size: int
     idle_timeout: int
+    frame_timeout: int = 30
+    max_connections: int = 32
 
 
 def load_config(*, port=None) -> MllpConfig:
@@ -132,6 +139,8 @@ def load_config(*, port=None) -> MllpConfig:
         port=port if port is not None else row.hl7_port,
         max_message_size=row.max_message_size,
         idle_timeout=row.idle_timeout,
+        frame_timeout=row.frame_timeout,
+        max_connections=row.max_connections,
     )
 
 
@@ -151,12 +160,17 @@ def drop_broken_connections():
                 conn.close()
 
 
-
-
 class MllpServer:
     """One runmllp process: an asyncio MLLP listener kept in line with the
-    settings.  `handle_message(raw, peer=...)` returns the ACK bytes or None
-    and runs in a worker thread."""
+    settings.  `handle_message(raw, peer=..., address=...)` returns the ACK
+    bytes or None and runs in a worker thread (`peer`: host:port for the
+    log, `address`: the host alone).
+
+    Limits: at most `max_connections` connections (one more is closed at
+    once); a connection idle for `idle_timeout` is closed, and so is one
+    whose message is not whole within `frame_timeout` of its first byte
+    (the idle timer alone restarts on every byte, so a trickle would keep
+    a connection forever)."""
 
     def __init__(self, handle_message, *, port=None, workers=4):
         self.handle_message = handle_message
@@ -176,6 +190,8 @@ class MllpServer:
         self.acks = 0
         self.dropped_frames = 0
         self.skipped_bytes = 0
+        self.refused_connections = 0
+        self.timed_out_frames = 0
 
     async def serve(self, should_stop, *, poll=2.0):
         """Follow the settings every `poll` seconds until `should_stop()`."""
@@ -236,21 +252,36 @@ class MllpServer:
     def summary(self) -> str:
         return (
             f"{self.connections} connections, {self.messages} messages, {self.acks} ACKs, "
-            f"{self.dropped_frames} frames dropped, {self.skipped_bytes} stray bytes skipped"
+            f"{self.dropped_frames} frames dropped, {self.skipped_bytes} stray bytes skipped, "
+            f"{self.refused_connections} connections refused (maximum), "
+            f"{self.timed_out_frames} closed by the message time-out"
         )
 
     async def _on_connection(self, reader, writer):
+        peername = writer.get_extra_info("peername")
+        peer = peer_address(peername)
+        if len(self._connections) >= self.config.max_connections:
+            # Refused before anything is read: a flood of connections must not
+            # hold a file descriptor (and a task) each.
+            self.refused_connections += 1
+            logger.warning(
+                "HL7 connection from %s refused: %d connections open (maximum connections)",
+                peer,
+                len(self._connections),
+            )
+            writer.close()
+            return
         task = asyncio.current_task()
         self._connections[task] = False
         self.connections += 1
-        peer = peer_address(writer.get_extra_info("peername"))
+        address = peer_address(str(peername[0])) if peername else ""
         sock = writer.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         logger.info("HL7 connection from %s", peer)
         buffer = FrameBuffer(self.config.max_message_size)
         try:
-            await self._converse(reader, writer, buffer, peer, task)
+            await self._converse(reader, writer, buffer, peer, address, task)
         except asyncio.CancelledError:
             pass
         except (ConnectionError, TimeoutError) as exc:
@@ -267,26 +298,51 @@ class MllpServer:
             writer.close()
         logger.info("HL7 connection from %s closed (%d messages)", peer, buffer.frames)
 
-    async def _converse(self, reader, writer, buffer, peer, task):
-        """Read, cut frames, answer each in turn, until EOF or the idle time-out."""
+    async def _converse(self, reader, writer, buffer, peer, address, task):
+        """Read, cut frames, answer each in turn, until EOF, the idle
+        time-out, or a message not whole by its deadline.
+
+        The deadline starts with the first byte after the last whole
+        message (stray bytes outside a frame too) and is lifted when a
+        message completes.
+        """
+        deadline = None  # time.monotonic() by which the message begun must be whole
         while not self._closing:
-            idle = self.config.idle_timeout
+            idle, frame_timeout = self.config.idle_timeout, self.config.frame_timeout
+            wait = idle
+            if deadline is not None:
+                wait = min(idle, max(0.0, deadline - time.monotonic()))
             try:
-                data = await asyncio.wait_for(reader.read(65536), idle)
+                data = await asyncio.wait_for(reader.read(65536), wait)
             except TimeoutError:
-                logger.info("closing the HL7 connection from %s: idle for %d s", peer, idle)
+                if deadline is not None and time.monotonic() >= deadline:
+                    self.timed_out_frames += 1
+                    logger.warning(
+                        "closing the HL7 connection from %s: a message was not whole %d s after its first byte "
+                        "(message time-out)",
+                        peer,
+                        frame_timeout,
+                    )
+                else:
+                    logger.info("closing the HL7 connection from %s: idle for %d s", peer, idle)
                 return
             if not data:
                 return
+            received_at = time.monotonic()
+            completed, skipped = buffer.frames, buffer.skipped_bytes
             buffer.max_size = self.config.max_message_size
             frames = self._cut(buffer, data, peer)
+            if buffer.frames > completed:  # a message ended: a new deadline for what follows it, if anything
+                deadline = received_at + frame_timeout if buffer.in_frame else None
+            elif deadline is None and (buffer.in_frame or buffer.skipped_bytes > skipped):
+                deadline = received_at + frame_timeout
             for raw in frames:
                 if self._closing:
                     # Unanswered messages are sent again by the sender (no ACK).
                     return
                 self._connections[task] = True
                 try:
-                    await self._answer(raw, writer, peer)
+                    await self._answer(raw, writer, peer, address)
                 finally:
                     self._connections[task] = False
 
@@ -310,7 +366,7 @@ class MllpServer:
             logger.warning("%s: dropped %d frame(s) with no end (0x1C) before the next 0x0B", peer, truncated)
         return frames
 
-    async def _answer(self, raw, writer, peer):
+    async def _answer(self, raw, writer, peer, address):
         if not raw.strip(_BLANK):
             self.dropped_frames += 1
             logger.warning("%s: dropped an empty frame", peer)
@@ -318,7 +374,7 @@ class MllpServer:
         self.messages += 1
         loop = asyncio.get_running_loop()
         try:
-            ack = await loop.run_in_executor(self.executor, self._handle, raw, peer)
+            ack = await loop.run_in_executor(self.executor, self._handle, raw, peer, address)
         except Exception:  # the handler promises not to raise; the listener must not die if it does
             logger.exception("%s: the HL7 message handler failed on a %d-byte message", peer, len(raw))
             return
@@ -327,6 +383,6 @@ class MllpServer:
             await asyncio.wait_for(writer.drain(), self.config.idle_timeout)
             self.acks += 1
 
-    def _handle(self, raw, peer):
+    def _handle(self, raw, peer, address):
         drop_broken_connections()
-        return self.handle_message(raw, peer=peer)
+        return self.handle_message(raw, peer=peer, address=address)

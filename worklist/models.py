@@ -1,10 +1,12 @@
 """Worklist: HL7 listener settings, worklist items from orders, the HL7 log."""
 
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from dicomnodes.validators import validate_ae_title
 from pacs_site.singleton import SingletonModel
+from worklist.senders import SenderRules
 
 # HL7 table 0211 (MSH-18) names and the common Windows code pages -> Python codec.
 HL7_CHARSETS = {
@@ -82,6 +84,27 @@ class WorklistSettings(SingletonModel):
         validators=[MinValueValidator(1), MaxValueValidator(86400)],
         help_text="Close an HL7 connection that has sent nothing for this long.",
     )
+    frame_timeout = models.PositiveIntegerField(
+        "message time-out (s)",
+        default=30,
+        validators=[MinValueValidator(1), MaxValueValidator(3600)],
+        help_text="A message must arrive whole within this long of its first byte (bytes outside "
+        "a message count too); otherwise the connection is closed. Stops a sender that "
+        "trickles bytes to keep a connection open.",
+    )
+    max_connections = models.PositiveIntegerField(
+        "maximum connections",
+        default=32,
+        validators=[MinValueValidator(1), MaxValueValidator(10000)],
+        help_text="HL7 connections open at once; a connection beyond it is closed at once and logged.",
+    )
+    allowed_senders = models.TextField(
+        blank=True,
+        help_text="Who may send HL7 messages, one entry per line: an IP address or network "
+        "(10.1.2.3, 10.1.0.0/16) or a sending application^facility pair as in MSH-3^MSH-4 "
+        "(RIS^HOSPITAL; * matches anything). When both kinds are listed a message must match "
+        "both. Anything else is answered AR and not applied. Empty: anyone who can reach the port.",
+    )
 
     class Meta:
         verbose_name = "worklist server settings"
@@ -89,6 +112,21 @@ class WorklistSettings(SingletonModel):
 
     def __str__(self):
         return f"HL7 on port {self.hl7_port or 'off'}"
+
+    def clean(self):
+        super().clean()
+        try:
+            SenderRules.parse(self.allowed_senders)
+        except ValueError as exc:
+            raise ValidationError({"allowed_senders": str(exc)}) from None
+
+    def sender_rules(self) -> SenderRules:
+        """The allowed senders; a stored value that no longer parses (edited
+        outside the admin) allows nobody rather than anybody."""
+        try:
+            return SenderRules.parse(self.allowed_senders)
+        except ValueError:
+            return SenderRules(nobody=True)
 
 
 class ItemStatus(models.TextChoices):
@@ -172,6 +210,9 @@ class HL7Message(models.Model):
 
     received_at = models.DateTimeField(auto_now_add=True, db_index=True)
     peer = models.CharField(max_length=64, blank=True)
+    # The sending host (no port): duplicates are recognised per address,
+    # since MSH-3/MSH-4 are whatever the sender writes.
+    sender_address = models.CharField(max_length=64, blank=True)
     sending_application = models.CharField(max_length=180, blank=True)  # MSH-3
     sending_facility = models.CharField(max_length=180, blank=True)  # MSH-4
     control_id = models.CharField(max_length=199, blank=True, db_index=True)  # MSH-10

@@ -105,6 +105,28 @@ def test_the_other_apps_settings_round_trip_too(configured, tmp_path):
     assert export_config() == saved
 
 
+def test_the_hl7_sender_limits_and_any_sender_round_trip_and_a_bad_sender_list_is_refused(db):
+    from worklist.models import WorklistSettings
+
+    WorklistSettings.objects.update_or_create(
+        pk=1, defaults={"allowed_senders": "10.1.0.0/16\nRIS^HOSP", "frame_timeout": 12, "max_connections": 5}
+    )
+    DicomServerSettings.objects.update_or_create(pk=1, defaults={"trust_any_sender": True})
+    saved = export_config()
+    assert saved["worklist"]["allowed_senders"] == "10.1.0.0/16\nRIS^HOSP"
+    assert (saved["worklist"]["frame_timeout"], saved["worklist"]["max_connections"]) == (12, 5)
+    assert saved["dicom"]["trust_any_sender"] is True
+
+    WorklistSettings.objects.update(allowed_senders="", frame_timeout=30, max_connections=32)
+    DicomServerSettings.objects.update(trust_any_sender=False)
+    import_config(saved)
+    assert export_config() == saved
+
+    with pytest.raises(ConfigError) as caught:
+        import_config({"worklist": {**saved["worklist"], "allowed_senders": "ris.example.org"}})
+    assert caught.value.problems[0].startswith("worklist.allowed_senders: line 1:")
+
+
 def test_export_to_stdout_is_one_json_document(configured):
     text = export_text()
     assert text.endswith("}\n")

@@ -43,23 +43,55 @@ def test_the_worklist_settings_list_goes_straight_to_the_one_row(an_admin):
     assert response["Location"] == reverse("admin:worklist_worklistsettings_change", args=[1])
 
 
-def test_the_default_charset_is_changed_in_the_settings_form(an_admin):
+SETTINGS = reverse("admin:worklist_worklistsettings_change", args=[1])
+
+
+def settings_form(**changes):
+    """The settings form as the browser posts it."""
     row = WorklistSettings.load()
     form = {
         "hl7_port": row.hl7_port,
-        "default_charset": "8859/7",
-        "sending_application": "OURPACS",
-        "sending_facility": "",
+        "default_charset": row.default_charset,
+        "allowed_senders": row.allowed_senders,
+        "sending_application": row.sending_application,
+        "sending_facility": row.sending_facility,
         "send_acknowledgement": "on",
         "max_message_size": row.max_message_size,
         "idle_timeout": row.idle_timeout,
+        "frame_timeout": row.frame_timeout,
+        "max_connections": row.max_connections,
     }
-    response = an_admin.post(reverse("admin:worklist_worklistsettings_change", args=[1]), form)
+    form.update(changes)
+    return form
+
+
+def test_the_default_charset_is_changed_in_the_settings_form(an_admin):
+    form = settings_form(default_charset="8859/7", sending_application="OURPACS", sending_facility="")
+    response = an_admin.post(SETTINGS, form)
     assert response.status_code == 302
     assert (WorklistSettings.load().default_charset, WorklistSettings.load().sending_application) == (
         "8859/7",
         "OURPACS",
     )
+
+
+def test_the_settings_page_warns_while_anyone_may_send_hl7(an_admin):
+    WorklistSettings.load()
+    assert "anyone who can reach the HL7 port" in an_admin.get(SETTINGS).content.decode()
+
+    WorklistSettings.objects.filter(pk=1).update(allowed_senders="10.1.0.0/16")
+    assert "anyone who can reach the HL7 port" not in an_admin.get(SETTINGS).content.decode()
+
+
+def test_allowed_senders_are_saved_and_a_bad_entry_is_shown_with_its_line(an_admin):
+    response = an_admin.post(SETTINGS, settings_form(allowed_senders="10.1.0.0/16\nris.example.org"))
+    assert response.status_code == 200
+    assert "line 2" in str(response.context["adminform"].form.errors["allowed_senders"])
+
+    response = an_admin.post(SETTINGS, settings_form(allowed_senders="10.1.0.0/16\nRIS^HOSP", max_connections=8))
+    assert response.status_code == 302
+    row = WorklistSettings.load()
+    assert (row.allowed_senders, row.max_connections) == ("10.1.0.0/16\nRIS^HOSP", 8)
 
 
 def test_an_item_typed_in_by_hand_gets_a_study_uid_and_a_charset_for_its_name(an_admin):

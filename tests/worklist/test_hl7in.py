@@ -412,6 +412,56 @@ def test_the_same_control_id_from_another_sender_is_not_a_duplicate(an_order):
     assert WorklistItem.objects.count() == 2
 
 
+def test_a_forged_control_id_from_another_address_does_not_swallow_the_real_order():
+    forged = msg(
+        pid(patient_id="EVE^^^HOSP"),
+        orc(placer="PX9", filler=""),
+        obr(placer="PX9", filler="", extra={18: "ACCX"}),
+        control="ORDER-9",
+    )
+    assert ack_code(send(forged, peer="203.0.113.66")) == "AA"  # anyone may send: no allowed senders
+
+    real = send(new_order(control="ORDER-9"), peer="10.0.0.5")
+
+    assert ack_code(real) == "AA"
+    assert WorklistItem.objects.filter(patient_id="PAT123").exists(), "the RIS's order is applied"
+    outcomes = list(HL7Message.objects.order_by("pk").values_list("sender_address", "outcome"))
+    assert outcomes == [("203.0.113.66", MessageOutcome.APPLIED), ("10.0.0.5", MessageOutcome.APPLIED)]
+
+
+def test_the_sending_address_is_the_host_without_the_connections_port(an_order):
+    ack = process_message(new_order(control="ORDER-1").encode("latin-1"), peer="10.0.0.5:40001", address="10.0.0.5")
+
+    assert ack_code(ack) == "AA"
+    assert HL7Message.objects.order_by("pk").last().outcome == MessageOutcome.DUPLICATE
+
+
+def allow(text):
+    WorklistSettings.objects.filter(pk=1).update(allowed_senders=text)
+
+
+def test_a_sender_whose_address_is_not_allowed_is_answered_ar_and_nothing_is_applied():
+    allow("10.1.0.0/16")
+
+    ack = send(new_order(), peer="10.0.0.5")
+
+    assert ack_code(ack) == "AR"
+    err = read_ack(ack).segment("ERR")
+    assert "103" in str(err) and "not an allowed sender" in str(read_ack(ack).segment("MSA"))
+    assert not WorklistItem.objects.exists()
+    assert HL7Message.objects.get().outcome == MessageOutcome.REJECTED
+
+
+def test_with_pairs_listed_only_those_applications_may_send_from_an_allowed_address():
+    allow("10.0.0.0/8\nRIS^HOSP")
+
+    assert ack_code(send(new_order(control="FROM-HIS", sender=HIS), peer="10.0.0.5")) == "AR"
+    assert ack_code(send(new_order(control="FROM-RIS"), peer="10.0.0.5")) == "AA"
+    assert ack_code(send(new_order(control="FORGED", sender=RIS), peer="203.0.113.66")) == "AR"
+
+    assert WorklistItem.objects.count() == 1
+
+
 def test_an_order_without_pid_3_is_answered_ae_with_an_err_segment():
     ack = send(msg(pid(patient_id=""), orc(), obr()))
 
