@@ -361,7 +361,10 @@ class ScpService:
             if not conn.associated:
                 shut(conn.sock)
         deadline = time.monotonic() + timeout
-        running = [t for t in threading.enumerate() if isinstance(t, Association)]
+        # Only associations are waited for: the thread of a connection that
+        # never became one may sit in pynetdicom's ACSE wait for its request
+        # (acse_timeout) though its socket is shut; it is a daemon thread.
+        running = [t for t in threading.enumerate() if isinstance(t, Association) and t.is_established]
         for assoc in running:
             assoc.join(max(0.0, deadline - time.monotonic()))
         for assoc in running:
