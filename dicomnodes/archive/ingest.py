@@ -7,6 +7,7 @@ handler in `handlers.py` passes it the raw dataset bytes and the context.
 import dataclasses
 import io
 import logging
+import os
 import uuid
 from dataclasses import dataclass
 
@@ -15,7 +16,15 @@ from django.conf import settings
 from dicomnodes.archive.fastheader import read_header_fast
 from dicomnodes.archive.header import UnreadableDataset, read_header
 from dicomnodes.archive.index import IndexItem, IndexUnavailable
-from dicomnodes.archive.storage import StorageFull, file_meta_bytes, instance_path, storage_root, write_atomically
+from dicomnodes.archive.storage import (
+    FileRegion,
+    StorageFull,
+    file_meta_bytes,
+    instance_path,
+    storage_root,
+    write_atomically,
+    write_chunks,
+)
 from dicomnodes.archive.structure import DEFLATED, EXPLICIT_VR_LITTLE_ENDIAN, check_structure, inflate_bounded
 from dicomnodes.dimse import Status
 
@@ -50,6 +59,7 @@ def store_received(
     writer,
     wait_timeout: float,
     max_inflated: int = DEFAULT_MAX_INFLATED,
+    spool=None,
 ) -> StoreResult:
     """Store one received dataset as received and index it.
 
@@ -61,14 +71,18 @@ def store_received(
        is lost;
     3. write the file (temp + rename; keep-first or overwrite);
     4. hand the row to the index writer and wait for its commit.
+
+    `raw` may be a view of a `spool.SpoolFile` (given as `spool`): its bytes
+    are then copied file to file.
     """
+    body = FileRegion(spool.fileno(), 0, len(raw)) if spool is not None else raw
     meta = file_meta_bytes(
         sop_class_uid, sop_instance_uid, transfer_syntax_uid, source_ae=calling_ae, receiving_ae=called_ae
     )
     try:
         header = _read_header(meta, raw, transfer_syntax_uid, sop_class_uid, sop_instance_uid, max_inflated)
     except UnreadableDataset as exc:
-        where = quarantine(meta, raw)
+        where = quarantine(meta, body)
         logger.warning("C-STORE from %s: cannot understand the dataset (%s); bytes kept as %s", calling_ae, exc, where)
         return StoreResult(Status.CANNOT_UNDERSTAND, f"Cannot understand: {exc}")
 
@@ -88,7 +102,7 @@ def store_received(
 
     path = instance_path(header.sop_instance_uid)
     try:
-        is_new = write_atomically(path, (meta, raw), overwrite=overwrite, fsync=fsync)
+        is_new = write_atomically(path, (meta, body), overwrite=overwrite, fsync=fsync)
     except StorageFull as exc:
         logger.error("C-STORE from %s: out of disk space: %s", calling_ae, exc)
         return StoreResult(Status.OUT_OF_RESOURCES, "Out of resources: storage is full")
@@ -132,7 +146,10 @@ def _read_header(meta, raw, transfer_syntax_uid, sop_class_uid, sop_instance_uid
         )
     except UnreadableDataset:
         header = None
-    return header or read_header(io.BytesIO(b"".join((meta, raw))))
+    if header is None:
+        with _JoinedFile(meta, raw) as joined:
+            header = read_header(joined)
+    return header
 
 
 def _read_deflated_header(raw, transfer_syntax_uid, sop_class_uid, sop_instance_uid, max_inflated):
@@ -154,16 +171,25 @@ def _read_deflated_header(raw, transfer_syntax_uid, sop_class_uid, sop_instance_
             finally:
                 body.release()
         if header is None:
-            header = read_header(io.BytesIO(inflated) if isinstance(inflated, bytes) else _MappedFile(inflated))
+            with _JoinedFile(inflated) as joined:
+                header = read_header(joined)
     return dataclasses.replace(header, transfer_syntax_uid=transfer_syntax_uid)
 
 
-class _MappedFile(io.RawIOBase):
-    """A read-only file object over an mmap, for pydicom (which reads, seeks
-    and tells; it stops before the pixel data)."""
+class _JoinedFile(io.RawIOBase):
+    """A read-only file object over buffers one after the other (bytes,
+    memoryviews, an mmap), for pydicom, which reads, seeks and tells and
+    stops before the pixel data: nothing is joined or copied whole."""
 
-    def __init__(self, mapped):
-        self._mapped = mapped
+    def __init__(self, *parts):
+        self._parts = parts
+        self._starts = []
+        total = 0
+        for part in parts:
+            self._starts.append(total)
+            total += len(part)
+        self._size = total
+        self._pos = 0
 
     def readable(self):
         return True
@@ -172,26 +198,45 @@ class _MappedFile(io.RawIOBase):
         return True
 
     def readinto(self, buffer):
-        data = self._mapped.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
+        wanted = min(len(buffer), self._size - self._pos)
+        done = 0
+        for part, start in zip(self._parts, self._starts):
+            if done == wanted:
+                break
+            end = start + len(part)
+            if self._pos + done >= end:
+                continue
+            at = self._pos + done - start
+            n = min(wanted - done, len(part) - at)
+            buffer[done : done + n] = part[at : at + n]
+            done += n
+        self._pos += done
+        return done
 
     def seek(self, offset, whence=io.SEEK_SET):
-        return self._mapped.seek(offset, whence) or self._mapped.tell()
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
 
     def tell(self):
-        return self._mapped.tell()
+        return self._pos
+
+    def close(self):
+        self._parts = ()
+        super().close()
 
 
-def quarantine(meta: bytes, raw: bytes) -> str:
+def quarantine(meta: bytes, raw) -> str:
     """Keep bytes we could not understand, under a name of our own."""
     folder = settings.PACS_QUARANTINE_DIR
     name = f"{uuid.uuid4().hex}.dcm"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / name, "wb") as out:
-            out.write(meta)
-            out.write(raw)
+        fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            write_chunks(fd, (meta, raw))
+        finally:
+            os.close(fd)
     except OSError as exc:
         logger.error("cannot write to the quarantine folder: %s", exc)
         return "(not kept: quarantine folder not writable)"

@@ -94,7 +94,7 @@ def write_atomically(path: Path, chunks, *, overwrite: bool, fsync: bool) -> boo
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
-            _write_all(fd, chunks)
+            write_chunks(fd, chunks)
             if fsync:
                 os.fsync(fd)
         finally:
@@ -122,6 +122,46 @@ def write_atomically(path: Path, chunks, *, overwrite: bool, fsync: bool) -> boo
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise StorageFull(exc.errno, f"no space left for {path.name[:12]}…") from exc
         raise
+
+
+class FileRegion:
+    """Bytes of another file, copied by the kernel (`copy_file_range`):
+    a spooled dataset reaches its file without passing through memory."""
+
+    __slots__ = ("fd", "offset", "length")
+
+    def __init__(self, fd: int, offset: int, length: int):
+        self.fd, self.offset, self.length = fd, offset, length
+
+    def __len__(self):
+        return self.length
+
+    def copy_to(self, fd: int) -> None:
+        offset, left = self.offset, self.length
+        while left:
+            try:
+                n = os.copy_file_range(self.fd, fd, left, offset)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                n = os.sendfile(fd, self.fd, offset, left)
+            if n == 0:
+                raise OSError(errno.EIO, "the source file ended early")
+            offset += n
+            left -= n
+
+
+def write_chunks(fd: int, chunks) -> None:
+    """Write buffers (gathered with writev) and FileRegions in order."""
+    pending = []
+    for chunk in chunks:
+        if isinstance(chunk, FileRegion):
+            _write_all(fd, pending)
+            pending = []
+            chunk.copy_to(fd)
+        else:
+            pending.append(chunk)
+    _write_all(fd, pending)
 
 
 def _write_all(fd: int, chunks) -> None:

@@ -31,11 +31,19 @@ What every association we open gets (pynetdicom leaves both to us):
    connection and three threads forever, a trickle of a byte a minute
    held it as long, and a stated length of 4 GB grew a buffer to match.
 
+5. A C-STORE dataset above `spool.SPILL_AT` goes on arriving into a file
+   (`spill_large_datasets`), not into pynetdicom's BytesIO: runscp's memory
+   does not grow with the size of what it receives.  (pynetdicom's own
+   STORE_RECV_CHUNKED_DATASET puts every dataset, small ones too, in a file
+   of the system's temporary folder with a file meta of its own, which we
+   would then copy: slower for the common small instance.)
+
 What runscp adds (`configure_scp()`): every storage-like SOP class accepted,
 no identifier pretty-printing; and a refusal's status and comment put into
 the response pynetdicom sends for a C-MOVE/C-GET (`answer_next_response`).
 """
 
+import io
 import socket
 import threading
 import time
@@ -43,7 +51,10 @@ import time
 from pynetdicom import _config, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
 from pynetdicom.transport import AssociationSocket
+
+from dicomnodes.archive.spool import SPILL_AT, SpoolFile
 
 # (object, attribute) of every pynetdicom attribute set or wrapped below.
 PATCHED = [
@@ -56,6 +67,7 @@ PATCHED = [
     (DIMSEServiceProvider, "send_msg"),  # answer_next_response
     (Association, "send_c_store"),  # send_files_raw
     (AssociationSocket, "recv"),  # bounded_recv
+    (DIMSEMessage, "decode_msg"),  # spill_large_datasets
 ]
 # Attributes of pynetdicom objects (set in __init__) that the code above and
 # runscp use: class name -> attribute names.
@@ -64,6 +76,7 @@ USED_ON_INSTANCES = {
     "Association": ["dimse", "dul", "acse", "requestor", "acceptor", "network_timeout", "is_acceptor"],
     "AssociationSocket": ["socket", "assoc"],
     "ServiceUser": ["maximum_length"],
+    "C_STORE_RQ": ["data_set"],
     "DIMSEServiceProvider": ["msg_queue"],  # JobRun.cancel wakes a DIMSE wait
 }
 
@@ -128,6 +141,32 @@ def bounded_recv(self, nr_bytes):
 
 
 AssociationSocket.recv = bounded_recv
+
+
+_decode_msg = DIMSEMessage.decode_msg
+
+
+def spill_large_datasets(self, primitive, assoc=None):
+    """DIMSEMessage.decode_msg, which moves a C-STORE dataset into a
+    SpoolFile once it is larger than SPILL_AT (pynetdicom writes every
+    later fragment with `self.data_set.write()`, and hands `data_set` to
+    the C-STORE handler as the request's DataSet)."""
+    done = _decode_msg(self, primitive, assoc)
+    data_set = self.data_set
+    if (
+        isinstance(self, C_STORE_RQ)
+        and isinstance(data_set, io.BytesIO)
+        and not isinstance(data_set, SpoolFile)
+        and data_set.tell() > SPILL_AT
+    ):
+        with data_set.getbuffer() as head:
+            self.data_set = SpoolFile(head)
+        data_set.close()
+    return done
+
+
+# Every process: runscp, and the transfer workers that receive C-GET's C-STOREs.
+DIMSEMessage.decode_msg = spill_large_datasets
 
 
 def configure_scp():

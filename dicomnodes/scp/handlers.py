@@ -16,6 +16,7 @@ from pynetdicom import evt
 
 from dicomnodes.archive.index import AssociationClose, AssociationOpen, SenderMarked
 from dicomnodes.archive.ingest import store_received
+from dicomnodes.archive.spool import SpoolFile
 from dicomnodes.dimse import REJECT_CALLED_AE, REJECT_CALLING_AE, REJECT_LOCAL_LIMIT, Caller, Status, status
 from dicomnodes.models import AssociationLog, AssociationResult
 from pacs_site.listeners import peer_address
@@ -180,9 +181,13 @@ class Handlers:
     def on_store(self, event):
         state = event.assoc.pacs_state
         req = event.request
-        with req.DataSet.getbuffer() as raw:  # the received bytes, not a copy of them
-            code, comment, sop_instance_uid = self._store(event, state, raw)
-            size = len(raw)
+        try:
+            with req.DataSet.getbuffer() as raw:  # the received bytes, not a copy of them
+                code, comment, sop_instance_uid = self._store(event, state, raw)
+                size = len(raw)
+        finally:
+            if isinstance(req.DataSet, SpoolFile):
+                req.DataSet.close()
         if code != Status.NOT_AUTHORISED:  # bytes of refused callers are not counted
             state.bytes += size
         if code != Status.SUCCESS:
@@ -204,6 +209,7 @@ class Handlers:
             association_id=state.id,
             config=self.config(),
             writer=self.writer,
+            spool=req.DataSet if isinstance(req.DataSet, SpoolFile) else None,
         )
 
 
@@ -220,7 +226,17 @@ def check_association(called_ae, caller, abstract_syntaxes, *, config):
 
 
 def answer_store(
-    raw, transfer_syntax_uid, *, sop_class_uid, sop_instance_uid, caller, called_ae, association_id, config, writer
+    raw,
+    transfer_syntax_uid,
+    *,
+    sop_class_uid,
+    sop_instance_uid,
+    caller,
+    called_ae,
+    association_id,
+    config,
+    writer,
+    spool=None,
 ):
     """C-STORE, the pure core: (status, error comment, SOP Instance UID stored).
 
@@ -246,5 +262,6 @@ def answer_store(
         writer=SenderMarked(writer, from_known_peer=known),
         wait_timeout=max(config.service_timeout, 30),
         max_inflated=config.max_inflated,
+        spool=spool,
     )
     return result.status, result.comment, result.sop_instance_uid

@@ -31,6 +31,7 @@ from pynetdicom.sop_class import (
 from dicomnodes.archive.index import IndexWriter
 from dicomnodes.archive.ingest import store_received
 from dicomnodes.archive.notifications import study_received
+from dicomnodes.archive.spool import SpoolFile
 from dicomnodes.dimse import PENDING_STATUSES, Status
 from dicomnodes.dimse import status as dimse_status
 from dicomnodes.models import DuplicatePolicy, Instance, Study, TransferLevel
@@ -202,9 +203,25 @@ def _store(run, event):
     p = run.progress
     if p.cancelled:
         return Status.CANCEL
-    raw = event.request.DataSet.getvalue()
     req = event.request
-    result = store_received(
+    spool = req.DataSet if isinstance(req.DataSet, SpoolFile) else None
+    try:
+        with req.DataSet.getbuffer() as raw:  # the received bytes, not a copy of them
+            result = _store_received(run, event, raw, spool)
+            size = len(raw)
+    finally:
+        if spool is not None:
+            spool.close()
+    if result.status == Status.SUCCESS:
+        p.delivered_one(result.sop_instance_uid, size)
+        return Status.SUCCESS
+    p.failed_one(str(req.AffectedSOPInstanceUID))
+    return dimse_status(result.status, result.comment)
+
+
+def _store_received(run, event, raw, spool):
+    req = event.request
+    return store_received(
         raw,
         str(event.context.transfer_syntax),
         sop_class_uid=str(req.AffectedSOPClassUID),
@@ -216,12 +233,9 @@ def _store(run, event):
         fsync=run.settings.fsync_on_store,
         writer=index_writer(),
         wait_timeout=max(run.timeout, 30),
+        max_inflated=run.settings.max_inflated_mb * 2**20,
+        spool=spool,
     )
-    if result.status == Status.SUCCESS:
-        p.delivered_one(result.sop_instance_uid, len(raw))
-        return Status.SUCCESS
-    p.failed_one(str(req.AffectedSOPInstanceUID))
-    return dimse_status(result.status, result.comment)
 
 
 def _count(run, answer, base_done, *, final):

@@ -4,6 +4,7 @@ Raw bytes go out through pynetdicom (DCMTK will not send them): each case
 is followed by a good instance on the same association, which is stored.
 """
 
+import hashlib
 import struct
 from pathlib import Path
 
@@ -170,3 +171,34 @@ def test_a_deflate_bomb_is_refused_and_runscp_stays_small(start_scp, tmp_path):
     assert _quarantined(scp.data_dir) == 1
     assert not Instance.objects.filter(sop_instance_uid=uid).exists()
     assert _peak_rss_mb(scp.proc.pid) < 300
+
+
+def _sha256_after_meta(path):
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        read_preamble(f, False)
+        _read_file_meta_info(f)
+        while chunk := f.read(2**20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def test_a_256_mb_instance_arrives_into_a_file_not_into_memory(start_scp, tmp_path):
+    """A dataset above 4 MB goes on arriving into a file: runscp's peak
+    memory stays far below the dataset's size, and the stored dataset is
+    the sent one, byte for byte."""
+    from dicomnodes.archive.storage import instance_path
+
+    scp = start_scp()
+    uid, head = identifying(Rows=8192, Columns=16384, BitsAllocated=16, BitsStored=16, SamplesPerPixel=1)
+    pixels = 8192 * 16384 * 2
+    path = as_file(tmp_path / "big.dcm", uid, head + struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, pixels))
+    with open(path, "r+b") as f:  # 256 MB of zeros, without writing them
+        f.truncate(f.seek(0, 2) + pixels)
+    with raw_association(scp.port) as assoc:
+        assert assoc.send_c_store(path).Status == 0x0000
+    stored = instance_path(uid, scp.data_dir / "storage")
+    assert _sha256_after_meta(stored) == _sha256_after_meta(path)
+    assert _peak_rss_mb(scp.proc.pid) < 200, "the dataset did not go through runscp's memory"

@@ -10,6 +10,7 @@ import pynetdicom
 import pytest
 from pynetdicom import AE
 from pynetdicom.association import Association
+from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.transport import AssociationSocket
 
 from dicomnodes.scp.compat import PATCHED, USED_ON_INSTANCES
@@ -160,6 +161,7 @@ def test_every_pynetdicom_instance_attribute_we_use_exists_in_the_pinned_version
         "DIMSEServiceProvider": assoc.dimse,
         "AssociationSocket": AssociationSocket(assoc, client_socket=socket.socket()),
         "ServiceUser": assoc.requestor,
+        "C_STORE_RQ": C_STORE_RQ(),
     }
     missing = [
         f"{cls}.{name}" for cls, names in USED_ON_INSTANCES.items() for name in names if not hasattr(objects[cls], name)
