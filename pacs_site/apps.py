@@ -7,6 +7,10 @@ class PacsSiteConfig(AppConfig):
     verbose_name = "PACS server"
 
     def ready(self):
+        from pacs_site.config_io import SingletonSection, register
+        from pacs_site.models import RetentionSettings
+
+        register(SingletonSection("retention", RetentionSettings))
         # Each app's `retention` module registers its pruners (pacs_site/retention.py),
         # found the way the admin finds `admin` modules: no app imports another for it.
         autodiscover_modules("retention")

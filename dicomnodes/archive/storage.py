@@ -92,7 +92,7 @@ def write_atomically(path: Path, chunks, *, overwrite: bool, fsync: bool) -> boo
         _made_dirs.add(folder)
     tmp = folder / f".{path.name}.{uuid.uuid4().hex}.tmp"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # patient data: the owner only
         try:
             write_chunks(fd, chunks)
             if fsync:

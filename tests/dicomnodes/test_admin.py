@@ -42,6 +42,11 @@ def settings_form(**changes):
         "max_outgoing_connections": row.max_outgoing_connections,
         "retry_delays": row.retry_delays,
         "open_transferred_studies": row.open_transferred_studies,
+        "trust_any_sender": row.trust_any_sender,
+        "max_associations": row.max_associations,
+        "max_associations_per_address": row.max_associations_per_address,
+        "max_inflated_mb": row.max_inflated_mb,
+        "max_decoded_mb": row.max_decoded_mb,
     }
     data.update(changes)
     return {name: ("on" if value is True else value) for name, value in data.items() if value is not False}
@@ -68,6 +73,16 @@ def test_a_valid_ae_title_and_port_are_saved(an_admin):
     assert response.status_code == 302
     row = DicomServerSettings.load()
     assert (row.ae_title, row.port, row.fsync_on_store) == ("ARCHIVE-1", 4242, False)
+
+
+def test_the_limits_are_saved_and_a_zero_maximum_is_refused(an_admin):
+    response = an_admin.post(SETTINGS_CHANGE, settings_form(max_associations=50, max_associations_per_address=0))
+    assert response.status_code == 200, "0 associations per address is no setting"
+    assert DicomServerSettings.load().max_associations == 100
+    response = an_admin.post(SETTINGS_CHANGE, settings_form(max_associations=50, max_inflated_mb=64))
+    assert response.status_code == 302
+    row = DicomServerSettings.load()
+    assert (row.max_associations, row.max_inflated_mb) == (50, 64)
 
 
 def test_bad_retry_delays_are_refused_with_a_reason(an_admin):

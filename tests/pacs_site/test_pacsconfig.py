@@ -64,7 +64,16 @@ def configured(db):
 
 def test_export_writes_every_setting_and_peer_with_the_documented_names(configured):
     document = json.loads(export_text())
-    assert list(document) == ["dicom", "peers", "worklist", "hl7_destinations", "http", "publishing", "publishers"]
+    assert list(document) == [
+        "retention",
+        "dicom",
+        "peers",
+        "worklist",
+        "hl7_destinations",
+        "http",
+        "publishing",
+        "publishers",
+    ]
     settings_fields = {f.name for f in DicomServerSettings._meta.concrete_fields} - {"id", "updated_at"}
     assert set(document["dicom"]) == settings_fields
     assert document["dicom"]["ae_title"] == "ARCHIVE"
@@ -184,6 +193,7 @@ def test_absent_sections_are_left_as_they_are(configured):
 
 def test_importing_the_current_configuration_changes_nothing(configured):
     assert import_config(export_config()) == [
+        "retention: unchanged",
         "dicom: unchanged",
         "peers: 0 created, 0 updated, 0 deleted, 3 unchanged",
         "worklist: unchanged",
