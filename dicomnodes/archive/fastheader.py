@@ -15,40 +15,19 @@ from pydicom.charset import TEXT_VR_DELIMS, convert_encodings, decode_bytes
 from pydicom.valuerep import PersonName
 
 from dicomnodes.archive.header import _LAST_TAG, _WANTED, build_header
+from dicomnodes.archive.structure import IMPLICIT_VR_LITTLE_ENDIAN
+from dicomnodes.archive.structure import ITEM as _ITEM
+from dicomnodes.archive.structure import ITEM_END as _ITEM_END
+from dicomnodes.archive.structure import LONG_VRS as _LONG_VRS
+from dicomnodes.archive.structure import SEQUENCE_END as _SEQ_END
+from dicomnodes.archive.structure import SHORT_VRS as _SHORT_VRS
+from dicomnodes.archive.structure import UNDEFINED as _UNDEFINED
 
-IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 _NOT_LITTLE_ENDIAN_EXPLICIT = {"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.101.1"}
 
 _KEYWORD_BY_TAG = {tag: kw for kw, tag in _WANTED.items()}
 _PN_TAGS = {0x00100010, 0x00080090}
 _TEXT_TAGS = {0x00080080, 0x00081010, 0x00081030, 0x0008103E, 0x00100020, 0x00100021, 0x00080050, 0x00200010}
-# VRs with a 2-byte reserved field and a 4-byte length in explicit VR (PS3.5 7.1.2).
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
-_SHORT_VRS = {
-    b"AE",
-    b"AS",
-    b"AT",
-    b"CS",
-    b"DA",
-    b"DS",
-    b"DT",
-    b"FL",
-    b"FD",
-    b"IS",
-    b"LO",
-    b"LT",
-    b"PN",
-    b"SH",
-    b"SL",
-    b"SS",
-    b"ST",
-    b"TM",
-    b"UI",
-    b"UL",
-    b"US",
-}
-_UNDEFINED = 0xFFFFFFFF
-_ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _tag_len = struct.Struct("<HHI").unpack_from
 _tag_vr_len16 = struct.Struct("<HH2sH").unpack_from
 _u32 = struct.Struct("<I").unpack_from

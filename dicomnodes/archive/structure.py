@@ -43,12 +43,12 @@ DEFLATED = {"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95"}
 # levels); shallow enough for every reader's recursion.
 MAX_DEPTH = 64
 
-_UNDEFINED = 0xFFFFFFFF
-_ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+UNDEFINED = 0xFFFFFFFF
+ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _PIXEL_DATA = 0x7FE00010
 # VRs with a 2-byte reserved field and a 4-byte length in explicit VR (PS3.5 7.1.2).
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"})
-_SHORT_VRS = frozenset(
+LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"})
+SHORT_VRS = frozenset(
     {
         b"AE",
         b"AS",
@@ -146,14 +146,14 @@ class _Walk:
 
             if kind is _SEQUENCE or kind is _FRAGMENTS:
                 pos += 8
-                if tag == _SEQ_END:
+                if tag == SEQUENCE_END:
                     if frame.end is not None:
                         raise self._error(pos - 8, "sequence delimiter in a sequence of defined length")
                     frame = stack.pop()
                     continue
-                if tag != _ITEM:
+                if tag != ITEM:
                     raise self._error(pos - 8, f"{_name(tag)} where an item belongs")
-                if length == _UNDEFINED:
+                if length == UNDEFINED:
                     if kind is _FRAGMENTS:
                         raise self._error(pos - 8, "pixel data fragment of undefined length")
                     if len(stack) >= self.max_frames:
@@ -174,7 +174,7 @@ class _Walk:
 
             # An element of a dataset or of an item.
             if group == 0xFFFE:
-                if tag == _ITEM_END and kind is _ITEM_FRAME and frame.end is None:
+                if tag == ITEM_END and kind is _ITEM_FRAME and frame.end is None:
                     pos += 8
                     frame = stack.pop()
                     continue
@@ -184,16 +184,16 @@ class _Walk:
                 pos += 8
             else:
                 group, elem, vr, length = tag_vr_u16(data, pos)
-                if vr in _LONG_VRS:
+                if vr in LONG_VRS:
                     if pos + 12 > limit:
                         raise self._error(pos, f"{_name(tag)} header past the end")
                     length = u32(data, pos + 8)[0]
                     pos += 12
-                elif vr in _SHORT_VRS:
+                elif vr in SHORT_VRS:
                     pos += 8
                 else:
                     raise self._error(pos, f"{_name(tag)} VR {vr!r} unknown")
-            if length == _UNDEFINED:
+            if length == UNDEFINED:
                 if tag == _PIXEL_DATA and vr in (None, b"OB", b"OW"):
                     inner_kind, inner_implicit = _FRAGMENTS, False  # encapsulated (PS3.5 A.4)
                 elif vr is None or vr == b"SQ" or vr == b"UN":

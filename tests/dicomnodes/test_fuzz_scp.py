@@ -10,14 +10,13 @@ import random
 import socket
 import struct
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from dicomnodes.models import Instance
-from tests.support.processes import MODALITY
+from tests.support.processes import MODALITY, peak_rss_mb
 from tests.support.rawdata import as_file, explicit_element, identifying, nested_sequences, raw_association
 
 SEED = int(os.environ.get("FUZZ_SEED", "20261203"))
@@ -151,13 +150,6 @@ def malformed_dataset(rng):
     return uid, data + bytes([rng.randrange(1, 256)]) + rng.randbytes(rng.randint(0, 6))
 
 
-def _peak_rss_mb(pid):
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
-
-
 @pytest.fixture
 def fuzzed_scp(start_scp):
     return start_scp()
@@ -171,7 +163,7 @@ def test_malformed_pdus_leave_runscp_answering(fuzzed_scp):
             batch = [next(pdus) for _ in range(PDUS_PER_BATCH)]
             list(pool.map(lambda data: _send_and_close(fuzzed_scp.port, data), batch))
             assert _echo(fuzzed_scp.port) == 0x0000
-    assert _peak_rss_mb(fuzzed_scp.proc.pid) < 300
+    assert peak_rss_mb(fuzzed_scp.proc.pid) < 300
     assert fuzzed_scp.proc.poll() is None
 
 
@@ -190,4 +182,4 @@ def test_no_malformed_dataset_is_answered_success(fuzzed_scp, tmp_path):
     assert Instance.objects.count() == 0
     quarantined = len(list((fuzzed_scp.data_dir / "quarantine").iterdir()))
     assert quarantined == DATASET_BATCHES * DATASETS_PER_BATCH, "every refused dataset is kept"
-    assert _peak_rss_mb(fuzzed_scp.proc.pid) < 300
+    assert peak_rss_mb(fuzzed_scp.proc.pid) < 300

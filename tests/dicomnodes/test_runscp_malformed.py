@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from dicomnodes.models import DicomServerSettings, Instance, Series
+from tests.support.processes import peak_rss_mb
 from tests.support.rawdata import (
     DEFLATED,
     IMPLICIT,
@@ -145,13 +146,6 @@ def test_a_deflated_dataset_that_is_malformed_inside_is_refused(shared_scp, tmp_
     assert "(0009,1010) length 4294967280 past the end" in status.ErrorComment
 
 
-def _peak_rss_mb(pid):
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
-
-
 def test_a_deflate_bomb_is_refused_and_runscp_stays_small(start_scp, tmp_path):
     """About 8 MB on the wire that inflate to 8 GiB: refused at the default
     limit (1024 MB) with the bytes in quarantine; runscp's peak memory stays
@@ -170,7 +164,7 @@ def test_a_deflate_bomb_is_refused_and_runscp_stays_small(start_scp, tmp_path):
     assert good.Status == 0x0000
     assert _quarantined(scp.data_dir) == 1
     assert not Instance.objects.filter(sop_instance_uid=uid).exists()
-    assert _peak_rss_mb(scp.proc.pid) < 300
+    assert peak_rss_mb(scp.proc.pid) < 300
 
 
 def _sha256_after_meta(path):
@@ -201,4 +195,4 @@ def test_a_256_mb_instance_arrives_into_a_file_not_into_memory(start_scp, tmp_pa
         assert assoc.send_c_store(path).Status == 0x0000
     stored = instance_path(uid, scp.data_dir / "storage")
     assert _sha256_after_meta(stored) == _sha256_after_meta(path)
-    assert _peak_rss_mb(scp.proc.pid) < 200, "the dataset did not go through runscp's memory"
+    assert peak_rss_mb(scp.proc.pid) < 200, "the dataset did not go through runscp's memory"

@@ -17,7 +17,7 @@ from portal.tokens import create_token
 from tests.support.archive import archive_files
 from tests.support.multiframe import RepeatedFrames, multiframe_header, rle_frame, write_native, write_rle
 from tests.support.portal import fetch, start_runpacs_web, wait_for_web
-from tests.support.processes import free_port
+from tests.support.processes import free_port, peak_rss_mb
 
 FRAMES, SIZE = 2000, 512
 LIMIT_MB = 500
@@ -37,13 +37,6 @@ def big_images(tmp_path_factory):
     rle = multiframe_header(rows=SIZE, columns=SIZE, frames=FRAMES, study_uid=study, series_number=2)
     write_rle(folder / "rle.dcm", rle, RepeatedFrames(rle_frame(flat), FRAMES, rle_frame(ramp)))
     return [folder / "native.dcm", folder / "rle.dcm"]
-
-
-def peak_rss_mb(pid):
-    """VmHWM (the peak resident set) of a process, in MB."""
-    with open(f"/proc/{pid}/status") as status:
-        kb = int(re.search(r"^VmHWM:\s+(\d+) kB", status.read(), re.MULTILINE).group(1))
-    return kb / 1024
 
 
 def web_process(runpacs):

@@ -28,6 +28,13 @@ MLLP_SEND = Path(sys.executable).parent / "mllp_send"  # python-hl7's MLLP clien
 POLL = 0.2
 
 
+def peak_rss_mb(pid):
+    """VmHWM (the peak resident set) of a process, in MB."""
+    with open(f"/proc/{pid}/status") as status:
+        kb = int(re.search(r"^VmHWM:\s+(\d+) kB", status.read(), re.MULTILINE).group(1))
+    return kb / 1024
+
+
 def free_port():
     with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
