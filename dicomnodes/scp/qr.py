@@ -31,7 +31,7 @@ from dicomnodes.dimse import Caller, Status, model_of, status
 from dicomnodes.query import matching
 from dicomnodes.query.registry import find_responder
 from dicomnodes.query.selection import RetrieveError, select_instances
-from dicomnodes.scp.compat import NODELAY_HANDLERS, answer_next_response, send_files_raw
+from dicomnodes.scp.compat import NODELAY_HANDLERS, answer_next_response, let_dul_read, send_files_raw
 from dicomnodes.scp.sending import contexts_for, dataset_for, decode_budget
 
 logger = logging.getLogger(__name__)
@@ -111,6 +111,13 @@ def plan_move(identifier, *, model, destination_ae, caller: Caller, config):
         return Refusal(exc.status, exc.comment)
 
 
+def _cancel_seen(event):
+    """Whether the peer sent a C-CANCEL, once pynetdicom has read what the
+    peer sent meanwhile (compat.let_dul_read)."""
+    let_dul_read(event.assoc)
+    return event.is_cancelled
+
+
 def _caller(event):
     state = event.assoc.pacs_state
     return Caller(state.calling_ae, state.address)
@@ -142,7 +149,7 @@ class QueryRetrieveHandlers:
             caller=_caller(event),
             config=self.config(),
             implicit_vr=_implicit_vr(event.context.transfer_syntax),
-            cancelled=lambda: event.is_cancelled,
+            cancelled=lambda: _cancel_seen(event),
         )
         try:
             for answer in answers:

@@ -162,6 +162,7 @@ def test_every_pynetdicom_instance_attribute_we_use_exists_in_the_pinned_version
         "AssociationSocket": AssociationSocket(assoc, client_socket=socket.socket()),
         "ServiceUser": assoc.requestor,
         "C_STORE_RQ": C_STORE_RQ(),
+        "DULServiceProvider": assoc.dul,
     }
     missing = [
         f"{cls}.{name}" for cls, names in USED_ON_INSTANCES.items() for name in names if not hasattr(objects[cls], name)
