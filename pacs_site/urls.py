@@ -11,4 +11,5 @@ urlpatterns = [
     path("", include("portal.urls")),
     path("api/", include("portal.api.urls")),
     path("dashboard/", dashboard, name="dashboard"),
+    path("", include("portal.dicomweb.urls")),
 ]

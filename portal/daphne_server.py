@@ -11,6 +11,7 @@ or TLS; `manage.py runpacs` passes it with `-e`.
 """
 
 import asyncio
+import re
 
 from daphne.cli import CommandLineInterface
 from daphne.server import Server
@@ -32,11 +33,17 @@ def endpoint(port: int, *, certificate: str = "", key: str = "", interface: str 
     return f"tcp:{where}"
 
 
+# A patient link's DICOMweb root carries its token in the path (a viewer
+# appends resource paths to a root): the log shows "…" in its place.
+_LINK_ROOT = re.compile(r"^/dicomweb/t/[^/]*")
+
+
 def strip_query(details: dict) -> dict:
-    """The access-log details with the path cut before '?'."""
+    """The access-log details with the path cut before '?', and a patient
+    link's token in a DICOMweb path replaced by '…'."""
     path = details.get("path")
-    if isinstance(path, str) and "?" in path:
-        return {**details, "path": path.split("?", 1)[0]}
+    if isinstance(path, str) and ("?" in path or path.startswith("/dicomweb/t/")):
+        return {**details, "path": _LINK_ROOT.sub("/dicomweb/t/…", path.split("?", 1)[0])}
     return details
 
 

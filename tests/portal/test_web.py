@@ -136,6 +136,13 @@ def test_the_access_log_drops_query_strings():
     assert strip_query({"path": "/admin/"})["path"] == "/admin/"
 
 
+def test_the_access_log_hides_the_token_of_a_patient_links_dicomweb_root():
+    details = {"path": "/dicomweb/t/SECRET-token_x/studies/1.2/series?limit=5", "status": 200}
+    assert strip_query(details)["path"] == "/dicomweb/t/…/studies/1.2/series"
+    assert strip_query({"path": "/dicomweb/t/SECRET"})["path"] == "/dicomweb/t/…"
+    assert strip_query({"path": "/dicomweb/studies"})["path"] == "/dicomweb/studies"
+
+
 def test_the_endpoint_escapes_colons_in_file_paths():
     assert endpoint(443, certificate="/c:x.crt", key="/k.key") == (
         "ssl:port=443:interface=\\:\\::privateKey=/k.key:certKey=/c\\:x.crt"
