@@ -100,6 +100,8 @@ def dicomweb_view(view):
     @functools.wraps(view)
     def wrapper(request, *args, token=None, **kwargs):
         scope, refusal = token_scope(request, token) if token is not None else staff_scope(request)
+        if refusal is None and request.method not in ("GET", "HEAD") and not scope.may_store:
+            refusal = error(403, "this link is read-only" if token is not None else "this account may not store")
         response = refusal if refusal is not None else view(request, scope, *args, **kwargs)
         if token is not None:
             response["Cache-Control"] = "no-store, private"
