@@ -71,6 +71,9 @@ def _local_hosts():
 # Default: this machine's names and addresses; production lists its names.
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", _local_hosts())
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
+# Origins whose pages may call /dicomweb/ from the browser (CORS; e.g. an
+# OHIF served elsewhere). Empty: same origin only.
+PACS_DICOMWEB_CORS_ORIGINS = envlist("PACS_DICOMWEB_CORS_ORIGINS", [])
 
 INSTALLED_APPS = [
     "daphne",

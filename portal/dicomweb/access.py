@@ -14,12 +14,18 @@
 
 `dicomweb_view` wraps every view: it resolves the scope, refuses what the
 scope does not allow, and adds the headers every answer carries.
+
+3. CORS is off unless `PACS_DICOMWEB_CORS_ORIGINS` lists origins: a request
+   from one of them gets Access-Control-Allow-Origin (and a preflight its
+   answer, `preflight()`); any other origin gets no CORS header, so the
+   browser keeps its page out.
 """
 
 import functools
 from dataclasses import dataclass
 
-from django.http import JsonResponse
+from django.conf import settings
+from django.http import HttpResponse, JsonResponse
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.exceptions import AuthenticationFailed
 
@@ -106,6 +112,34 @@ def dicomweb_view(view):
         if token is not None:
             response["Cache-Control"] = "no-store, private"
             response["Referrer-Policy"] = "no-referrer"
-        return response
+        return allow_origin(request, response)
 
     return wrapper
+
+
+def _allowed_origin(request):
+    origin = request.headers.get("Origin", "")
+    return origin if origin and origin in settings.PACS_DICOMWEB_CORS_ORIGINS else ""
+
+
+def allow_origin(request, response):
+    """CORS headers for an allowed origin (credentials: API tokens travel in
+    a header, which the preflight allows)."""
+    origin = _allowed_origin(request)
+    if origin:
+        response["Access-Control-Allow-Origin"] = origin
+        response["Vary"] = "Origin"
+        response["Access-Control-Expose-Headers"] = "Content-Type, Content-Length, Warning"
+    return response
+
+
+def preflight(request, methods):
+    """The answer to an OPTIONS request (a CORS preflight or not)."""
+    response = HttpResponse(status=204)
+    response["Allow"] = ", ".join(sorted({*methods, "OPTIONS"}))
+    if _allowed_origin(request):
+        allow_origin(request, response)
+        response["Access-Control-Allow-Methods"] = response["Allow"]
+        response["Access-Control-Allow-Headers"] = "Authorization, Accept, Content-Type"
+        response["Access-Control-Max-Age"] = "600"
+    return response

@@ -7,6 +7,7 @@ from django.urls import include, path
 from django.views.decorators.csrf import csrf_exempt
 
 from portal.dicomweb import qido, stow, uri, wado
+from portal.dicomweb.access import preflight
 
 app_name = "dicomweb"
 
@@ -19,6 +20,8 @@ def methods(**views):
     """One view per HTTP method on one path (405 with Allow otherwise)."""
 
     def dispatch(request, *args, **kwargs):
+        if request.method == "OPTIONS":
+            return preflight(request, views)
         view = views.get(request.method) or (views.get("GET") if request.method == "HEAD" else None)
         if view is None:
             return HttpResponseNotAllowed(sorted(views))

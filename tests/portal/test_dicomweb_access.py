@@ -125,3 +125,24 @@ def test_a_valid_links_requests_are_not_counted(anonymous, study, settings):
     new = create_token(study)
     answers = {anonymous.get(_url("series", token=new.clear)).status_code for _ in range(10)}
     assert not answers & {429, 404, 410}
+
+
+def test_cors_is_off_unless_an_origin_is_configured(a_reader, settings):
+    settings.PACS_DICOMWEB_CORS_ORIGINS = ["https://viewer.example"]
+    other = a_reader.get(_url("studies"), HTTP_ORIGIN="https://evil.example")
+    assert "Access-Control-Allow-Origin" not in other
+    allowed = a_reader.get(_url("studies"), HTTP_ORIGIN="https://viewer.example")
+    assert allowed["Access-Control-Allow-Origin"] == "https://viewer.example"
+    assert "Origin" in allowed["Vary"]
+
+
+def test_a_preflight_from_an_allowed_origin_allows_the_token_header(anonymous, settings):
+    settings.PACS_DICOMWEB_CORS_ORIGINS = ["https://viewer.example"]
+    response = anonymous.options(
+        _url("studies"), HTTP_ORIGIN="https://viewer.example", HTTP_ACCESS_CONTROL_REQUEST_METHOD="GET"
+    )
+    assert response.status_code == 204
+    assert "Authorization" in response["Access-Control-Allow-Headers"]
+    assert "GET" in response["Access-Control-Allow-Methods"]
+    refused = anonymous.options(_url("studies"), HTTP_ORIGIN="https://evil.example")
+    assert "Access-Control-Allow-Origin" not in refused
