@@ -155,20 +155,25 @@ class Query:
     wants_availability: bool = False
 
 
-def build_query(identifier: Dataset, *, model: str, case_insensitive: bool) -> Query:
+def build_query(
+    identifier: Dataset, *, model: str, case_insensitive: bool, relational: bool = False, rows=None
+) -> Query:
     """Check `identifier` and turn it into a Query; raises QueryError.
 
     1. the QueryRetrieveLevel must be one of the model's levels;
-    2. the unique key of every level above it must hold a single value;
+    2. the unique key of every level above it must hold a single value,
+       unless the query is `relational` (PS3.4 C.4.1.2.2: those keys may be
+       absent or match like any other key; QIDO-RS `/series`, `/instances`);
     3. each other key must belong to that level or one above; stored keys
        become conditions and returned columns, the rest are returned empty.
-    The identifier is only read.
+    `rows` (a queryset of the level's model) narrows the search to what a
+    caller may see; None searches the whole index.  The identifier is only read.
     """
     if model not in MODELS:
         raise ValueError(f"unknown information model {model!r}")
     levels = MODELS[model]
     level = _query_level(identifier, levels)
-    for upper in levels_above(model, level):
+    for upper in () if relational else levels_above(model, level):
         _check_unique_key(identifier, LEVELS[upper].unique_key)
 
     row_model, paths = LEVELS[level].model, LEVELS[level].paths
@@ -194,7 +199,8 @@ def build_query(identifier: Dataset, *, model: str, case_insensitive: bool) -> Q
         condition &= key_condition(key, path, _texts(elem), level=level, case_insensitive=case_insensitive)
 
     columns = list(dict.fromkeys(f.column for f in query.fields if f.column))
-    query.queryset = row_model.objects.filter(condition).order_by("pk").values(*columns)
+    rows = row_model.objects.all() if rows is None else rows
+    query.queryset = rows.filter(condition).order_by("pk").values(*columns)
     return query
 
 
@@ -237,15 +243,15 @@ def modality_wildcard_match(level, pattern):
     return Q(Exists(Series.objects.filter(study=OuterRef(study), modality__dicom_wildcard=pattern)))
 
 
-def iter_results(query: Query, *, limit: int = 0, retrieve_ae_title: str, implicit_vr=None):
+def iter_results(query: Query, *, limit: int = 0, offset: int = 0, retrieve_ae_title: str, implicit_vr=None):
     """Yield one response identifier per matching row, reading rows lazily;
-    stop after `limit` results when it is above 0.
+    skip the first `offset` rows, stop after `limit` results when it is above 0.
 
     With `implicit_vr` (True/False: the little-endian transfer syntax of the
     response), text values come pre-encoded as raw elements that pydicom
     writes as they are: encoding through pydicom's writers was half of the
     time of a C-FIND with many answers."""
-    rows = query.queryset[:limit] if limit > 0 else query.queryset
+    rows = query.queryset[offset : offset + limit] if limit > 0 else query.queryset[offset:]
     build = _response if implicit_vr is None else _raw_response
     for row in rows.iterator(chunk_size=200):
         yield build(query, row, retrieve_ae_title, implicit_vr)
