@@ -208,19 +208,20 @@ def search(request, scope, level, *, study=None, series=None):
     media_type = negotiate(request)
     if media_type is None or not _accepts_utf8(request):
         return error(406, f"QIDO-RS answers {' or '.join(MEDIA_TYPES)} in UTF-8")
+    settings = DicomServerSettings.load()
+    most = settings.find_result_limit or DEFAULT_MAX_RESULTS
     try:
         parameters = SearchParameters.parse(request.GET)
-        path = {"StudyInstanceUID": study, "SeriesInstanceUID": series}
-        identifier, unmatched = search_identifier(level, parameters, {k: v for k, v in path.items() if v})
-        settings = DicomServerSettings.load()
+        path = {k: v for k, v in (("StudyInstanceUID", study), ("SeriesInstanceUID", series)) if v}
+        identifier, unmatched = search_identifier(level, parameters, path)
         query = build_query(
             identifier,
             model="STUDY",
             case_insensitive=parameters.fuzzy or settings.case_insensitive_names,
-            relational=series is None and level != STUDY,
+            # PS3.4 C.4.1.2.2: /series, /instances, /studies/{study}/instances
+            relational=level != STUDY and (study is None or (level == IMAGE and series is None)),
             rows={STUDY: scope.studies, SERIES: scope.series, IMAGE: scope.instances}[level](),
         )
-        most = settings.find_result_limit or DEFAULT_MAX_RESULTS
         limit = min(parameters.limit or most, most)
         # One more than asked tells whether more results wait.
         found = list(iter_results(query, limit=limit + 1, offset=parameters.offset, retrieve_ae_title=""))
@@ -229,22 +230,28 @@ def search(request, scope, level, *, study=None, series=None):
 
     retrieve_root = _retrieve_root(request)
     results = [_json(ds, level, retrieve_root) for ds in found[:limit]]
-    if not results:
-        response = HttpResponse(status=204)
-    else:
+    if results:
         body = json.dumps(results, ensure_ascii=False, separators=(",", ":")).encode()
         response = HttpResponse(body, content_type=media_type)
+    else:
+        response = HttpResponse(status=204)
+    warnings = _warnings(parameters, unmatched, more=len(found) > limit, next_offset=parameters.offset + limit)
+    if warnings:
+        response["Warning"] = ", ".join(f'299 - "{w}"' for w in warnings)
+    return response
+
+
+def _warnings(parameters, unmatched, *, more, next_offset):
+    """What the Warning header says (PS3.18 8.3.4.1, 8.3.4.2, 8.3.4.4)."""
     warnings = []
-    if len(found) > limit:
-        warnings.append(f"There are additional results that can be requested (offset={parameters.offset + limit})")
+    if more:
+        warnings.append(f"There are additional results that can be requested (offset={next_offset})")
     if unmatched:
         names = ", ".join(a.keyword for a in unmatched)
         warnings.append(f"The following attributes are not supported for matching: {names}")
     if parameters.fuzzy:
         warnings.append("Fuzzy matching is applied as case-insensitive person name matching")
-    if warnings:
-        response["Warning"] = ", ".join(f'299 - "{w}"' for w in warnings)
-    return response
+    return warnings
 
 
 def search_identifier(level, parameters, path):

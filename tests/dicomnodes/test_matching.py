@@ -21,7 +21,7 @@ from pynetdicom.dsutils import decode, encode
 from dicomnodes.archive.header import read_header_file
 from dicomnodes.archive.index import IndexItem, apply_batch
 from dicomnodes.models import Study
-from dicomnodes.query.matching import QueryError, build_query, iter_results
+from dicomnodes.query.matching import IDENTIFIER_DOES_NOT_MATCH, QueryError, build_query, iter_results
 from dicomnodes.query.rules import glob_pattern, like_pattern, time_upper_bound
 from tests.support.dicomdata import make_ct
 
@@ -368,6 +368,33 @@ def test_results_are_lazy_and_stop_at_the_limit(archive):
     assert inspect.isgenerator(results)
     assert len(list(results)) == 2
     assert len(list(iter_results(query, retrieve_ae_title=OUR_AE))) == Study.objects.count() == 6
+
+
+def test_an_offset_skips_the_first_results(archive):
+    query = build_query(identifier(StudyInstanceUID=""), model="STUDY", case_insensitive=True)
+    every = [ds.StudyInstanceUID for ds in iter_results(query, retrieve_ae_title=OUR_AE)]
+    page = [ds.StudyInstanceUID for ds in iter_results(query, limit=2, offset=3, retrieve_ae_title=OUR_AE)]
+    assert page == every[3:5]
+    assert [ds.StudyInstanceUID for ds in iter_results(query, offset=5, retrieve_ae_title=OUR_AE)] == every[5:]
+
+
+def test_a_relational_query_needs_no_unique_keys_above_its_level(archive):
+    request = identifier("SERIES", SeriesInstanceUID="", Modality="MR")
+    assert refused("SERIES", SeriesInstanceUID="", Modality="MR") == IDENTIFIER_DOES_NOT_MATCH
+    query = build_query(request, model="STUDY", case_insensitive=True, relational=True)
+    found = list(iter_results(query, retrieve_ae_title=OUR_AE))
+    assert len(found) == 2 and archive.mr_series in {ds.SeriesInstanceUID for ds in found}
+    # the unique key of a level above matches as any key: a UID list
+    request = identifier("IMAGE", SOPInstanceUID="", StudyInstanceUID=[archive.s1, archive.s3])
+    query = build_query(request, model="STUDY", case_insensitive=True, relational=True)
+    assert len(list(iter_results(query, retrieve_ae_title=OUR_AE))) == 4
+
+
+def test_rows_narrow_the_search_to_what_the_caller_may_see(archive):
+    seen = Study.objects.filter(study_instance_uid__in=[archive.s1, archive.s2])
+    query = build_query(identifier(StudyInstanceUID="", PatientID="PAT00*"), model="STUDY", case_insensitive=True,
+                        rows=seen)  # fmt: skip
+    assert {ds.StudyInstanceUID for ds in iter_results(query, retrieve_ae_title=OUR_AE)} == {archive.s1, archive.s2}
 
 
 def test_the_identifier_is_left_unchanged(archive):

@@ -90,7 +90,9 @@ def site(django_db_setup, django_db_blocker, tmp_path_factory):
         expired.row.save()
         revoked.row.revoke()
 
-        DicomServerSettings.load()  # searches read it: written now, while no test holds the write lock
+        # Searches read the settings: written now, while no test holds the
+        # write lock; names match case-sensitively unless fuzzymatching asks.
+        DicomServerSettings.objects.update_or_create(pk=1, defaults={"case_insensitive_names": False})
         port = free_port()
         http = HttpSettings.load()
         http.web_port, http.web_server_name = port, "127.0.0.1"
@@ -169,8 +171,24 @@ def test_a_study_search_finds_every_study_with_the_default_attributes(staff, sit
 
 def test_a_name_with_a_wildcard_matches_and_comes_back_in_utf8(staff):
     assert names(staff.search_for_studies(search_filters={"PatientName": "Mü*"})) == ["Müller^Jörg"]
-    # by tag, and case-insensitively with fuzzy matching
-    assert names(staff.search_for_studies(search_filters={"00100010": "s*"}, fuzzymatching=True)) == ["Smith^John"]
+    assert names(staff.search_for_studies(search_filters={"00100010": "M?ller*"})) == ["Müller^Jörg"]  # by tag
+
+
+def test_fuzzy_matching_matches_names_without_regard_to_case_and_says_so(staff, site):
+    assert staff.search_for_studies(search_filters={"PatientName": "s*"}) == []
+    assert names(staff.search_for_studies(search_filters={"PatientName": "s*"}, fuzzymatching=True)) == ["Smith^John"]
+    response = _session(site["reader"]).get(
+        f"{site['base']}/dicomweb/studies", params={"PatientName": "s*", "fuzzymatching": "true"}
+    )
+    assert "case-insensitive person name matching" in response.headers["Warning"]
+
+
+def test_a_key_the_index_cannot_match_is_skipped_with_a_warning(site):
+    response = _session(site["reader"]).get(f"{site['base']}/dicomweb/studies", params={"PatientComments": "x"})
+    assert response.status_code == 200 and len(response.json()) == 3
+    assert response.headers["Warning"] == (
+        '299 - "The following attributes are not supported for matching: PatientComments"'
+    )
 
 
 def test_a_date_range_selects_the_studies_inside_it(staff):
@@ -257,6 +275,8 @@ def test_the_instances_of_a_series_of_a_study_and_of_the_archive(staff, site):
         ({"NoSuchKeyword": "1"}, "NoSuchKeyword"),
         ({"StudyDate": "2024"}, "malformed date"),
         ({"limit": "-1"}, "limit"),
+        ({"includefield": "PatientName,Nonsense"}, "Nonsense"),
+        ({"fuzzymatching": "yes"}, "fuzzymatching"),
         ({"Modality": "CT"}, "below the STUDY level"),
         ({"ReferencedSOPSequence.ReferencedSOPInstanceUID": "1.2"}, "sequence"),
     ],
@@ -275,6 +295,8 @@ def test_accept_is_negotiated(site):
     assert several.status_code == 200 and several.headers["Content-Type"] == "application/json"
     assert session.get(url, headers={"Accept": "*/*"}).headers["Content-Type"] == "application/dicom+json"
     assert session.get(url, headers={"Accept": "application/dicom+xml"}).status_code == 406
+    by_parameter = session.get(url, params={"accept": "application/json"}, headers={"Accept": "text/html"})
+    assert by_parameter.headers["Content-Type"] == "application/json"
 
 
 # --- Access -----------------------------------------------------------------------------------
