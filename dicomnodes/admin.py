@@ -143,6 +143,25 @@ def _link(obj, label=None):
     return format_html('<a href="{}">{}</a>', url, label or str(obj))
 
 
+# The image viewer another app serves (portal's OHIF): a function giving the
+# viewer's address of a Study or a Series.  None: no "Open in viewer" links.
+_viewer = {"url": None}
+
+
+def register_viewer(url_for):
+    """Show "Open in viewer" on studies and series (lists and pages), to
+    `url_for(study_or_series)` (called by the viewer app's admin module)."""
+    _viewer["url"] = url_for
+
+
+@admin.display(description="viewer")
+def viewer_link(obj):
+    url_for = _viewer["url"]
+    if url_for is None or obj is None or obj.pk is None:
+        return "-"
+    return format_html('<a class="viewer-link" href="{}" target="_blank">Open in viewer</a>', url_for(obj))
+
+
 def _children_link(model, field, pk, count, noun):
     url = reverse(f"admin:dicomnodes_{model}_changelist") + f"?{field}={pk}"
     return format_html('<a href="{}">{} {}</a>', url, count, noun)
@@ -181,12 +200,13 @@ class StudyAdmin(ReadOnlyAdmin):
         "modalities_in_study",
         "series_link",
         "num_instances",
+        viewer_link,
     ]
     list_filter = ["study_date", "modalities_in_study"]
     search_fields = ["patient_name_upper", "patient_id", "accession_number", "study_instance_uid", "study_description"]
     date_hierarchy = None
     list_per_page = 50
-    readonly_fields = ["patient_link"]
+    readonly_fields = ["patient_link", viewer_link]
     actions = [send_to_action(TransferLevel.STUDY)]
 
     def get_actions(self, request):
@@ -239,7 +259,16 @@ def register_study_action(action, *, permission):
 
 @admin.register(Series)
 class SeriesAdmin(ReadOnlyAdmin):
-    list_display = ["series_number", "modality", "series_description", "study_link", "instances_link", "series_date"]
+    list_display = [
+        "series_number",
+        "modality",
+        "series_description",
+        "study_link",
+        "instances_link",
+        "series_date",
+        viewer_link,
+    ]
+    readonly_fields = [viewer_link]
     list_filter = ["modality"]
     search_fields = ["series_instance_uid", "series_description"]
     list_per_page = 50

@@ -17,6 +17,7 @@ How an event reaches an open dashboard (`portal/consumers.py`):
 
 import datetime
 import logging
+from urllib.parse import urlencode
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -79,7 +80,18 @@ def event_item(event):
         "study_instance_uid": event.study_instance_uid,
         "open_study": event.open_study,
         "study_url": study_url(event),
+        "viewer_url": viewer_url(event),
     }
+
+
+def viewer_url(event):
+    """Where the dashboard shows the event's study: the viewer (portal/viewer)."""
+    if not event.study_instance_uid:
+        return ""
+    try:
+        return reverse("viewer:study") + "?" + urlencode({"StudyInstanceUIDs": event.study_instance_uid})
+    except NoReverseMatch:  # the viewer's URLs are not installed
+        return ""
 
 
 def study_url(event):

@@ -12,4 +12,5 @@ urlpatterns = [
     path("api/", include("portal.api.urls")),
     path("dashboard/", dashboard, name="dashboard"),
     path("", include("portal.dicomweb.urls")),
+    path("", include("portal.viewer.urls")),
 ]

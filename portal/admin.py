@@ -12,11 +12,12 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.safestring import mark_safe
 
-from dicomnodes.admin import register_study_action
+from dicomnodes.admin import register_study_action, register_viewer
 from pacs_site.singleton import SingletonAdmin
 from portal.models import HttpSettings, StudyToken, TokenScope, detected_public_ip
 from portal.tls import certificate_expiry
 from portal.tokens import create_token
+from portal.viewer.config import url_of as viewer_url_of
 
 
 @admin.register(HttpSettings)
@@ -120,3 +121,6 @@ def create_patient_link_all_studies(modeladmin, request, queryset):
 # tokens may create patient links.
 register_study_action(create_patient_link, permission="portal.add_studytoken")
 register_study_action(create_patient_link_all_studies, permission="portal.add_studytoken")
+
+# "Open in viewer" on studies and series: the OHIF viewer under /viewer/.
+register_viewer(viewer_url_of)

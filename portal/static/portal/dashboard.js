@@ -9,6 +9,7 @@
   var statusEl = document.getElementById("dash-status");
   var rows = {}; // "type:id" -> <tr>
   var opened = {}; // event ids whose study this page opened already
+  var VIEWER_WINDOW = "pacs-viewer"; // the window (tab) studies open in
 
   function time(iso) {
     return iso ? new Date(iso).toLocaleTimeString() : "";
@@ -38,7 +39,16 @@
   var views = {
     event: {
       cells: function (e) {
-        return [time(e.at), e.message, e.study_url ? link(e.study_url, "open") : ""];
+        var links = document.createElement("span");
+        if (e.viewer_url) {
+          var view = link(e.viewer_url, "view");
+          view.className = "viewer-link";
+          view.target = VIEWER_WINDOW;
+          links.appendChild(view);
+          links.appendChild(document.createTextNode(" "));
+        }
+        if (e.study_url) links.appendChild(link(e.study_url, "details"));
+        return [time(e.at), e.message, links];
       },
       state: function () { return ""; },
     },
@@ -122,9 +132,12 @@
     );
     // "Open transferred studies when received": only for events that happen
     // while the page is open, and once each.
-    if (live && item.type === "event" && item.open_study && item.study_url && !opened[item.id]) {
+    // The study opens in the viewer, in one window kept for it (the dashboard
+    // stays live); where the browser blocks that window, in this one.
+    var target = item.viewer_url || item.study_url;
+    if (live && item.type === "event" && item.open_study && target && !opened[item.id]) {
       opened[item.id] = true;
-      window.location.assign(item.study_url);
+      if (!window.open(target, VIEWER_WINDOW)) window.location.assign(target);
     }
   }
 
