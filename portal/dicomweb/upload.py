@@ -1,0 +1,243 @@
+"""The body of a STOW-RS request: `multipart/related` read as a stream,
+one Part 10 file at a time, within bounds.
+
+Python's `email` parser (and Django's, which only knows form data) would
+hold the whole body in memory.  `read_parts()` reads the request in 1 MiB
+chunks and yields each part as soon as its closing delimiter arrives:
+
+- a part up to `SPILL_AT` (4 MiB, as for C-STORE) stays in memory;
+- a larger one goes on into a `SpoolFile` in the storage folder as it
+  arrives (the file the dataset is then copied from, file to file); its
+  File Meta Information is read from the first 4 MiB, and the spool holds
+  the dataset only, which is what `store_received(spool=…)` expects;
+- a part above `MAX_PART` is cut there: its head is kept (to name its UIDs
+  in the answer), the rest is read and dropped;
+- the whole body is read to at most `MAX_BODY` bytes (`TooLarge` beyond);
+- a part's headers at most `MAX_HEADERS` bytes, the preamble before the
+  first delimiter at most `MAX_PREAMBLE`.
+
+Framing (RFC 2046 5.1.1): the delimiter is CRLF "--" boundary; the first
+one may open the body; transport padding (spaces, tabs) may follow a
+delimiter before its CRLF; "--" after one closes the body; what follows
+the close (the epilogue) is ignored.
+"""
+
+import io
+from dataclasses import dataclass, field
+
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import _read_file_meta_info, read_preamble
+
+from dicomnodes.archive.spool import SPILL_AT, SpoolFile
+
+CHUNK = 2**20
+MAX_PART = 4 * 2**30  # 4 GiB: the most a dataset's 32-bit lengths describe well
+MAX_BODY = 64 * 2**30  # one request; a larger study goes in several
+MAX_HEADERS = 16 * 2**10
+MAX_PREAMBLE = 64 * 2**10
+MAX_META = 2**20  # the File Meta Information group, read from the part's head
+
+
+class MalformedBody(ValueError):
+    """The body is not multipart as its Content-Type says (400)."""
+
+
+class TooLarge(ValueError):
+    """The body passed MAX_BODY (413)."""
+
+
+@dataclass(frozen=True)
+class FileMeta:
+    transfer_syntax_uid: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    offset: int  # where the dataset starts in the Part 10 file
+
+
+def read_file_meta(head) -> FileMeta:
+    """The File Meta Information of a Part 10 file that starts with `head`
+    (bytes-like); InvalidDicomError if there is none we can use."""
+    fp = io.BytesIO(head[:MAX_META])
+    try:
+        read_preamble(fp, False)
+        meta = _read_file_meta_info(fp)
+    except InvalidDicomError:
+        raise
+    except Exception as exc:  # a cut or malformed group 2: pydicom raises many kinds
+        raise InvalidDicomError(f"unreadable File Meta Information ({exc.__class__.__name__})") from exc
+    syntax = str(meta.get("TransferSyntaxUID", "") or "")
+    if not syntax:
+        raise InvalidDicomError("no Transfer Syntax UID in the File Meta Information")
+    offset = fp.tell()
+    if offset >= len(head) or offset >= MAX_META:
+        raise InvalidDicomError("no dataset after the File Meta Information")
+    return FileMeta(
+        syntax,
+        str(meta.get("MediaStorageSOPClassUID", "") or ""),
+        str(meta.get("MediaStorageSOPInstanceUID", "") or ""),
+        offset,
+    )
+
+
+@dataclass
+class Part:
+    """One part of the body.  `meta` is None and `problem` says why when it
+    is not a Part 10 file; `cut` when it passed MAX_PART.  `dataset()` is
+    the dataset's bytes (after the file meta): bytes, or a read-only view
+    of `spool` to release before `close()`."""
+
+    content_type: str = "application/dicom"
+    meta: FileMeta | None = None
+    problem: str = ""
+    cut: bool = False
+    size: int = 0
+    spool: SpoolFile | None = None
+    _head: bytearray = field(default_factory=bytearray)
+
+    def write(self, data):
+        self.size += len(data)
+        if self.cut or self.problem:
+            return
+        if self.size > MAX_PART:
+            self.cut = True
+            return
+        if self.spool is not None:
+            self.spool.write(data)
+            return
+        self._head += data
+        if len(self._head) > SPILL_AT:
+            self._spill()
+
+    def _spill(self):
+        """Too big for memory: the file meta is read from the head, and the
+        dataset goes on into a spool file."""
+        if not self._read_meta():
+            return
+        self.spool = SpoolFile(bytes(memoryview(self._head)[self.meta.offset :]))
+        self._head = bytearray()
+
+    def _read_meta(self):
+        try:
+            self.meta = read_file_meta(self._head)
+        except InvalidDicomError as exc:
+            self.problem = f"not a DICOM Part 10 file: {exc}"
+            self._head = bytearray()
+            return False
+        return True
+
+    def finish(self):
+        if self.spool is None and not self.problem and not self.cut:
+            self._read_meta()
+
+    def dataset(self):
+        if self.spool is not None:
+            return self.spool.getbuffer()
+        return memoryview(self._head)[self.meta.offset :]
+
+    def close(self):
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
+        self._head = bytearray()
+
+
+def read_parts(stream, boundary: str, *, chunk=CHUNK, max_body=MAX_BODY):
+    """Yield each Part of the multipart body read from `stream` (`read(n)`).
+
+    MalformedBody when the framing is broken before a part's content
+    starts; a body that ends inside a part yields that part with a
+    `problem`.  TooLarge beyond `max_body`.  The caller closes each part.
+    """
+    reader = _Reader(stream, chunk, max_body)
+    delimiter = b"\r\n--" + boundary.encode("latin-1")
+    # The first delimiter may open the body: read it as if a CRLF came first.
+    buffer, at = _find(reader, b"\r\n" + reader.read(), delimiter, MAX_PREAMBLE, "no opening boundary")
+    while True:
+        buffer, closing = _end_of_delimiter(reader, buffer[at + len(delimiter) :])
+        if closing:
+            return
+        buffer, headers = _headers(reader, buffer)
+        part = Part(content_type=headers.get("content-type", "application/dicom"))
+        buffer = _body(reader, buffer, delimiter, part)
+        part.finish()
+        yield part
+        if buffer is None:
+            return
+        at = 0
+
+
+class _Reader:
+    def __init__(self, stream, chunk, max_body):
+        self.stream, self.chunk, self.max_body, self.total = stream, chunk, max_body, 0
+
+    def read(self):
+        data = self.stream.read(self.chunk)
+        self.total += len(data)
+        if self.total > self.max_body:
+            raise TooLarge(f"the body passed {self.max_body} bytes")
+        return data
+
+
+def _find(reader, buffer, needle, limit, problem):
+    """(buffer, index of `needle`) reading more as needed, within `limit` bytes."""
+    while True:
+        at = buffer.find(needle)
+        if at >= 0:
+            return buffer, at
+        if len(buffer) > limit:
+            raise MalformedBody(problem)
+        more = reader.read()
+        if not more:
+            raise MalformedBody(problem)
+        buffer += more
+
+
+def _end_of_delimiter(reader, buffer):
+    """After a delimiter: (the rest after its line, whether it closed the body)."""
+    while len(buffer) < 2:
+        more = reader.read()
+        if not more:
+            break
+        buffer += more
+    if buffer[:2] == b"--":
+        return b"", True
+    buffer, eol = _find(reader, buffer, b"\r\n", 1024, "no line end after a boundary")
+    if buffer[:eol].strip(b" \t"):
+        raise MalformedBody("text after a boundary")
+    return buffer[eol + 2 :], False
+
+
+def _headers(reader, buffer):
+    """A part's headers (names lower-cased) and the rest after the empty line."""
+    if buffer.startswith(b"\r\n"):
+        return buffer[2:], {}
+    buffer, end = _find(reader, buffer, b"\r\n\r\n", MAX_HEADERS, "a part's headers are too long or cut")
+    headers = {}
+    for line in buffer[:end].decode("latin-1").split("\r\n"):
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise MalformedBody("a part header without a colon")
+        headers[name.strip().lower()] = value.strip()
+    return buffer[end + 4 :], headers
+
+
+def _body(reader, buffer, delimiter, part):
+    """Feed the part its content up to the next delimiter; the buffer from
+    that delimiter on (None: the body ended first)."""
+    keep = len(delimiter) - 1  # a delimiter may straddle two chunks
+    while True:
+        at = buffer.find(delimiter)
+        if at >= 0:
+            part.write(buffer[:at])
+            return buffer[at:]
+        if len(buffer) > keep:
+            part.write(buffer[:-keep])
+            buffer = buffer[-keep:]
+        more = reader.read()
+        if not more:
+            # Cut short: what arrived is this part, failed as unreadable.
+            part.write(buffer)
+            part.finish()
+            part.problem = part.problem or "the body ends inside this part (no closing boundary)"
+            return None
+        buffer += more
