@@ -15,9 +15,10 @@ rules C-FIND uses (single value, wildcards, ranges, UID lists, universal).
    level (for RetrieveURL), the filters, the included fields; the UIDs of
    the path.  `/series`, `/instances` and `/studies/{study}/instances` are
    relational queries (PS3.4 C.4.1.2.2).
-4. The answers: DICOM JSON (PS3.18 F.2, pydicom's `to_json_dict`) with a
-   RetrieveURL under the root the request came through; 200, or 204 No
-   Content when nothing matches; a `Warning` when more matches wait.
+4. The answers: DICOM JSON (PS3.18 F.2) written from the matched rows
+   (`matching.iter_rows`, `dicomjson.py`) with a RetrieveURL under the root
+   the request came through; 200, or 204 No Content when nothing matches;
+   a `Warning` when more matches wait.
 """
 
 import json
@@ -32,8 +33,9 @@ from pydicom.dataset import Dataset
 
 from dicomnodes.models import DicomServerSettings
 from dicomnodes.query.levels import IMAGE, PATIENT, SERIES, STUDY
-from dicomnodes.query.matching import KEYS, UNSTORED_KEYS, QueryError, build_query, iter_results
+from dicomnodes.query.matching import KEYS, UNSTORED_KEYS, QueryError, build_query, iter_rows
 from portal.dicomweb.access import dicomweb_view, error
+from portal.dicomweb.dicomjson import ResultWriter
 
 DICOM_JSON = "application/dicom+json"
 MEDIA_TYPES = (DICOM_JSON, "application/json")
@@ -66,8 +68,6 @@ ORDER = (STUDY, SERIES, IMAGE)  # the Study Root levels, top down
 # Study Root level of each attribute the matching tables know (patient keys are study keys there).
 _LEVEL_OF = {kw: STUDY if key.level == PATIENT else key.level for kw, key in KEYS.items()}
 _LEVEL_OF.update({kw: STUDY if level == PATIENT else level for level, kws in UNSTORED_KEYS.items() for kw in kws})
-# C-FIND bookkeeping that a QIDO result does not carry.
-_NOT_RETURNED = (0x00080005, 0x00080052, 0x00080054)  # SpecificCharacterSet, QueryRetrieveLevel, RetrieveAETitle
 _RESERVED = {"limit", "offset", "fuzzymatching", "includefield", "accept", "charset"}
 _TAG = re.compile(r"[0-9A-Fa-f]{8}")
 # VRs whose values never hold a comma: `A,B` there is a list (PS3.18 8.3.4.1, UID lists).
@@ -224,12 +224,11 @@ def search(request, scope, level, *, study=None, series=None):
         )
         limit = min(parameters.limit or most, most)
         # One more than asked tells whether more results wait.
-        found = list(iter_results(query, limit=limit + 1, offset=parameters.offset, retrieve_ae_title=""))
+        found = list(iter_rows(query, limit=limit + 1, offset=parameters.offset))
     except (BadRequest, QueryError) as exc:
         return error(400, str(exc))
 
-    retrieve_root = _retrieve_root(request)
-    results = [_json(ds, level, retrieve_root) for ds in found[:limit]]
+    results = json_results(query, found[:limit], retrieve_root=_retrieve_root(request))
     if results:
         body = json.dumps(results, ensure_ascii=False, separators=(",", ":")).encode()
         response = HttpResponse(body, content_type=media_type)
@@ -304,15 +303,14 @@ def _retrieve_root(request):
     return request.build_absolute_uri(reverse(f"{match.namespace}:studies", kwargs=kwargs))
 
 
-def _json(ds, level, retrieve_root):
-    """One result in DICOM JSON, with its RetrieveURL (WADO-RS of the same root)."""
-    for tag in _NOT_RETURNED:
-        if tag in ds:
-            del ds[tag]
-    url = f"{retrieve_root}/{ds.StudyInstanceUID}"
-    if level != STUDY:
-        url += f"/series/{ds.SeriesInstanceUID}"
-    if level == IMAGE:
-        url += f"/instances/{ds.SOPInstanceUID}"
-    ds.add(DataElement(RETRIEVE_URL, "UR", url))
-    return ds.to_json_dict()
+def json_results(query, rows, *, retrieve_root):
+    """The rows as DICOM JSON, each with its RetrieveURL (WADO-RS under the same root)."""
+    columns = {f.tag: f.column for f in query.fields}
+    # the unique keys from the study down to the result's level (always in the identifier)
+    uids = [columns[tag] for tag in (0x0020000D, 0x0020000E, 0x00080018)[: ORDER.index(query.level) + 1]]
+    parts = ("", "/series/", "/instances/")
+    writer = ResultWriter(query)
+    return [
+        writer.write(row, retrieve_root + "/" + "".join(p + row[c] for p, c in zip(parts, uids, strict=False)))
+        for row in rows
+    ]

@@ -10,6 +10,7 @@ study (valid, expired, revoked).
 """
 
 import datetime as dt
+import json
 from urllib.parse import urlsplit
 
 import pydicom
@@ -23,6 +24,9 @@ from rest_framework.authtoken.models import Token
 
 from dicomnodes.archive import storage
 from dicomnodes.models import DicomServerSettings
+from dicomnodes.query.levels import IMAGE, SERIES, STUDY
+from dicomnodes.query.matching import build_query, iter_results, iter_rows
+from portal.dicomweb.qido import SearchParameters, json_results, search_identifier
 from portal.models import HttpSettings
 from portal.tokens import create_token
 from tests.conftest import flush_database
@@ -264,6 +268,25 @@ def test_the_instances_of_a_series_of_a_study_and_of_the_archive(staff, site):
     everywhere = staff.search_for_instances(search_filters={"PatientName": "Smith*"}, limit=1)
     assert len(everywhere) == 1 and values(everywhere, STUDY_UID) == [SMITH]
     assert len(staff.search_for_instances(search_filters={"SOPInstanceUID": sop})) == 1
+
+
+@pytest.mark.parametrize("level", [STUDY, SERIES, IMAGE])
+def test_the_json_written_from_rows_is_what_pydicom_makes_of_the_c_find_answers(site, level):
+    """qido.json_results skips building datasets; the C-FIND answers of the
+    same query, through pydicom's to_json_dict, say the same."""
+    identifier, _ = search_identifier(level, SearchParameters(include_all=True), {})
+    query = build_query(identifier, model="STUDY", case_insensitive=True, relational=True)
+    written = json_results(query, list(iter_rows(query)), retrieve_root="R")
+    answers = list(iter_results(query, retrieve_ae_title="PACS"))
+
+    assert len(written) == len(answers) == {STUDY: 3, SERIES: 4, IMAGE: 9}[level]
+    for ours, answer in zip(written, answers, strict=True):
+        for keyword in ("SpecificCharacterSet", "QueryRetrieveLevel", "RetrieveAETitle"):
+            del answer[keyword]
+        expected = answer.to_json_dict()
+        assert ours.pop("00081190")["Value"][0].startswith(f"R/{answer.StudyInstanceUID}")
+        assert json.dumps(ours, sort_keys=True) == json.dumps(expected, sort_keys=True)
+        assert list(ours) == sorted(ours)
 
 
 # --- Mistakes and media types -------------------------------------------------------------
