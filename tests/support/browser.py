@@ -17,6 +17,9 @@ BROWSER_ARGS = [
     "--disable-component-update",
     "--disable-sync",
     "--no-first-run",
+    # WebGL in software (the OHIF viewer's viewports need it; PEERS.md).
+    "--use-gl=swiftshader",
+    "--enable-unsafe-swiftshader",
 ]
 
 
