@@ -95,7 +95,7 @@ class Attribute:
             vr = dictionary_VR(tag) if tag is not None else None
         except KeyError:
             vr = None
-        if vr is None or tag >> 16 & 1:  # unknown, or a private group
+        if vr is None or (tag >> 16) & 1 or not tag & 0xFFFF:  # unknown, private, or a group length
             raise BadRequest(f"{name} is not a DICOM attribute this server knows (a keyword or 8 hex digits)")
         return cls(tag, keyword_for_tag(tag), vr.split(" or ")[0])
 
@@ -130,11 +130,11 @@ class SearchParameters:
 
     def _reserved(self, name, values):
         if name == "includefield":
-            for name in (n.strip() for value in values for n in value.split(",")):
-                if name == "all":
+            for item in (i.strip() for value in values for i in value.split(",")):
+                if item == "all":
                     self.include_all = True
-                elif name:
-                    self.included.append(Attribute.named(name))
+                elif item:
+                    self.included.append(Attribute.named(item))
         elif name in ("limit", "offset"):
             setattr(self, name, _count(name, values[-1]))
         elif name == "fuzzymatching":
