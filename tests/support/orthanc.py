@@ -53,8 +53,16 @@ class RunningOrthanc:
         return files
 
 
-def start_orthanc(workdir: Path, *, aet="ORTHANC", modalities=None):
-    """Start Orthanc with a config of our own; `modalities`: {name: [AE, host, port]}."""
+# Debian's orthanc-dicomweb package (PEERS.md): the official DICOMweb plugin.
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+def start_orthanc(workdir: Path, *, aet="ORTHANC", modalities=None, dicomweb_servers=None):
+    """Start Orthanc with a config of our own; `modalities`: {name: [AE, host, port]}.
+
+    With `dicomweb_servers` ({name: {"Url": …, "HttpHeaders": {…}}}, possibly
+    empty) the DICOMweb plugin is loaded: Orthanc serves /dicom-web/ and is a
+    client of those servers (`POST /dicom-web/servers/{name}/qido`, `/retrieve`, `/stow`)."""
     exe = shutil.which("Orthanc")
     if exe is None:
         pytest.fail("Orthanc is not installed: README's test command installs Debian's orthanc")
@@ -73,6 +81,11 @@ def start_orthanc(workdir: Path, *, aet="ORTHANC", modalities=None):
         "DicomModalities": modalities or {},
         "DicomAlwaysAllowStore": True,
     }
+    if dicomweb_servers is not None:
+        if not DICOMWEB_PLUGIN.exists():
+            pytest.fail("the Orthanc DICOMweb plugin is not installed: README's test command installs orthanc-dicomweb")
+        config["Plugins"] = [str(DICOMWEB_PLUGIN)]
+        config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/", "Servers": dicomweb_servers}
     (workdir / "config.json").write_text(json.dumps(config))
     log = open(workdir / "orthanc.log", "wb")
     proc = subprocess.Popen(
