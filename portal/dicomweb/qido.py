@@ -279,6 +279,8 @@ def search_identifier(level, parameters, path):
     for attribute, values in parameters.filters.items():
         if attribute.keyword in path:
             raise BadRequest(f"{attribute.keyword} is given by the path; leave it out of the query")
+        if values and attribute.vr == "SQ":
+            raise BadRequest(f"{attribute.keyword}: matching on sequence items is not supported")
         if values and attribute.keyword not in KEYS and attribute.keyword != "InstanceAvailability":
             unmatched.append(attribute)
         _set(identifier, attribute, "\\".join(values))

@@ -302,6 +302,8 @@ def test_the_json_written_from_rows_is_what_pydicom_makes_of_the_c_find_answers(
         ({"fuzzymatching": "yes"}, "fuzzymatching"),
         ({"Modality": "CT"}, "below the STUDY level"),
         ({"ReferencedSOPSequence.ReferencedSOPInstanceUID": "1.2"}, "sequence"),
+        ({"ReferencedStudySequence": "x"}, "sequence"),
+        ({"StudyInstanceUID": "1.2.*"}, "wildcards are not allowed in UIDs"),
     ],
 )
 def test_a_mistake_in_the_query_is_a_400_that_says_what(site, query, says):
