@@ -58,6 +58,7 @@ MAX_BOUNDARY = 200
 STUDY_MISMATCH = Status.IDENTIFIER_DOES_NOT_MATCH  # A900: not of the study in the URL
 CANNOT_UNDERSTAND = Status.CANNOT_UNDERSTAND  # C000: not a Part 10 file, not application/dicom
 OUT_OF_RESOURCES = Status.OUT_OF_RESOURCES  # A700: a part above upload.MAX_PART
+PROCESSING_FAILURE = Status.PROCESSING_FAILURE  # 0110: an error of ours
 
 
 @dicomweb_view
@@ -159,7 +160,12 @@ def store_part(part, study, context):
             other = _other_study(raw, meta, study, max_inflated)
             if other:
                 return STUDY_MISMATCH, "Study Instance UID mismatch", None
-        result = store_received_part(raw, meta, part.spool, context, max_inflated)
+        try:
+            result = store_received_part(raw, meta, part.spool, context, max_inflated)
+        except Exception:
+            # One part's surprise must not lose the answer for the parts stored before it.
+            logger.exception("STOW-RS: storing a part failed")
+            return PROCESSING_FAILURE, "processing failure", None
     return result.status, result.comment, result
 
 

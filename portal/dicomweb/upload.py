@@ -23,6 +23,7 @@ the close (the epilogue) is ignored.
 """
 
 import io
+import re
 from dataclasses import dataclass, field
 
 from pydicom.errors import InvalidDicomError
@@ -36,6 +37,7 @@ MAX_BODY = 64 * 2**30  # one request; a larger study goes in several
 MAX_HEADERS = 16 * 2**10
 MAX_PREAMBLE = 64 * 2**10
 MAX_META = 2**20  # the File Meta Information group, read from the part's head
+_UID = re.compile(r"[0-9.]{0,64}")
 
 
 class MalformedBody(ValueError):
@@ -71,12 +73,15 @@ def read_file_meta(head) -> FileMeta:
     offset = fp.tell()
     if offset >= len(head) or offset >= MAX_META:
         raise InvalidDicomError("no dataset after the File Meta Information")
-    return FileMeta(
+    uids = [
         syntax,
         str(meta.get("MediaStorageSOPClassUID", "") or ""),
         str(meta.get("MediaStorageSOPInstanceUID", "") or ""),
-        offset,
-    )
+    ]
+    if not all(_UID.fullmatch(uid) for uid in uids[1:]) or not _UID.fullmatch(syntax):
+        # The store path writes them into our file meta (ASCII digits and dots).
+        raise InvalidDicomError("a UID in the File Meta Information is not a UID")
+    return FileMeta(*uids, offset)
 
 
 @dataclass

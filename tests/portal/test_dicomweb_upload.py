@@ -103,3 +103,12 @@ def test_a_part_above_4_mb_goes_to_a_spool_file_holding_the_dataset_only(tmp_pat
             assert bytes(view) == raw[part.meta.offset :]
     finally:
         part.close()
+
+
+def test_a_file_meta_uid_that_is_not_a_uid_is_a_problem(instance):
+    raw, _dataset = instance
+    uid = upload.read_file_meta(raw).sop_instance_uid.encode()
+    at = raw.index(uid)
+    bad = raw[:at] + b"1.2.\xe9" + raw[at + 5 :]
+    [(_type, meta, problem, _data)] = parts_of(b"--b\r\n\r\n" + bad + b"\r\n--b--")
+    assert meta is None and problem.startswith("not a DICOM Part 10 file")
