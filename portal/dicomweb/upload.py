@@ -197,13 +197,19 @@ def _find(reader, buffer, needle, limit, problem):
         buffer += more
 
 
-def _end_of_delimiter(reader, buffer):
-    """After a delimiter: (the rest after its line, whether it closed the body)."""
-    while len(buffer) < 2:
+def _at_least(reader, buffer, size):
+    """The buffer with at least `size` bytes, unless the body ends first."""
+    while len(buffer) < size:
         more = reader.read()
         if not more:
             break
         buffer += more
+    return buffer
+
+
+def _end_of_delimiter(reader, buffer):
+    """After a delimiter: (the rest after its line, whether it closed the body)."""
+    buffer = _at_least(reader, buffer, 2)
     if buffer[:2] == b"--":
         return b"", True
     buffer, eol = _find(reader, buffer, b"\r\n", 1024, "no line end after a boundary")
@@ -214,6 +220,7 @@ def _end_of_delimiter(reader, buffer):
 
 def _headers(reader, buffer):
     """A part's headers (names lower-cased) and the rest after the empty line."""
+    buffer = _at_least(reader, buffer, 2)
     if buffer.startswith(b"\r\n"):
         return buffer[2:], {}
     buffer, end = _find(reader, buffer, b"\r\n\r\n", MAX_HEADERS, "a part's headers are too long or cut")

@@ -49,6 +49,13 @@ def test_it_reads_parts_with_a_preamble_padding_no_headers_and_an_epilogue(insta
     assert found[0][1].transfer_syntax_uid == "1.2.840.10008.1.2.1"
 
 
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 64])
+def test_a_part_without_headers_is_read_whatever_the_chunks(instance, chunk):
+    raw, dataset = instance
+    body = b"--b\r\n\r\n" + raw + b"\r\n--b\r\n\r\n" + raw + b"\r\n--b--"
+    assert [(p, d) for _t, _m, p, d in parts_of(body, chunk=chunk)] == [("", dataset)] * 2
+
+
 def test_the_first_boundary_may_open_the_body(instance):
     raw, dataset = instance
     assert [d for *_rest, d in parts_of(b"--b\r\n\r\n" + raw + b"\r\n--b--")] == [dataset]
