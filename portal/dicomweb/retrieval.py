@@ -6,12 +6,13 @@ import io
 import logging
 from dataclasses import dataclass
 
+from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.presentation import build_context
 
-from dicomnodes.scp.sending import dataset_for, decode_budget
+from dicomnodes.scp.sending import dataset_for, decode_budget, decoded_size
 from portal.dicomweb.media import FRAME_MEDIA_TYPES, NATIVE, Multipart, file_chunks, with_syntax
-from portal.dicomweb.pixels import PixelError, StoredPixels, decoded_frame, stored_frame
+from portal.dicomweb.pixels import PixelError, StoredPixels, decoded_frame, locate, stored_frame
 from portal.models import HttpSettings
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,26 @@ def dicom_syntax(stored, wanted):
             return stored
         if w.transfer_syntax in CONVERTIBLE:
             return w.transfer_syntax
+    return None
+
+
+def conversion_refusal(plan, *, max_decoded_bytes):
+    """Why the instances to convert cannot be (the first whose header says
+    its pixel data would decode above the budget), or None; checked before
+    the answer starts, so that it is a 406 and not a part left out."""
+    for instance, syntax in plan:
+        if syntax == instance.transfer_syntax_uid or not UID(instance.transfer_syntax_uid).is_compressed:
+            continue
+        try:
+            size = decoded_size(locate(instance.path).header)
+        except (OSError, InvalidDicomError):
+            continue  # dataset_for logs it and leaves the part out
+        if size > max_decoded_bytes:
+            return (
+                f"converting an instance would decode {-(-size // 2**20)} MB of pixel data, above the limit of "
+                f"{max_decoded_bytes // 2**20} MB (DICOM server settings: largest decoded pixel data); "
+                "ask for the stored transfer syntax (transfer-syntax=*)"
+            )
     return None
 
 

@@ -15,7 +15,7 @@ from portal.dicomweb.access import dicomweb_view, error
 from portal.dicomweb.media import Multipart, streamed
 from portal.dicomweb.pixels import locate
 from portal.dicomweb.rendering import FORMATS, rendering_answer
-from portal.dicomweb.retrieval import CONVERTIBLE, Budgets, dicom_parts, find_instances
+from portal.dicomweb.retrieval import CONVERTIBLE, Budgets, conversion_refusal, dicom_parts, find_instances
 
 UNSUPPORTED = ("anonymize", "region", "annotation", "presentationUID", "presentationSeriesUID")
 DICOM = "application/dicom"
@@ -52,8 +52,11 @@ def _dicom_answer(request, instance, transfer_syntax):
     syntax = transfer_syntax or instance.transfer_syntax_uid
     if syntax != instance.transfer_syntax_uid and syntax not in CONVERTIBLE:
         return error(406, f"the object is stored in {instance.transfer_syntax_uid}; we can convert it to little endian")
-    multipart = _SinglePart()
     budgets = Budgets.load()
+    refusal = conversion_refusal([(instance, syntax)], max_decoded_bytes=budgets.max_decoded_bytes)
+    if refusal:
+        return error(406, refusal)
+    multipart = _SinglePart()
     chunks = dicom_parts([(instance, syntax)], multipart, max_decoded_bytes=budgets.max_decoded_bytes)
     response = streamed(request, chunks, DICOM)
     response["Content-Disposition"] = f'attachment; filename="{instance.pk}.dcm"'

@@ -21,6 +21,7 @@ from portal.dicomweb.rendering import rendering_answer
 from portal.dicomweb.retrieval import (
     OCTET_STREAM,
     Budgets,
+    conversion_refusal,
     dicom_parts,
     dicom_syntax,
     find_instances,
@@ -56,6 +57,9 @@ def retrieve(request, scope, study, series=None, instance=None):
             f"or converted to explicit VR little endian; stored here: {', '.join(refused) or 'n/a'}",
         )
     budgets = Budgets.load()
+    refusal = conversion_refusal(plan, max_decoded_bytes=budgets.max_decoded_bytes)
+    if refusal:
+        return error(406, refusal)
     multipart = Multipart("application/dicom")
     chunks = dicom_parts(plan, multipart, max_decoded_bytes=budgets.max_decoded_bytes)
     return streamed(request, chunks, multipart.content_type())
