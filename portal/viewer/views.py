@@ -80,15 +80,27 @@ async def _chunks(path: Path):
             yield chunk
 
 
+def _accepts_gzip(request) -> bool:
+    codings = request.headers.get("Accept-Encoding", "")
+    return any(c.split(";")[0].strip() == "gzip" and "q=0" not in c.replace(" ", "") for c in codings.split(","))
+
+
 def _static(request, path: Path):
-    stat = path.stat()
-    etag = f'"{stat.st_size:x}-{stat.st_mtime_ns:x}"'
+    """The file, or its gzip copy (fetch.py) for a client that takes gzip."""
+    packed = path.with_name(path.name + ".gz")
+    sent = packed if packed.is_file() and _accepts_gzip(request) else path
+    stat = sent.stat()
+    etag = f'"{stat.st_size:x}-{stat.st_mtime_ns:x}{"-gz" if sent is packed else ""}"'
     if request.headers.get("If-None-Match") == etag:
         response = HttpResponse(status=304)
     else:
         kind = TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        response = StreamingHttpResponse(_chunks(path), content_type=kind)
+        response = StreamingHttpResponse(_chunks(sent), content_type=kind)
         response["Content-Length"] = str(stat.st_size)
+        if sent is packed:
+            response["Content-Encoding"] = "gzip"
+    if packed.is_file():
+        response["Vary"] = "Accept-Encoding"
     response["ETag"] = etag
     response["Last-Modified"] = http_date(stat.st_mtime)
     if _HASHED.search(path.name):

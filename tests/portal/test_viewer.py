@@ -7,6 +7,7 @@ Personas: an admin (superuser), a patient with a token, a stranger.
 """
 
 import datetime as dt
+import gzip
 import json
 import re
 
@@ -108,6 +109,19 @@ def test_a_bundle_is_streamed_with_its_public_path_rebased_and_cached_for_a_year
     assert b'__webpack_require__.p = "/";' not in content
     again = client.get(f"/viewer/{bundle.name}", HTTP_IF_NONE_MATCH=response["ETag"])
     assert again.status_code == 304
+
+
+def test_a_browser_that_takes_gzip_gets_the_compressed_copy(client):
+    bundle = next(fetch.viewer_dir().glob("app.bundle.*.js"))
+
+    response = client.get(f"/viewer/{bundle.name}", HTTP_ACCEPT_ENCODING="gzip, deflate, br")
+
+    assert response["Content-Encoding"] == "gzip" and response["Vary"] == "Accept-Encoding"
+    packed = body(response)
+    assert int(response["Content-Length"]) == len(packed) < bundle.stat().st_size / 3
+    assert gzip.decompress(packed) == bundle.read_bytes()
+    refused = client.get(f"/viewer/{bundle.name}", HTTP_ACCEPT_ENCODING="gzip;q=0, identity")
+    assert "Content-Encoding" not in refused and body(refused) == bundle.read_bytes()
 
 
 def test_the_stylesheet_fonts_and_wasm_are_below_viewer(client):

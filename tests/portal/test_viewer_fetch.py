@@ -1,6 +1,7 @@
 """bin/fetch-viewer's pieces without the network (portal/viewer/fetch.py):
 the integrity check, what is unpacked and how its paths are rebased."""
 
+import gzip
 import io
 import tarfile
 
@@ -33,6 +34,7 @@ def test_only_dist_is_unpacked_without_the_dropped_parts_and_nothing_escapes(tmp
             "package/README.md": b"r",
             "package/dist/index.html": b'<script src="/app-config.js"></script>',
             "package/dist/assets/logo.svg": b"<svg/>",
+            "package/dist/app.bundle.0123456789abcdef.js": b"var a = 1;\n" * 200,
             "package/dist/ort/ort.all.js": b"x" * 100,
             "package/dist/dicom-microscopy-viewer/a.wasm": b"w",
             "package/dist/../../evil": b"e",
@@ -43,7 +45,15 @@ def test_only_dist_is_unpacked_without_the_dropped_parts_and_nothing_escapes(tmp
     fetch.unpack(source, into)
 
     found = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
-    assert found == ["app.tgz", "out/assets/logo.svg", "out/index.html"]
+    assert found == [
+        "app.tgz",
+        "out/app.bundle.0123456789abcdef.js",
+        "out/app.bundle.0123456789abcdef.js.gz",  # above 1 kB: a gzip copy
+        "out/assets/logo.svg",
+        "out/index.html",
+    ]
+    packed = (into / "app.bundle.0123456789abcdef.js.gz").read_bytes()
+    assert gzip.decompress(packed) == b"var a = 1;\n" * 200
 
 
 def test_the_site_root_paths_move_below_the_mount():
