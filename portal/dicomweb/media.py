@@ -136,7 +136,7 @@ def file_chunks(path, *, offset=0, length=None):
             yield chunk
 
 
-def streamed(request, chunks, content_type, *, status=200):
+def streamed(request, chunks, *, content_type, status=200):
     """A streaming answer of `chunks` (a generator of bytes).  Under daphne
     (ASGI) Django would read a plain iterator to its end before sending it
     (a whole study in memory); an async one is sent piece by piece."""

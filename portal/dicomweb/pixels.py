@@ -170,7 +170,7 @@ class Rendering:
     quality: int = 90
 
 
-def render(pixels: StoredPixels, index: int, how: Rendering, *, max_pixels, max_decoded_bytes) -> bytes:
+def render(pixels: StoredPixels, index: int, *, how: Rendering, max_pixels, max_decoded_bytes) -> bytes:
     """Frame `index` windowed as the previews are (portal/previews.py), as
     JPEG or PNG bytes; TooLarge above the preview budget."""
     h = pixels.header

@@ -26,7 +26,7 @@ def image_format(accept):
     return None
 
 
-def rendering_answer(request, instance, index, *, accept, quality=None, viewport=None, window=None, size=None):
+def rendering_answer(request, instance, *, index, accept, quality=None, viewport=None, window=None, size=None):
     """The answer for frame `index` (0-based; None: the middle frame) of
     `instance`: 406 when no JPEG or PNG is acceptable, 400 for a malformed
     parameter, 404 when there is no image or it is above the budget."""
@@ -49,7 +49,7 @@ def rendering_answer(request, instance, index, *, accept, quality=None, viewport
         stored = px.locate(instance.path)
         frame = stored.frame_count // 2 if index is None else index
         image = px.render(
-            stored, frame, how, max_pixels=budgets.max_pixels, max_decoded_bytes=budgets.max_decoded_bytes
+            stored, frame, how=how, max_pixels=budgets.max_pixels, max_decoded_bytes=budgets.max_decoded_bytes
         )
     except OSError:
         return error(404, "the stored file is missing")

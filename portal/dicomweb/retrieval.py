@@ -160,7 +160,7 @@ def frame_bytes(pixels, index, *, as_stored, max_decoded_bytes):
     return decoded_frame(pixels, index, max_decoded_bytes=max_decoded_bytes)
 
 
-def frame_parts(pixels, indices, multipart, *, as_stored, first_frame, max_decoded_bytes):
+def frame_parts(pixels, indices, *, multipart, as_stored, first_frame, max_decoded_bytes):
     """The multipart body of frames, read (and decoded) one at a time;
     `first_frame` was read before the answer started, so that its failure
     could still change the status."""

@@ -58,7 +58,7 @@ def _dicom_answer(request, instance, transfer_syntax):
         return error(406, refusal)
     multipart = _SinglePart()
     chunks = dicom_parts([(instance, syntax)], multipart, max_decoded_bytes=budgets.max_decoded_bytes)
-    response = streamed(request, chunks, DICOM)
+    response = streamed(request, chunks, content_type=DICOM)
     response["Content-Disposition"] = f'attachment; filename="{instance.pk}.dcm"'
     return response
 
@@ -78,7 +78,7 @@ def _image_answer(request, instance, media_type):
     return rendering_answer(
         request,
         instance,
-        frame,
+        index=frame,
         accept=media_type,
         quality=q.get("imageQuality"),
         window=window,

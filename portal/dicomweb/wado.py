@@ -62,7 +62,7 @@ def retrieve(request, scope, study, series=None, instance=None):
         return error(406, refusal)
     multipart = Multipart("application/dicom")
     chunks = dicom_parts(plan, multipart, max_decoded_bytes=budgets.max_decoded_bytes)
-    return streamed(request, chunks, multipart.content_type())
+    return streamed(request, chunks, content_type=multipart.content_type())
 
 
 @dicomweb_view
@@ -88,7 +88,7 @@ def metadata(request, scope, study, series=None, instance=None):
             separator = b","
         yield b"]"
 
-    return streamed(request, chunks(), "application/dicom+json")
+    return streamed(request, chunks(), content_type="application/dicom+json")
 
 
 @dicomweb_view
@@ -96,7 +96,7 @@ def frames(request, scope, study, series, instance, frames):
     indices = parse_frame_list(frames)
     if indices is None:
         return error(400, "frames are a comma-separated list of numbers from 1")
-    return _frames_answer(request, scope, (study, series, instance), indices)
+    return _frames_answer(request, scope, uids=(study, series, instance), indices=indices)
 
 
 @dicomweb_view
@@ -113,11 +113,13 @@ def bulkdata(request, scope, study, series, instance, tag):
             return error(404, NOT_FOUND)
         stored = px.locate(found[0].path)
         if not is_native(stored):
-            return _frames_answer(request, scope, (study, series, instance), list(range(stored.frame_count)))
+            return _frames_answer(
+                request, scope, uids=(study, series, instance), indices=list(range(stored.frame_count))
+            )
         if not _wants_octet_stream(request):
             return error(406, "native pixel data is sent as application/octet-stream")
         multipart = Multipart(OCTET_STREAM)
-        return streamed(request, native_value_parts(stored, multipart), multipart.content_type())
+        return streamed(request, native_value_parts(stored, multipart), content_type=multipart.content_type())
     found = find_instances(scope, study, series, instance)
     if not found:
         return error(404, NOT_FOUND)
@@ -138,17 +140,19 @@ def rendered(request, scope, study, series=None, instance=None, frames=None):
     indices = [0] if frames is None else parse_frame_list(frames)
     if indices is None:
         return error(400, "frames are a comma-separated list of numbers from 1")
-    return _rendered_answer(request, scope, (study, series, instance), indices[0], size=None)
+    return _rendered_answer(request, scope, uids=(study, series, instance), index=indices[0], size=None)
 
 
 @dicomweb_view
 def thumbnail(request, scope, study, series=None, instance=None):
     """A small rendering (256 pixels on its longest side, or `viewport`) of
     the middle frame of the representative instance."""
-    return _rendered_answer(request, scope, (study, series, instance), None, size=(PREVIEW_SIZE, PREVIEW_SIZE))
+    return _rendered_answer(
+        request, scope, uids=(study, series, instance), index=None, size=(PREVIEW_SIZE, PREVIEW_SIZE)
+    )
 
 
-def _frames_answer(request, scope, uids, indices):
+def _frames_answer(request, scope, *, uids, indices):
     found = find_instances(scope, *uids)
     if not found:
         return error(404, NOT_FOUND)
@@ -174,12 +178,17 @@ def _frames_answer(request, scope, uids, indices):
         return error(404, str(exc))
     multipart = Multipart(part_type)
     chunks = frame_parts(
-        stored, indices, multipart, as_stored=as_stored, first_frame=first, max_decoded_bytes=budgets.max_decoded_bytes
+        stored,
+        indices,
+        multipart=multipart,
+        as_stored=as_stored,
+        first_frame=first,
+        max_decoded_bytes=budgets.max_decoded_bytes,
     )
-    return streamed(request, chunks, multipart.content_type())
+    return streamed(request, chunks, content_type=multipart.content_type())
 
 
-def _rendered_answer(request, scope, uids, index, *, size):
+def _rendered_answer(request, scope, *, uids, index, size):
     study, series, instance = uids
     found = find_instances(scope, study, series, instance)
     if not found:
@@ -188,7 +197,7 @@ def _rendered_answer(request, scope, uids, index, *, size):
     return rendering_answer(
         request,
         chosen,
-        index,
+        index=index,
         accept=request.headers.get("Accept"),
         quality=request.GET.get("quality"),
         viewport=request.GET.get("viewport"),
