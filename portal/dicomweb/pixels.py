@@ -83,17 +83,18 @@ def locate(path) -> StoredPixels:
         head = f.read(8)
         if len(head) < 8:
             return found
-        group, element = struct.unpack("<HH", head[:4])
+        order = "<" if syntax.is_little_endian else ">"
+        group, element = struct.unpack(order + "HH", head[:4])
         if (group << 16 | element) != PIXEL_DATA:
             return found
         if syntax.is_implicit_VR:
-            (length,) = struct.unpack("<L", head[4:8])
+            (length,) = struct.unpack(order + "L", head[4:8])
             found.vr = "OB" if syntax.is_encapsulated or int(header.get("BitsAllocated", 16)) <= 8 else "OW"
         elif head[4:6] in _LONG_VRS:
-            (length,) = struct.unpack("<L", f.read(4))
+            (length,) = struct.unpack(order + "L", f.read(4))
             found.vr = head[4:6].decode()
         else:
-            (length,) = struct.unpack("<H", head[6:8])
+            (length,) = struct.unpack(order + "H", head[6:8])
             found.vr = head[4:6].decode()
         found.offset = f.tell()
         found.length = None if length == 0xFFFFFFFF else length
