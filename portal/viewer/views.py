@@ -60,7 +60,7 @@ def _index_html() -> str | None:
     return path.read_text(encoding="utf-8") if path.is_file() else None
 
 
-def _file(request, relative: str) -> Path | None:
+def _file(relative: str) -> Path | None:
     """The dist/ file at `relative`, or None (hidden names and escapes too)."""
     if not relative or any(part.startswith(".") or not part for part in relative.split("/")):
         return None
@@ -124,7 +124,7 @@ def app_config(request):
 @require_GET
 def page(request, route=""):
     """A dist/ file, or index.html for OHIF's own routes (staff only)."""
-    path = _file(request, route)
+    path = _file(route)
     if path is not None:
         return _static(request, path)
     if "." in route.rsplit("/", 1)[-1]:
