@@ -21,7 +21,9 @@ Table 10.5.3-1 in DICOM JSON.
    publishing (burning) is left to DICOM associations, as for C-GET.
 """
 
+import collections
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 from django.http import JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
@@ -52,6 +54,7 @@ MEDIA_TYPE = "application/dicom+json"
 CHANGE_PERMISSION = "dicomnodes.change_instance"
 CALLING_AE = "STOW-RS"
 MAX_BOUNDARY = 200
+IN_FLIGHT = 4  # parts being stored at once (Pipeline)
 
 # PS3.18 10.5.3 (Table 10.5.3-1), Failure Reason (0008,1197) values; the
 # store path's own statuses (C000, A700, 0110) pass through as they are.
@@ -71,11 +74,9 @@ def store(request, scope, study=None):
     context = StoreContext.for_user(user)
     answer = Answer(request, study)
     try:
-        for part in upload.read_parts(request, boundary):
-            try:
-                answer.add(part, *store_part(part, study, context))
-            finally:
-                part.close()
+        with Pipeline(answer, study, context) as pipeline:
+            for part in upload.read_parts(request, boundary):
+                pipeline.store(part)
     except upload.TooLarge as exc:
         if not answer.referenced and not answer.failed:
             return error(413, str(exc))
@@ -88,6 +89,47 @@ def store(request, scope, study=None):
         return error(400, "the body holds no part")
     answer.announce(context.calling_ae)
     return answer.response()
+
+
+class Pipeline:
+    """Parts stored IN_FLIGHT at a time, answered in their order.
+
+    Each store waits for its file's fsync and its index commit; with
+    several in flight the index writer commits them together (group commit)
+    and the fsyncs overlap, while the next part is read.  Memory: at most
+    IN_FLIGHT + 1 parts of up to 4 MB each (larger ones are spool files).
+    The stores touch no database connection of their own (the index writer
+    thread writes), so the pool's threads need no connection handling.
+    """
+
+    def __init__(self, answer, study, context):
+        self.answer, self.study, self.context = answer, study, context
+        self.pending = collections.deque()
+        self.pool = ThreadPoolExecutor(IN_FLIGHT, thread_name_prefix="stow")
+
+    def store(self, part):
+        self.pending.append((part, self.pool.submit(store_part, part, self.study, self.context)))
+        while len(self.pending) >= IN_FLIGHT:
+            self._answer_oldest()
+
+    def _answer_oldest(self):
+        part, future = self.pending.popleft()
+        try:
+            self.answer.add(part, *future.result())
+        finally:
+            part.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        # Also when the body broke: what was read is answered.
+        try:
+            while self.pending:
+                self._answer_oldest()
+        finally:
+            self.pool.shutdown()
+        return False
 
 
 def _check_request(request):

@@ -88,7 +88,8 @@ def part10(ds):
 def test_a_study_stored_with_stow_is_in_the_index_and_found_by_c_find(site, a_stower, scp, data_dir, tmp_path):
     _user, key = a_stower
     study_uid, series_uid = generate_uid(), generate_uid()
-    datasets = [ct(tmp_path, study_uid=study_uid, series_uid=series_uid, instance_number=n) for n in (1, 2, 3)]
+    # More instances than stow.IN_FLIGHT: stored several at a time, answered in order.
+    datasets = [ct(tmp_path, study_uid=study_uid, series_uid=series_uid, instance_number=n) for n in range(1, 7)]
 
     answer = client_for(site, key).store_instances(datasets)
 
@@ -103,7 +104,7 @@ def test_a_study_stored_with_stow_is_in_the_index_and_found_by_c_find(site, a_st
         f"/dicomweb/studies/{study_uid}/series/{series_uid}/instances/{datasets[0].SOPInstanceUID}"
     )
     rows = Instance.objects.filter(series__study__study_instance_uid=study_uid)
-    assert rows.count() == 3
+    assert rows.count() == 6
     assert {row.calling_ae for row in rows} == {"stower"}
     stored, header = stored_dataset_bytes(data_dir, datasets[1].SOPInstanceUID)
     assert stored == dataset_bytes(datasets[1])
@@ -125,7 +126,7 @@ def test_a_study_stored_with_stow_is_in_the_index_and_found_by_c_find(site, a_st
     assert found.returncode == 0, found.stderr
     [response] = [pydicom.dcmread(p) for p in out.iterdir()]
     assert response.StudyInstanceUID == study_uid
-    assert int(response.NumberOfStudyRelatedInstances) == 3
+    assert int(response.NumberOfStudyRelatedInstances) == 6
 
 
 def test_a_duplicate_is_referenced_and_a_broken_instance_failed_with_202(site, a_stower, data_dir, tmp_path):
