@@ -132,4 +132,12 @@ def test_a_patient_views_the_images_of_the_link_and_reaches_no_other_study(brows
     )
     assert outside["wado"] in (403, 404)
     assert outside["qido"] in (200, 204) and outside["found"] is False
+
+    # A reload comes back through the token this tab kept, to the same study.
+    with viewer.expect_response(lambda r: r.url.startswith(f"{base}/viewer/link?")) as relaunched:
+        viewer.reload()
+    assert relaunched.value.status == 200
+    viewer.wait_for_load_state()
+    viewer.wait_for_function(SHOWS_PIXELS, timeout=30_000)
+    assert viewer.url == f"{base}/viewer/link/viewer?StudyInstanceUIDs={study.study_instance_uid}"
     assert missing == []
