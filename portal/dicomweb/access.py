@@ -1,7 +1,7 @@
 """Who may see and store what through DICOMweb: one `Scope` per request.
 
-1. Staff: a session (the admin's login) or a DRF token
-   (`Authorization: Token …`). Reading needs the view permissions of
+1. Staff: a session (the admin's login), an API token (`Authorization:
+   Token …` or `Bearer …`) or a user name and password (`Basic …`). Reading needs the view permissions of
    studies and instances, as the admin and the API do; STOW-RS needs the
    add permission of instances. No login: 401; a login without them: 403.
 2. A patient link: `/dicomweb/t/<token>/…` — read-only, the link's study
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.http import HttpResponse, JsonResponse
-from rest_framework.authentication import TokenAuthentication
+from rest_framework.authentication import BasicAuthentication, TokenAuthentication
 from rest_framework.exceptions import AuthenticationFailed
 
 from dicomnodes.models import Instance, Series, Study
@@ -66,17 +66,31 @@ def error(status, message):
 def staff_scope(request):
     """(Scope, None) or (None, the refusal) for a staff request."""
     user = request.user if request.user.is_authenticated else None
-    if user is None:
+    for scheme in () if user else _SCHEMES:
         try:
-            found = TokenAuthentication().authenticate(request)
+            found = scheme().authenticate(request)
         except AuthenticationFailed as exc:
             return None, _unauthorised(str(exc.detail))
-        user = found[0] if found else None
+        if found:
+            user = found[0]
+            break
     if user is None:
         return None, _unauthorised("log in, or send Authorization: Token <API token>")
     if not (user.is_active and user.is_staff and user.has_perms(READ_PERMISSIONS)):
         return None, error(403, "this account may not view the archive")
     return Scope(may_store=user.has_perm(STORE_PERMISSION)), None
+
+
+class BearerAuthentication(TokenAuthentication):
+    """The API token as `Authorization: Bearer …` (3D Slicer's DICOMweb
+    import sends its access token so)."""
+
+    keyword = "Bearer"
+
+
+# `Authorization: Token …` (DRF), `Bearer …` (the same token) and `Basic …`
+# (user name and password: Weasis's DICOMweb settings offer nothing else).
+_SCHEMES = (TokenAuthentication, BearerAuthentication, BasicAuthentication)
 
 
 def token_scope(request, clear):

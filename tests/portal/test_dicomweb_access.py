@@ -146,3 +146,23 @@ def test_a_preflight_from_an_allowed_origin_allows_the_token_header(anonymous, s
     assert "GET" in response["Access-Control-Allow-Methods"]
     refused = anonymous.options(_url("studies"), HTTP_ORIGIN="https://evil.example")
     assert "Access-Control-Allow-Origin" not in refused
+
+
+def test_the_api_token_also_works_as_a_bearer_token_and_a_password_as_basic(anonymous, django_user_model):
+    import base64
+
+    from django.contrib.auth.models import Permission
+
+    user = django_user_model.objects.create_user("slicer", password="s3cret-pass", is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(codename__startswith="view_"))
+    key = Token.objects.create(user=user).key
+    anonymous.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+    assert anonymous.get(_url("studies")).status_code not in {401, 403}
+    basic = base64.b64encode(b"slicer:s3cret-pass").decode()
+    anonymous.credentials(HTTP_AUTHORIZATION=f"Basic {basic}")
+    assert anonymous.get(_url("studies")).status_code not in {401, 403}
+    wrong = base64.b64encode(b"slicer:wrong").decode()
+    anonymous.credentials(HTTP_AUTHORIZATION=f"Basic {wrong}")
+    assert anonymous.get(_url("studies")).status_code == 401
+    anonymous.credentials(HTTP_AUTHORIZATION="Bearer not-a-token")
+    assert anonymous.get(_url("studies")).status_code == 401
