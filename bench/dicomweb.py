@@ -32,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 
@@ -133,22 +134,25 @@ def stow(session, root, paths):
     return time.monotonic() - started
 
 
-def qido(session, root, case):
+def qido(session, root, case, label):
     params = dict(case.match)
     path = "/studies"
     if case.level == "SERIES":
         path = f"/studies/{params.pop('StudyInstanceUID')}/series"
     started = time.monotonic()
-    answer = session.get(f"{root}{path}", params=params, headers={"Accept": "application/dicom+json"})
+    # `*` unescaped: Orthanc's plugin does not decode %2A (a wildcard becomes
+    # a literal) — browsers and OHIF leave it as is too.
+    query = urllib.parse.urlencode(params, safe="*^,")
+    answer = session.get(f"{root}{path}?{query}", headers={"Accept": "application/dicom+json"})
     elapsed = time.monotonic() - started
     found = set()
     if answer.status_code == 200:
         uid_tag = "0020000E" if case.level == "SERIES" else "0020000D"
         found = {item[uid_tag]["Value"][0] for item in answer.json()}
     elif answer.status_code != 204:
-        raise TargetError(f"QIDO-RS answered {answer.status_code}: {answer.text[:300]}")
+        raise TargetError(f"{label}: QIDO-RS answered {answer.status_code}: {answer.text[:300]}")
     if found != case.expected:
-        raise TargetError(f"QIDO-RS {case.label}: {len(found)} answers, {len(case.expected)} expected")
+        raise TargetError(f"{label}: QIDO-RS {case.label}: {len(found)} answers, {len(case.expected)} expected")
     return elapsed
 
 
@@ -211,7 +215,7 @@ def main():
         for _ in range(args.repeat):
             for case in cases:
                 for label, session, root in servers:
-                    timings[(case.label, label)].append(qido(session, root, case) * 1000)
+                    timings[(case.label, label)].append(qido(session, root, case, label) * 1000)
         wado = {label: [] for label, _, _ in servers}
         meta = {label: [] for label, _, _ in servers}
         for _ in range(max(1, args.repeat // 3)):
@@ -221,7 +225,7 @@ def main():
                 meta[label].append(metadata(session, root, study.uid, series.uid, series.count) * 1000)
     for (case_label, label), values in timings.items():
         results[f"QIDO {case_label} ms"][label] = statistics.median(values)
-        results[f"QIDO {case_label} ms"][f"{label} p95"] = percentile(values, 95)
+        results[f"QIDO {case_label} ms"][f"{label} p95"] = percentile(values, 0.95)
     for label in wado:
         results["WADO-RS series MB/s"][label] = statistics.median(wado[label])
         results["metadata ms"][label] = statistics.median(meta[label])
