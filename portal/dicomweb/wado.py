@@ -7,7 +7,6 @@ stored files (`retrieval.py`); nothing holds more than one instance, or one
 frame decoded, in memory.
 """
 
-import json
 import logging
 
 from django.http import HttpResponse
@@ -15,8 +14,9 @@ from django.urls import reverse
 
 from portal.dicomweb import pixels as px
 from portal.dicomweb.access import dicomweb_view, error
-from portal.dicomweb.instancejson import instance_json, parse_tag
+from portal.dicomweb.instancejson import parse_tag
 from portal.dicomweb.media import Multipart, Wanted, parse_accept, streamed
+from portal.dicomweb.metacache import instance_json_bytes
 from portal.dicomweb.rendering import rendering_answer
 from portal.dicomweb.retrieval import (
     OCTET_STREAM,
@@ -79,12 +79,11 @@ def metadata(request, scope, study, series=None, instance=None):
         separator = b""
         for i, root in zip(instances, uris, strict=True):
             try:
-                stored = px.locate(i.path)
+                body = instance_json_bytes(i.path, root)
             except Exception as exc:  # missing or unreadable file: left out
                 logger.error("DICOMweb metadata: instance %s left out: %s", i.path.name[:12], exc)
                 continue
-            body = instance_json(stored, lambda tag, root=root: f"{root}/{tag}")
-            yield separator + json.dumps(body, ensure_ascii=False).encode()
+            yield separator + body
             separator = b","
         yield b"]"
 

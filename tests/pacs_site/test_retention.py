@@ -57,6 +57,7 @@ def test_one_daily_schedule_runs_every_apps_pruner():
         "quarantine",
         "association log",
         "preview cache",
+        "DICOMweb metadata cache",
         "HL7 message text",
         "dashboard events",
     }
