@@ -80,7 +80,7 @@ def store_received(
         sop_class_uid, sop_instance_uid, transfer_syntax_uid, source_ae=calling_ae, receiving_ae=called_ae
     )
     try:
-        header = _read_header(meta, raw, transfer_syntax_uid, sop_class_uid, sop_instance_uid, max_inflated)
+        header = read_checked_header(meta, raw, transfer_syntax_uid, sop_class_uid, sop_instance_uid, max_inflated)
     except UnreadableDataset as exc:
         where = quarantine(meta, body)
         logger.warning("C-STORE from %s: cannot understand the dataset (%s); bytes kept as %s", calling_ae, exc, where)
@@ -133,7 +133,7 @@ def store_received(
     )
 
 
-def _read_header(meta, raw, transfer_syntax_uid, sop_class_uid, sop_instance_uid, max_inflated):
+def read_checked_header(meta, raw, transfer_syntax_uid, sop_class_uid, sop_instance_uid, max_inflated):
     """Check the dataset's structure, then read its header: the fast
     little-endian reader, with pydicom as the judge whenever the fast one
     declines or finds the dataset wanting."""

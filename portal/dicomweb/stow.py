@@ -36,7 +36,7 @@ from rest_framework.authentication import TokenAuthentication
 from dicomnodes.archive.header import UnreadableDataset
 from dicomnodes.archive.index import Outcome
 from dicomnodes.archive.ingest import (
-    _read_header,  # the header store_received reads, to check the study first
+    read_checked_header,  # the header store_received reads, to check the study first
     store_received,
 )
 from dicomnodes.archive.notifications import study_received
@@ -216,7 +216,7 @@ def _other_study(raw, meta, study, max_inflated):
     one is left to the store path, which refuses and quarantines it)."""
     head = file_meta_bytes(meta.sop_class_uid, meta.sop_instance_uid, meta.transfer_syntax_uid)
     try:
-        header = _read_header(
+        header = read_checked_header(
             head, raw, meta.transfer_syntax_uid, meta.sop_class_uid, meta.sop_instance_uid, max_inflated
         )
     except UnreadableDataset:
