@@ -4,7 +4,6 @@ setting "largest decoded pixel data": above it, nothing is decoded and the
 sub-operation fails (DCMTK movescu into a storescp that accepts only
 uncompressed syntaxes)."""
 
-import subprocess
 
 import numpy as np
 import pydicom
@@ -12,30 +11,17 @@ import pytest
 from pydicom.uid import generate_uid
 
 from dicomnodes.models import DicomServerSettings, Instance, Peer
-from tests.dicomnodes.test_runscp_retrieve import VIEWER, declare_destination, qr, received, study_keys
+from tests.dicomnodes.test_runscp_retrieve import VIEWER, move_destination, qr, received, study_keys
 from tests.support.dicomdata import fresh_copy
 from tests.support.multiframe import multiframe_header, rle_frame, write_rle
-from tests.support.processes import free_port, port_accepts, wait_until
 
 
 @pytest.fixture
 def plain_storescp(shared_scp, tmp_path):
     """A DCMTK storescp (AE PLAIN) that accepts uncompressed syntaxes only,
     declared as a move destination; yields its output folder."""
-    port = free_port()
-    out = tmp_path / "received"
-    out.mkdir()
-    proc = subprocess.Popen(
-        ["storescp", "-aet", "PLAIN", "-od", str(out), str(port)],
-        env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_until(lambda: port_accepts(port), 10, message="storescp")
-    declare_destination(shared_scp, "PLAIN", port)
-    yield out
-    proc.terminate()
-    proc.wait(10)
+    with move_destination(shared_scp, tmp_path / "received", "PLAIN") as out:
+        yield out
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """runscp C-MOVE and C-GET with DCMTK movescu/getscu into storescp and Orthanc."""
 
+import contextlib
 import subprocess
 
 import pydicom
@@ -25,23 +26,32 @@ def declare_destination(scp, ae_title, port):
     scp.wait_for_peers()
 
 
-@pytest.fixture
-def storescp(shared_scp, tmp_path):
-    """A DCMTK storescp (AE DEST) declared as a move destination; yields its output folder."""
+@contextlib.contextmanager
+def move_destination(scp, out, ae_title, *options):
+    """A DCMTK storescp (`ae_title`, storing into `out`) declared to `scp`
+    as a move destination, for the duration of the block."""
     port = free_port()
-    out = tmp_path / "received"
     out.mkdir()
     proc = subprocess.Popen(
-        ["storescp", "-aet", "DEST", "-od", str(out), "+xa", str(port)],
+        ["storescp", "-aet", ae_title, "-od", str(out), *options, str(port)],
         env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    wait_until(lambda: port_accepts(port), 10, message="storescp")
-    declare_destination(shared_scp, "DEST", port)
-    yield out
-    proc.terminate()
-    proc.wait(10)
+    try:
+        wait_until(lambda: port_accepts(port), 10, message="storescp")
+        declare_destination(scp, ae_title, port)
+        yield out
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+def storescp(shared_scp, tmp_path):
+    """A DCMTK storescp (AE DEST) declared as a move destination; yields its output folder."""
+    with move_destination(shared_scp, tmp_path / "received", "DEST", "+xa") as out:
+        yield out
 
 
 @pytest.fixture
