@@ -149,12 +149,15 @@ def _decode_value(tag, value):
         if len(value) % 4:
             raise ProtocolError(f"(0000,{tag & 0xFFFF:04X}) AT of {len(value)} bytes")
         return tuple(g << 16 | e for g, e in struct.iter_unpack("<HH", value))
-    try:
-        text = bytes(value).decode("ascii")
-    except UnicodeDecodeError:
-        raise ProtocolError(f"(0000,{tag & 0xFFFF:04X}) {vr} is not ASCII") from None
     if vr == "UI":
+        try:
+            text = bytes(value).decode("ascii")
+        except UnicodeDecodeError:
+            raise ProtocolError(f"(0000,{tag & 0xFFFF:04X}) UI is not ASCII") from None
         return text.rstrip("\x00 ")  # NUL is UI's padding; some peers pad with a space
+    # Text is the default repertoire (ASCII); a peer's Error Comment in
+    # Latin-1 is read with a replacement character rather than refused.
+    text = bytes(value).decode("ascii", "replace")
     if vr == "AE":
         return text.strip(" ")  # leading and trailing spaces are not significant (PS3.5 6.2)
     return text.rstrip(" ")

@@ -233,16 +233,12 @@ def test_it_refuses_a_malformed_command_set(case):
         decode(MALFORMED[case])
 
 
-def pynetdicom_response(message_class, prim) -> bytes:
-    return pynetdicom_command(message_class, prim)
-
-
 def test_a_store_response_renders_as_pynetdicom_encodes_it():
     template = ResponseTemplate(C_STORE_RSP, CT)
 
     ours = template.render(7, 0x0000, instance_uid=INSTANCE)
 
-    theirs = pynetdicom_response(
+    theirs = pynetdicom_command(
         dimse_messages.C_STORE_RSP,
         primitive(
             C_STORE, MessageIDBeingRespondedTo=7, AffectedSOPClassUID=CT, AffectedSOPInstanceUID=INSTANCE, Status=0
@@ -258,7 +254,7 @@ def test_a_store_failure_renders_with_its_comment_and_offending_element():
         65535, 0xC000, instance_uid=INSTANCE, error_comment="Cannot\\understand", offending_element=0x7FE00010
     )
 
-    theirs = pynetdicom_response(
+    theirs = pynetdicom_command(
         dimse_messages.C_STORE_RSP,
         primitive(
             C_STORE,
@@ -277,7 +273,7 @@ def test_a_store_failure_renders_with_its_comment_and_offending_element():
 def test_an_echo_response_renders_as_pynetdicom_encodes_it():
     ours = ResponseTemplate(C_ECHO_RSP, VERIFICATION).render(1, 0)
 
-    theirs = pynetdicom_response(
+    theirs = pynetdicom_command(
         dimse_messages.C_ECHO_RSP,
         primitive(C_ECHO, MessageIDBeingRespondedTo=1, AffectedSOPClassUID=VERIFICATION, Status=0),
     )
@@ -290,13 +286,13 @@ def test_find_responses_render_as_pynetdicom_encodes_them():
     pending = template.render(4, 0xFF00, data_set_follows=True)
     final = template.render(4, 0xA900, error_comment="x" * 80)
 
-    assert pending == pynetdicom_response(
+    assert pending == pynetdicom_command(
         dimse_messages.C_FIND_RSP,
         primitive(
             C_FIND, MessageIDBeingRespondedTo=4, AffectedSOPClassUID=STUDY_FIND, Status=0xFF00, Identifier=BytesIO(b"a")
         ),
     )
-    assert final == pynetdicom_response(
+    assert final == pynetdicom_command(
         dimse_messages.C_FIND_RSP,
         primitive(
             C_FIND, MessageIDBeingRespondedTo=4, AffectedSOPClassUID=STUDY_FIND, Status=0xA900, ErrorComment="x" * 64
@@ -315,7 +311,7 @@ def test_move_and_get_responses_carry_their_sub_operation_counts():
         (move, dimse_messages.C_MOVE_RSP, C_MOVE, STUDY_MOVE),
         (get, dimse_messages.C_GET_RSP, C_GET, STUDY_GET),
     ):
-        theirs = pynetdicom_response(
+        theirs = pynetdicom_command(
             message_class,
             primitive(
                 prim_class,
@@ -330,3 +326,9 @@ def test_move_and_get_responses_carry_their_sub_operation_counts():
         )
         assert ours == theirs
         assert decode(ours).NumberOfRemainingSuboperations == 3
+
+
+def test_a_latin1_error_comment_is_read_not_refused():
+    encoded = with_group_length(ECHO_BODY + element(0x00000902, "Fehler ungültig".encode("latin-1") + b" "))
+
+    assert decode(encoded).ErrorComment == "Fehler ung\ufffdltig"

@@ -193,7 +193,7 @@ CUTS = [(m, s) for m in (4 * KIB, 16 * KIB, MIB, 0) for s in (0, 1, 4 * KIB - 6,
 def test_pynetdicom_reads_back_what_pdata_pdus_cuts(max_pdu, size):
     payload = DATA[:size]
 
-    pdus = list(pdata.pdata_pdus(5, False, payload, max_pdu))
+    pdus = list(pdata.pdata_pdus(5, payload, is_command=False, max_pdu=max_pdu))
 
     fragments = []
     for i, buffers in enumerate(pdus):
@@ -214,8 +214,9 @@ def test_pynetdicom_reads_back_what_pdata_pdus_cuts(max_pdu, size):
 
 def test_a_command_cut_by_pdata_pdus_is_marked_as_command():
     command = encode(CommandField=C_ECHO_RQ, MessageID=1, CommandDataSetType=0x0101)
+    pdus = pdata.pdata_pdus(1, command, is_command=True, max_pdu=20)
 
-    messages, _ = receive(b"".join(b"".join(p) for p in pdata.pdata_pdus(1, True, command, 20)), max_pdu=20)
+    messages, _ = receive(b"".join(b"".join(p) for p in pdus), max_pdu=20)
 
     assert [m.command.CommandField for m in messages] == [C_ECHO_RQ]
 
@@ -223,10 +224,10 @@ def test_a_command_cut_by_pdata_pdus_is_marked_as_command():
 def test_headers_for_a_file_region_frame_it_as_pdata_pdus_would():
     """A sender puts pdata_header() before each region it sends with
     os.sendfile: the same bytes as pdata_pdus."""
-    expected = b"".join(b"".join(p) for p in pdata.pdata_pdus(3, False, DATA, 16 * KIB))
+    expected = b"".join(b"".join(p) for p in pdata.pdata_pdus(3, DATA, is_command=False, max_pdu=16 * KIB))
 
     sent = b"".join(
-        pdata.pdata_header(3, False, last, length) + DATA[offset : offset + length]
+        pdata.pdata_header(3, length, is_command=False, is_last=last) + DATA[offset : offset + length]
         for offset, length, last in pdata.fragments(len(DATA), 16 * KIB)
     )
 
@@ -235,7 +236,7 @@ def test_headers_for_a_file_region_frame_it_as_pdata_pdus_would():
 
 def test_a_maximum_pdu_length_without_room_for_a_fragment_is_refused():
     with pytest.raises(ProtocolError):
-        list(pdata.pdata_pdus(1, False, b"abc", 6))
+        list(pdata.pdata_pdus(1, b"abc", is_command=False, max_pdu=6))
 
 
 def test_release_and_abort_are_encoded_as_pynetdicom_does():
@@ -432,3 +433,33 @@ def test_malformed_input_raises_protocol_errors_and_nothing_else():
 
     assert outcomes["refused"] > 1500  # most mutations break something
     assert outcomes["accepted"] > 50  # and the harmless ones (a changed UID byte) still go through
+
+
+def test_pynetdicom_receives_the_store_we_encode_and_cut():
+    """Our command set and data set, cut by pdata_pdus at 4 KB, read by
+    pynetdicom's own DIMSE message decoder."""
+    command = encode(
+        CommandField=C_STORE_RQ,
+        MessageID=9,
+        AffectedSOPClassUID=CT,
+        AffectedSOPInstanceUID=INSTANCE,
+        Priority=0,
+        CommandDataSetType=0x0001,
+        MoveOriginatorApplicationEntityTitle="ORTHANC",
+        MoveOriginatorMessageID=4,
+    )
+    message = dimse_messages.DIMSEMessage()
+    complete = False
+
+    for payload, is_command in ((command, True), (DATA, False)):
+        for buffers in pdata.pdata_pdus(1, payload, is_command=is_command, max_pdu=4 * KIB):
+            received = pdu.P_DATA_TF()
+            received.decode(b"".join(buffers))
+            complete = message.decode_msg(received.to_primitive())
+
+    assert complete
+    assert message.__class__ is dimse_messages.C_STORE_RQ
+    request = message.message_to_primitive()
+    assert (request.MessageID, request.AffectedSOPInstanceUID, request.Priority) == (9, INSTANCE, 0)
+    assert (request.MoveOriginatorApplicationEntityTitle, request.MoveOriginatorMessageID) == ("ORTHANC", 4)
+    assert request.DataSet.getvalue() == DATA
