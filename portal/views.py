@@ -13,10 +13,8 @@ import datetime as dt
 import functools
 import logging
 
-from asgiref.sync import sync_to_async
-from django.core.handlers.asgi import ASGIRequest
 from django.db.models import Prefetch
-from django.http import HttpResponse, StreamingHttpResponse
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET
 
@@ -25,6 +23,7 @@ from portal import previews
 from portal.download import fileset_zip
 from portal.models import HttpSettings
 from portal.ratelimit import over_limit
+from portal.streaming import streamed
 from portal.tokens import lookup
 
 logger = logging.getLogger(__name__)
@@ -164,17 +163,8 @@ def study_download(request, study_pk):
     )
     paths = [i.path for i in instances.only("sop_instance_uid")]
     chunks = fileset_zip(paths)
-    # Under daphne (ASGI) Django would read a plain iterator to its end before
-    # sending it; an async one is sent piece by piece.
-    content = _async_chunks(chunks) if isinstance(request, ASGIRequest) else chunks
-    response = StreamingHttpResponse(content, content_type="application/zip")
+    response = streamed(request, chunks, content_type="application/zip")
     day = "".join(c for c in study.study_date if c.isdigit()) or "undated"
     name = f"study-{day}-{study.pk}.zip"
     response["Content-Disposition"] = f'attachment; filename="{name}"'
     return response
-
-
-async def _async_chunks(chunks):
-    next_chunk = sync_to_async(next, thread_sensitive=False)
-    while (chunk := await next_chunk(chunks, None)) is not None:
-        yield chunk

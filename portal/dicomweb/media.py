@@ -9,9 +9,6 @@ import re
 import uuid
 from dataclasses import dataclass
 
-from asgiref.sync import sync_to_async
-from django.core.handlers.asgi import ASGIRequest
-from django.http import StreamingHttpResponse
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
@@ -41,8 +38,6 @@ _ALIASES = {"image/x-dicom-rle": "image/dicom-rle", "image/x-jls": "image/jls"}
 # Stored syntaxes whose Pixel Data is read at an offset and sent as it is.
 NATIVE = {str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)}
 UNCOMPRESSED = NATIVE | {str(DeflatedExplicitVRLittleEndian), "1.2.840.10008.1.2.2"}
-
-CHUNK = 1 << 20  # bytes read from a stored file at a time
 
 
 @dataclass(frozen=True)
@@ -120,47 +115,3 @@ class Multipart:
 
     def end(self, *, empty=False):
         return f"{'' if empty else chr(13) + chr(10)}--{self.boundary}--\r\n".encode()
-
-
-def file_chunks(path, *, offset=0, length=None):
-    """The bytes of a file (from `offset`, `length` of them), a chunk at a time."""
-    with open(path, "rb") as f:
-        f.seek(offset)
-        left = length
-        while left is None or left > 0:
-            chunk = f.read(CHUNK if left is None else min(CHUNK, left))
-            if not chunk:
-                return
-            if left is not None:
-                left -= len(chunk)
-            yield chunk
-
-
-def streamed(request, chunks, *, content_type, status=200):
-    """A streaming answer of `chunks` (a generator of bytes).  Under daphne
-    (ASGI) Django would read a plain iterator to its end before sending it
-    (a whole study in memory); an async one is sent piece by piece."""
-    content = _async_chunks(chunks) if isinstance(request, ASGIRequest) else chunks
-    return StreamingHttpResponse(content, content_type=content_type, status=status)
-
-
-# Chunks are gathered in the worker thread up to this many bytes per hop to
-# the event loop: a hop per 1 MiB file chunk kept a series at 400 MB/s
-# (bench/dicomweb.py), the thread switches, not the disk, being the cost.
-_BATCH = 4 * 2**20
-
-
-def _next_batch(chunks):
-    parts, size = [], 0
-    for chunk in chunks:
-        parts.append(chunk)
-        size += len(chunk)
-        if size >= _BATCH:
-            break
-    return b"".join(parts) if parts else None
-
-
-async def _async_chunks(chunks):
-    next_batch = sync_to_async(_next_batch, thread_sensitive=False)
-    while (batch := await next_batch(chunks)) is not None:
-        yield batch

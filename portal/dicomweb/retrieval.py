@@ -11,9 +11,10 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.presentation import build_context
 
 from dicomnodes.scp.sending import dataset_for, decode_budget, decoded_size
-from portal.dicomweb.media import FRAME_MEDIA_TYPES, NATIVE, Multipart, file_chunks, with_syntax
+from portal.dicomweb.media import FRAME_MEDIA_TYPES, NATIVE, Multipart, with_syntax
 from portal.dicomweb.pixels import PixelError, StoredPixels, decoded_frame, locate, stored_frame
 from portal.models import HttpSettings
+from portal.streaming import file_chunks
 
 logger = logging.getLogger(__name__)
 

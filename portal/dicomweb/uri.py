@@ -12,10 +12,11 @@
 """
 
 from portal.dicomweb.access import dicomweb_view, error
-from portal.dicomweb.media import Multipart, streamed
+from portal.dicomweb.media import Multipart
 from portal.dicomweb.pixels import locate
 from portal.dicomweb.rendering import FORMATS, rendering_answer
 from portal.dicomweb.retrieval import CONVERTIBLE, Budgets, conversion_refusal, dicom_parts, find_instances
+from portal.streaming import streamed
 
 UNSUPPORTED = ("anonymize", "region", "annotation", "presentationUID", "presentationSeriesUID")
 DICOM = "application/dicom"

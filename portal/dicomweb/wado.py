@@ -15,7 +15,7 @@ from django.urls import reverse
 from portal.dicomweb import pixels as px
 from portal.dicomweb.access import dicomweb_view, error
 from portal.dicomweb.instancejson import parse_tag
-from portal.dicomweb.media import Multipart, Wanted, parse_accept, streamed
+from portal.dicomweb.media import Multipart, Wanted, parse_accept
 from portal.dicomweb.metacache import instance_json_bytes
 from portal.dicomweb.rendering import rendering_answer
 from portal.dicomweb.retrieval import (
@@ -34,6 +34,7 @@ from portal.dicomweb.retrieval import (
     representative,
 )
 from portal.previews import PREVIEW_SIZE
+from portal.streaming import streamed
 
 logger = logging.getLogger(__name__)
 

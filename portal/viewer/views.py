@@ -19,19 +19,18 @@ import mimetypes
 import re
 from pathlib import Path
 
-from asgiref.sync import sync_to_async
 from django.contrib.auth.views import redirect_to_login
-from django.http import Http404, HttpResponse, StreamingHttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils.http import http_date
 from django.views.decorators.http import require_GET
 
 from portal.ratelimit import over_limit
+from portal.streaming import file_chunks, streamed
 from portal.tokens import lookup
 from portal.viewer import config, fetch
 
-CHUNK = 256 * 1024
 # webpack's content hash in a file name (app.bundle.0f6159c501addfe9.js,
 # 5130ccb17e3f3f5b.wasm): such a file never changes.
 _HASHED = re.compile(r"(^|[./])[0-9a-f]{16}\.[a-z0-9]+$")
@@ -69,17 +68,6 @@ def _file(relative: str) -> Path | None:
     return path if path.is_relative_to(root) and path.is_file() else None
 
 
-async def _chunks(path: Path):
-    """The file a chunk at a time, read in a thread: under daphne Django
-    would read a plain iterator (FileResponse too) whole into memory before
-    sending it; the web process's send gate holds each chunk until the
-    client takes it."""
-    read_in_thread = sync_to_async(lambda f: f.read(CHUNK), thread_sensitive=False)
-    with path.open("rb") as f:
-        while chunk := await read_in_thread(f):
-            yield chunk
-
-
 def _accepts_gzip(request) -> bool:
     codings = request.headers.get("Accept-Encoding", "")
     return any(c.split(";")[0].strip() == "gzip" and "q=0" not in c.replace(" ", "") for c in codings.split(","))
@@ -95,7 +83,7 @@ def _static(request, path: Path):
         response = HttpResponse(status=304)
     else:
         kind = TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        response = StreamingHttpResponse(_chunks(sent), content_type=kind)
+        response = streamed(request, file_chunks(sent), content_type=kind)
         response["Content-Length"] = str(stat.st_size)
         if sent is packed:
             response["Content-Encoding"] = "gzip"
