@@ -74,6 +74,11 @@ CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
 # Origins whose pages may call /dicomweb/ from the browser (CORS; e.g. an
 # OHIF served elsewhere). Empty: same origin only.
 PACS_DICOMWEB_CORS_ORIGINS = envlist("PACS_DICOMWEB_CORS_ORIGINS", [])
+# STOW-RS bounds, in MiB (portal/dicomweb/upload.py): one part (4 GiB, the
+# most a dataset's 32-bit lengths describe well) and one request's body (a
+# larger study goes in several requests).
+PACS_STOW_MAX_PART_MB = envint("PACS_STOW_MAX_PART_MB", 4096, minimum=1)
+PACS_STOW_MAX_BODY_MB = envint("PACS_STOW_MAX_BODY_MB", 65536, minimum=1)
 
 INSTALLED_APPS = [
     "daphne",
@@ -134,7 +139,19 @@ ASGI_APPLICATION = "pacs_site.asgi.application"
 # PostgreSQL (postgres://user@host:5432/name).
 _default_db = f"sqlite:///{PACS_DATA_DIR / 'pacs.sqlite3'}"
 PACS_SQLITE_SYNCHRONOUS = envchoice("PACS_SQLITE_SYNCHRONOUS", "FULL", ("FULL", "NORMAL"))
-DATABASES = {"default": dj_database_url.parse(envstr("DATABASE_URL") or _default_db, conn_max_age=0)}
+# Connections are closed after each request by default: runscp's and the
+# worker's association threads come and go, and a kept connection would
+# outlive its thread.  The web process runs every request's database work in
+# one thread (pacs_site/asgi.py), so portal/daphne_server.py keeps its
+# connection for a minute (PACS_DB_CONN_MAX_AGE): a connection per request
+# was about 1 ms of a 15 ms QIDO-RS answer (py-spy).
+DATABASES = {
+    "default": dj_database_url.parse(
+        envstr("DATABASE_URL") or _default_db,
+        conn_max_age=envint("PACS_DB_CONN_MAX_AGE", 0, minimum=0),
+        conn_health_checks=True,
+    )
+}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["OPTIONS"] = {
         # WAL lets readers (C-FIND, the admin) run while the index writer

@@ -11,6 +11,7 @@ or TLS; `manage.py runpacs` passes it with `-e`.
 """
 
 import asyncio
+import os
 import re
 
 from daphne.cli import CommandLineInterface
@@ -98,4 +99,7 @@ class WebCommandLine(CommandLineInterface):
 
 
 if __name__ == "__main__":
+    # Requests' database work runs in one thread here (pacs_site/asgi.py):
+    # its connection is kept between requests (pacs_site/settings.py).
+    os.environ.setdefault("PACS_DB_CONN_MAX_AGE", "60")
     WebCommandLine.entrypoint()
