@@ -2,7 +2,7 @@
 """DICOMweb benchmark: our /dicomweb/ against Orthanc's DICOMweb plugin
 (Debian `orthanc-dicomweb`), the same archive in both, one run.
 
-    .venv/bin/python bench/dicomweb.py [--instances N | --quick] [--repeat R] [--keep]
+    .venv/bin/python bench/dicomweb.py [--instances N | --quick] [--repeat R] [--no-viewer] [--keep]
 
 1. The archive: bench/query.py's N tiny instances (the index QIDO searches;
    ours bulk-loaded into the index, Orthanc's over storescu) and its
@@ -18,6 +18,17 @@
    multipart/related (`transfer-syntax=*`), read to the end: MB/s; and its
    metadata: ms, the first time (ours reads the files then) and again.
    R // 3 times (at least 3) each, alternating.
+5. Viewer time to first image (bench/viewer.py; ours only: Debian's
+   Orthanc has no OHIF plugin, /usr/share/orthanc/plugins/ holds DICOMweb,
+   ServeFolders and ModalityWorklists, so its cells show "—"): in Debian's
+   Chromium (Playwright), staff log in through the admin's login page
+   (the superuser `bench`, created with a known password beside its API
+   token), filter the admin's study list to the retrieve study and click
+   "Open in viewer"; seconds from the click until the viewer's canvas first
+   shows pixels.  VIEWER_REPEAT fresh browser contexts, each opening the
+   study twice: cold (empty cache) then warm (OHIF's files cached); medians,
+   and when the first QIDO-RS, metadata and frame answers came (printed
+   below the table).  `--no-viewer` skips it.
 
 Both servers are started fresh on free ports; the client is `requests`
 with one keep-alive session per server.  A table and
@@ -38,6 +49,7 @@ import uuid
 from pathlib import Path
 
 import requests
+import viewer
 from common import REPO, RESULTS_DIR, Orthanc, Pacs, TargetError, git_changes, port_open, print_aligned, send, serving
 from query import (
     LOAD_TIMEOUT,
@@ -50,6 +62,8 @@ from query import (
 )
 
 STOW_BATCH = 50
+USERNAME, PASSWORD = "bench", "bench-viewer-passphrase"  # a throw-away server on 127.0.0.1
+VIEWER_REPEAT = 3  # browser contexts, each with a cold and a warm opening
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 
 
@@ -85,7 +99,8 @@ class PacsWeb(Pacs):
             "shell",
             "-c",
             "from django.contrib.auth.models import User; from rest_framework.authtoken.models import Token; "
-            "u = User.objects.create_superuser('bench', '', None); print(Token.objects.create(user=u).key)",
+            f"u = User.objects.create_superuser({USERNAME!r}, '', {PASSWORD!r}); "
+            "print(Token.objects.create(user=u).key)",
         )
         self.token = out.strip().splitlines()[-1]
         query = Path(__file__).resolve().with_name("query.py")
@@ -182,15 +197,25 @@ def metadata(session, root, study, series, count):
     return elapsed
 
 
+def cell(value, name):
+    """A table cell: "—" where a server has no figure (Orthanc's viewer)."""
+    if value is None:
+        return "—"
+    return f"{value:.2f}" if " s," in name else f"{value:.1f}"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--instances", type=int, default=100_000, help="tiny instances in the index (default 100000)")
     parser.add_argument("--quick", action="store_true", help="10000 tiny instances, 5 repeats")
     parser.add_argument("--repeat", type=int, default=15, help="runs of each query (default 15)")
+    parser.add_argument("--no-viewer", action="store_true", help="skip the viewer's time to first image")
     parser.add_argument("--keep", action="store_true", help="keep the servers' folders")
     args = parser.parse_args()
     if args.quick:
         args.instances, args.repeat = 10_000, 5
+    if not args.no_viewer and not viewer.viewer_present():
+        raise SystemExit("the OHIF viewer is not unpacked: run bin/fetch-viewer, or pass --no-viewer")
     tiny = load_or_build_corpus(tiny_plan(args.instances), f"pacs-bench-query-corpus-{args.instances}")
     big = load_or_build_corpus(retrieve_plan(), "pacs-bench-query-retrieve-600")
     big_files = sorted(p for part in big.parts for p in part.iterdir())
@@ -201,6 +226,7 @@ def main():
     orthanc, ours = OrthancWeb(), PacsWeb(tiny, SEED)
     results = {"STOW-RS inst/s": {}, "WADO-RS series MB/s": {}, "metadata ms, first": {}, "metadata ms, again": {}}
     results.update({f"QIDO {c.label} ms": {} for c in cases})
+    opened = None  # the viewer's openings (bench/viewer.py)
     with serving(orthanc, args.keep) as orun, serving(ours, args.keep) as prun:
         took, codes = send(tiny.parts, 4, orthanc.ae_title, orun.port, orun.workdir)
         if any(codes):
@@ -224,6 +250,9 @@ def main():
                 seconds, size = wado_series(session, root, study.uid, series.uid)
                 wado[label].append(size / seconds / 2**20)
                 meta[label].append(metadata(session, root, study.uid, series.uid, series.count) * 1000)
+        if not args.no_viewer:
+            base = f"http://127.0.0.1:{prun.http_port}"
+            opened = viewer.measure(base, study.uid, USERNAME, PASSWORD, repeat=VIEWER_REPEAT)
     for (case_label, label), values in timings.items():
         results[f"QIDO {case_label} ms"][label] = statistics.median(values)
         results[f"QIDO {case_label} ms"][f"{label} p95"] = percentile(values, 0.95)
@@ -231,18 +260,27 @@ def main():
         results["WADO-RS series MB/s"][label] = statistics.median(wado[label])
         results["metadata ms, first"][label] = meta[label][0]  # ours: made from the files, then cached
         results["metadata ms, again"][label] = statistics.median(meta[label][1:])
+    if opened:
+        for temperature, marks in opened["median s"].items():
+            results[f"viewer first image s, {temperature}"] = {"ours": marks["first image"]}
+            results[f"viewer first metadata s, {temperature}"] = {"ours": marks["first metadata answer"]}
 
     rows = []
     for name, values in results.items():
         o, p = values.get("Orthanc"), values.get("ours")
         better_high = "inst/s" in name or "MB/s" in name
         ratio = (p / o if better_high else o / p) if o and p else None
-        rows.append([name, f"{o:.1f}", f"{p:.1f}", f"{ratio:.2f}" if ratio else "—"])
+        rows.append([name, cell(o, name), cell(p, name), f"{ratio:.2f}" if ratio else "—"])
     print(f"\n{args.instances} tiny instances in the index; 600 × 512² retrieve study; {args.repeat} runs per query\n")
     print_aligned(["measure", "Orthanc", "ours", "ours vs Orthanc (>1: ours better)"], rows)
+    if opened:
+        print("\n" + "\n".join(viewer.summary(opened)))
     RESULTS_DIR.mkdir(exist_ok=True)
     out = RESULTS_DIR / f"dicomweb-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
-    out.write_text(json.dumps({"results": results, "instances": args.instances, "changes": git_changes()}, indent=2))
+    report = {"results": results, "instances": args.instances, "changes": git_changes()}
+    if opened:
+        report["viewer"] = opened
+    out.write_text(json.dumps(report, indent=2))
     print(f"\nresults: {out.relative_to(REPO)}")
 
 
