@@ -10,9 +10,11 @@ chunks and yields each part as soon as its closing delimiter arrives:
   arrives (the file the dataset is then copied from, file to file); its
   File Meta Information is read from the first 4 MiB, and the spool holds
   the dataset only, which is what `store_received(spool=…)` expects;
-- a part above `MAX_PART` is cut there: its head is kept (to name its UIDs
-  in the answer), the rest is read and dropped;
+- a part above `MAX_PART` is cut there: its UIDs are read from its head
+  (to name them in the answer), the rest is read and dropped;
 - the whole body is read to at most `MAX_BODY` bytes (`TooLarge` beyond);
+  both bounds are settings (`PACS_STOW_MAX_PART_MB`, `PACS_STOW_MAX_BODY_MB`),
+  read once when the web process starts;
 - a part's headers at most `MAX_HEADERS` bytes, the preamble before the
   first delimiter at most `MAX_PREAMBLE`.
 
@@ -26,14 +28,15 @@ import io
 import re
 from dataclasses import dataclass, field
 
+from django.conf import settings
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import _read_file_meta_info, read_preamble
 
 from dicomnodes.archive.spool import SPILL_AT, SpoolFile
 
 CHUNK = 2**20
-MAX_PART = 4 * 2**30  # 4 GiB: the most a dataset's 32-bit lengths describe well
-MAX_BODY = 64 * 2**30  # one request; a larger study goes in several
+MAX_PART = settings.PACS_STOW_MAX_PART_MB * 2**20  # 4 GiB by default
+MAX_BODY = settings.PACS_STOW_MAX_BODY_MB * 2**20  # 64 GiB by default
 MAX_HEADERS = 16 * 2**10
 MAX_PREAMBLE = 64 * 2**10
 MAX_META = 2**20  # the File Meta Information group, read from the part's head
@@ -104,7 +107,7 @@ class Part:
         if self.cut or self.problem:
             return
         if self.size > MAX_PART:
-            self.cut = True
+            self._cut()
             return
         if self.spool is not None:
             self.spool.write(data)
@@ -120,6 +123,14 @@ class Part:
             return
         self.spool = SpoolFile(bytes(memoryview(self._head)[self.meta.offset :]))
         self._head = bytearray()
+
+    def _cut(self):
+        """Above MAX_PART: the rest is dropped.  Its UIDs come from the head
+        when it had not spilled yet (a bound below SPILL_AT)."""
+        self.cut = True
+        if self.meta is None:
+            self._read_meta()
+        self.close()
 
     def _read_meta(self):
         try:
