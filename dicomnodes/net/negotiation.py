@@ -39,10 +39,8 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import negotiate_as_acceptor, negotiate_as_requestor, negotiate_unrestricted
 
-from dicomnodes.net import ProtocolError
+from dicomnodes.net import ProtocolError, pdata
 
-# PDU types (PS3.8 9.3.1), for the header pynetdicom's decoders expect.
-_RQ, _AC, _RJ = 0x01, 0x02, 0x03
 # An RQ's or AC's fixed fields after the PDU header (PS3.8 Tables 9-11,
 # 9-17): protocol version (2), reserved (2), called and calling AE titles
 # (16 each), reserved (32).  The variable items follow.
@@ -59,6 +57,11 @@ REJECT_REASONS = {
 # PS3.8 9.3.2: a receiver "shall only test that bit 0 is set".
 PROTOCOL_VERSION_1 = 0x0001
 MAX_REQUESTED_CONTEXTS = 128  # PS3.8 9.3.2.2: odd IDs 1..255
+# pynetdicom decodes ~0.4 ms per UID (pydicom validates each; 120 contexts
+# of 3 syntaxes take 190 ms), so an RQ as long as our PDU bound could hold
+# half a minute's work.  No peer proposes more than a few syntaxes per
+# context: 31 on average over 128 contexts still passes.
+MAX_PROPOSED_SYNTAXES = 4096
 # pynetdicom takes any UID with a warning; we want no control characters in
 # a syntax we log and compare, but keep what old devices send (leading
 # zeros in a component): digits and dots, at most 64 (PS3.5 9.1).
@@ -116,6 +119,28 @@ class Accepted:
     rejected: list = field(default_factory=list)  # pynetdicom PresentationContexts not accepted
     max_pdu: int = 0  # the peer's Maximum Length Received (0: no limit)
     primitive: object = field(repr=False, default=None)  # pynetdicom's A_ASSOCIATE (AC)
+
+
+def _check_size(body):
+    """Count the presentation contexts and their syntaxes by the item
+    headers alone before pynetdicom decodes them (PS3.8 9.3.2.2: a
+    context item has 4 bytes after its header, then the sub-items)."""
+    contexts = syntaxes = 0
+    offset = FIXED_LENGTH
+    while offset + 4 <= len(body):
+        end = min(len(body), offset + 4 + int.from_bytes(body[offset + 2 : offset + 4], "big"))
+        if body[offset] == 0x20:
+            contexts += 1
+            sub = offset + 8
+            while sub + 4 <= end:
+                syntaxes += 1
+                sub += 4 + int.from_bytes(body[sub + 2 : sub + 4], "big")
+        offset = end
+    if contexts > MAX_REQUESTED_CONTEXTS or syntaxes > MAX_PROPOSED_SYNTAXES:
+        raise ProtocolError(
+            f"A-ASSOCIATE-RQ proposing {contexts} presentation contexts with {syntaxes} syntaxes "
+            f"(at most {MAX_REQUESTED_CONTEXTS} and {MAX_PROPOSED_SYNTAXES})"
+        )
 
 
 def _with_header(pdu_type, body) -> bytes:
@@ -182,7 +207,8 @@ def decode_request(body) -> Request:
     ProtocolError on anything pynetdicom cannot decode, or without a usable
     presentation context; MustReject (a ProtocolError) for a protocol
     version without bit 0 or another application context than DICOM's."""
-    _, primitive = _decode(A_ASSOCIATE_RQ, _RQ, body, "A-ASSOCIATE-RQ")
+    _check_size(body)
+    _, primitive = _decode(A_ASSOCIATE_RQ, pdata.A_ASSOCIATE_RQ, body, "A-ASSOCIATE-RQ")
     if str(primitive.application_context_name or "").rstrip("\0 ") != APPLICATION_CONTEXT_NAME:
         raise MustReject(
             f"A-ASSOCIATE-RQ for application context {primitive.application_context_name!r}",
@@ -198,8 +224,7 @@ def decode_request(body) -> Request:
     class_uid = _user_item(primitive, ImplementationClassUIDNotification)
     version = _user_item(primitive, ImplementationVersionNameNotification)
     return Request(
-        # pynetdicom strips the fields (leading and trailing spaces are not
-        # significant, PS3.8 Table 9-11); strip again for a future version.
+        # Leading and trailing spaces are not significant (PS3.8 Table 9-11).
         calling_ae=primitive.calling_ae_title.strip(),
         called_ae=primitive.called_ae_title.strip(),
         max_pdu=_max_pdu(primitive),
@@ -371,7 +396,7 @@ def decode_accept(body, *, requested, roles=None) -> Accepted:
     caller decides what an AC without an accepted context means (pynetdicom
     aborts).  ProtocolError on garbage or an accepted context in a
     transfer syntax we did not propose."""
-    _, primitive = _decode(A_ASSOCIATE_AC, _AC, body, "A-ASSOCIATE-AC")
+    _, primitive = _decode(A_ASSOCIATE_AC, pdata.A_ASSOCIATE_AC, body, "A-ASSOCIATE-AC")
     proposed = numbered(requested)
     # As pynetdicom's ACSE: our proposed roles go on the contexts, False
     # for a role not proposed (see SCP_SCU_RoleSelectionSubItem.from_primitive).
@@ -403,7 +428,7 @@ def decode_accept(body, *, requested, roles=None) -> Accepted:
             )
         contexts[cx.context_id] = _context(cx, scu=cx.as_scu, scp=cx.as_scp)
     return Accepted(
-        pdu=_with_header(_AC, body),
+        pdu=_with_header(pdata.A_ASSOCIATE_AC, body),
         contexts=contexts,
         rejected=rejected,
         max_pdu=_max_pdu(primitive),
@@ -416,5 +441,5 @@ def decode_reject(body) -> tuple[int, int, int]:
     if len(body) != 4:
         raise ProtocolError(f"A-ASSOCIATE-RJ of {len(body)} bytes, not 4")
     pdu = A_ASSOCIATE_RJ()
-    pdu.decode(_with_header(_RJ, body))
+    pdu.decode(_with_header(pdata.A_ASSOCIATE_RJ, body))
     return pdu.result, pdu.source, pdu.reason_diagnostic

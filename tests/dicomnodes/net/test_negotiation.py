@@ -5,6 +5,7 @@ refused with ProtocolError only."""
 
 import random
 import struct
+import time
 
 import pytest
 from pynetdicom import build_context, build_role
@@ -407,6 +408,32 @@ def test_it_refuses_a_syntax_that_is_not_a_uid():
     body = pynetdicom_request([build_context(Verification, [EXPLICIT])])
     with pytest.raises(ProtocolError, match="not a UID"):
         decode_request(body.replace(EXPLICIT.encode(), b"1.2.840.10008.1.2\x011"))
+
+
+def test_it_refuses_more_contexts_than_ids_before_decoding_them():
+    contexts = [build_context(Verification) for _ in range(129)]
+    body = pynetdicom_request(contexts, ids=[1] * 129)
+    started = time.perf_counter()
+    with pytest.raises(ProtocolError, match="129 presentation contexts"):
+        decode_request(body)
+    assert time.perf_counter() - started < 0.05
+
+
+def test_it_refuses_thousands_of_syntaxes_before_decoding_them():
+    # 100 contexts of 50 syntaxes: 5,100 UIDs, two seconds of pynetdicom's decoding.
+    syntaxes = [f"1.2.840.10008.1.2.4.{n}" for n in range(50)]
+    body = pynetdicom_request([build_context(CTImageStorage, syntaxes) for _ in range(100)])
+    started = time.perf_counter()
+    with pytest.raises(ProtocolError, match="5100 syntaxes"):
+        decode_request(body)
+    assert time.perf_counter() - started < 0.05
+
+
+def test_it_reads_128_contexts_of_several_syntaxes():
+    syntaxes = [JPEG_LOSSLESS, J2K, JPEG_BASELINE, EXPLICIT, IMPLICIT]
+    contexts = [build_context(cx.abstract_syntax, syntaxes) for cx in StoragePresentationContexts]
+    contexts += [build_context(f"{PRIVATE_SOP_CLASS}.{n}", syntaxes) for n in range(8)]
+    assert len(decode_request(pynetdicom_request(contexts)).contexts) == 128
 
 
 def test_it_refuses_a_context_without_transfer_syntax():
