@@ -10,9 +10,11 @@ for), and a patient link's viewer reaches its study only.
 Personas: an admin (a superuser), a patient with a token.
 """
 
+from urllib.parse import parse_qs, urlsplit
+
 import pytest
 
-from portal.models import HttpSettings
+from portal.models import HttpSettings, TokenScope
 from portal.tokens import create_token
 from portal.viewer import fetch
 from tests.support.portal import start_runpacs_web, store_study, wait_for_web
@@ -38,7 +40,8 @@ SHOWS_PIXELS = f"() => ({CANVAS_STATS})().lit > 500"
 @pytest.fixture
 def site(transactional_db, data_dir, tmp_path):
     """The web server on a free port and two studies of one patient (3 CT
-    images each, every image different); returns (base URL, study, other)."""
+    images each, every image different; `other` a week older); returns
+    (base URL, study, other)."""
     if not fetch.is_present():
         pytest.fail("the OHIF viewer is not unpacked: run bin/fetch-viewer (bin/test does)")
     port = free_port()
@@ -46,7 +49,9 @@ def site(transactional_db, data_dir, tmp_path):
     http.web_port, http.web_server_name = port, "127.0.0.1"
     http.save()
     study = store_study(tmp_path / "a", series=1, per_series=3, patient_name="Doe^Jane", size=256)
-    other = store_study(tmp_path / "b", series=1, per_series=3, patient_name="Doe^Jane", size=256)
+    other = store_study(
+        tmp_path / "b", series=1, per_series=3, patient_name="Doe^Jane", size=256, study_date="20261120"
+    )
     web = start_runpacs_web(data_dir, tmp_path / "runpacs.log")
     try:
         wait_for_web(f"http://127.0.0.1:{port}/admin/login/", web)
@@ -77,6 +82,15 @@ def log_in(page, base, django_user_model):
 
 def overlay_says(viewer, text):
     viewer.wait_for_function("text => document.body.innerText.includes(text)", arg=text, timeout=10_000)
+
+
+def viewport_says(viewer, text):
+    """The first viewport's top-left overlay (study date, series) shows `text`."""
+    viewer.wait_for_function(
+        """text => (document.querySelector('[data-cy="viewport-overlay-top-left"]') || {}).innerText?.includes(text)""",
+        arg=text,
+        timeout=10_000,
+    )
 
 
 def scroll_to_the_next_image(viewer):
@@ -140,4 +154,78 @@ def test_a_patient_views_the_images_of_the_link_and_reaches_no_other_study(brows
     viewer.wait_for_load_state()
     viewer.wait_for_function(SHOWS_PIXELS, timeout=30_000)
     assert viewer.url == f"{base}/viewer/link/viewer?StudyInstanceUIDs={study.study_instance_uid}"
+    assert missing == []
+
+
+def test_a_patient_link_to_all_studies_shows_each_of_them_and_no_other_patients(browser, site, missing, tmp_path):
+    base, study, other = site
+    stranger = store_study(
+        tmp_path / "c", series=1, per_series=3, patient_id="PAT002", patient_name="Roe^Rick", size=256
+    )
+    new = create_token(study, scope=TokenScope.PATIENT)
+    page = watch(browser.new_page(), missing)
+    page.goto(f"{base}/token?{new.clear}")
+    assert page.locator("section.study").count() == 2
+
+    # One "View images" opens both studies: OHIF's study browser lists them,
+    # newest first, and the viewport shows one of them (whichever OHIF has
+    # first: it varies from run to run).
+    with page.context.expect_page() as opened:
+        page.click("a.view-images")
+    viewer = opened.value
+    viewer.wait_for_function(SHOWS_PIXELS, timeout=30_000)
+    assert new.clear not in viewer.url
+    [uids] = parse_qs(urlsplit(viewer.url).query)["StudyInstanceUIDs"]
+    assert sorted(uids.split(",")) == sorted([study.study_instance_uid, other.study_instance_uid])
+    listed = {"27-Nov-2026": study, "20-Nov-2026": other}  # in the study browser's order
+    viewer.wait_for_function("() => document.body.innerText.includes('20-Nov-2026')", timeout=10_000)
+    panel = viewer.locator('[data-cy="studyBrowser-panel"]').inner_text()
+    assert panel.index("27-Nov-2026") < panel.index("20-Nov-2026")
+    shown = viewer.wait_for_function(
+        """dates => {
+          const overlay = document.querySelector('[data-cy="viewport-overlay-top-left"]');
+          return overlay && dates.find(date => overlay.innerText.includes(date));
+        }""",
+        arg=list(listed),
+        timeout=10_000,
+    ).json_value()
+    scroll_to_the_next_image(viewer)
+
+    # The other study: its series thumbnail, double-clicked (past OHIF's first-use tour and banner).
+    [(date, second)] = [(date, row) for date, row in listed.items() if date != shown]
+    viewer.locator('button:has-text("Skip all"):visible').first.click()
+    viewer.get_by_text("Confirm and hide").click()
+    viewer.wait_for_timeout(500)  # the thumbnails' own frame requests are done
+    frames = []
+    viewer.on("request", lambda r: "/frames/" in r.url and frames.append(r.url))
+    viewer.locator('[data-cy="study-browser-thumbnail"]').nth(list(listed).index(date)).dblclick()
+    viewport_says(viewer, date)
+    viewer.wait_for_function(SHOWS_PIXELS, timeout=30_000)
+    scroll_to_the_next_image(viewer)
+    assert any(f"/studies/{second.study_instance_uid}/" in url for url in frames)  # its images were read
+
+    # The link's root from the viewer's page: the patient's two studies, not the stranger's.
+    reached = viewer.evaluate(
+        """async ([root, own, theirs]) => {
+          const all = await fetch(`${root}/studies`);
+          const status = async url => (await fetch(url)).status;
+          const qido = await fetch(`${root}/studies?StudyInstanceUID=${theirs}`);
+          return {
+            listed: (await all.json()).map(s => s["0020000D"].Value[0]),
+            own: await status(`${root}/studies/${own}/metadata`),
+            wado: await status(`${root}/studies/${theirs}/metadata`),
+            series: await status(`${root}/studies/${theirs}/series`),
+            byPatient: await status(`${root}/studies?PatientID=PAT002`),
+            qido: qido.status,
+            found: (await qido.text()).includes(theirs),
+          };
+        }""",
+        [f"/dicomweb/t/{new.clear}", other.study_instance_uid, stranger.study_instance_uid],
+    )
+    assert sorted(reached["listed"]) == sorted([study.study_instance_uid, other.study_instance_uid])
+    assert reached["own"] == 200
+    assert reached["wado"] in (403, 404)
+    assert reached["series"] in (204, 403, 404)
+    assert reached["byPatient"] == 204
+    assert reached["qido"] in (200, 204) and reached["found"] is False
     assert missing == []
