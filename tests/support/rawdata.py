@@ -101,3 +101,156 @@ def raw_association(port, *, transfer_syntaxes=(EXPLICIT,), calling="MODALITY1",
         if assoc.is_established:
             assoc.release()
         _config.STORE_SEND_CHUNKED_DATASET = saved
+
+
+# --- PDUs on a raw socket (PS3.8 9.3): a peer that frames as it likes --------------
+
+
+class RawPduAssociation:
+    """An association negotiated with our own `negotiation.request` over a
+    plain socket, whose data phase the test writes PDU by PDU.
+
+    `context_id(sop_class)`: the accepted context of a SOP class; `send()`
+    raw bytes; `read_message()` one DIMSE message as (command set, data)."""
+
+    def __init__(self, sock, accepted):
+        from dicomnodes.net.association import Link
+
+        self.sock = sock
+        self.accepted = accepted
+        self.link = Link(sock, timeout=30, max_read=2**24)
+
+    def context_id(self, sop_class):
+        return next(cx.id for cx in self.accepted.contexts.values() if cx.abstract_syntax == sop_class)
+
+    def send(self, *chunks):
+        self.sock.sendall(b"".join(chunks))
+
+    def read_pdu(self):
+        pdu_type, body = self.link.read_pdu()
+        return pdu_type, bytes(body)
+
+    def read_message(self):
+        """(CommandSet, data bytes or None) of the next message; AssertionError on anything but P-DATA-TF."""
+        from dicomnodes.net.commandset import decode
+        from dicomnodes.net.pdata import P_DATA_TF, iter_pdvs
+
+        command, data = bytearray(), bytearray()
+        decoded = None
+        while True:
+            pdu_type, body = self.read_pdu()
+            assert pdu_type == P_DATA_TF, f"PDU type 0x{pdu_type:02X} where a message was expected: {body[:16]!r}"
+            for pdv in iter_pdvs(body):
+                (command if pdv.is_command else data).extend(pdv.fragment)
+                if pdv.is_command and pdv.is_last:
+                    decoded = decode(bytes(command))
+                    if not decoded.has_data_set():
+                        return decoded, None
+                elif not pdv.is_command and pdv.is_last:
+                    return decoded, bytes(data)
+
+
+@contextmanager
+def raw_pdu_association(port, sop_classes, *, transfer_syntax=EXPLICIT, calling="MODALITY1", called="PACS"):
+    """A RawPduAssociation proposing `sop_classes` in `transfer_syntax`; closed after the block."""
+    import socket
+
+    from pynetdicom.presentation import build_context
+
+    from dicomnodes.net import negotiation
+    from dicomnodes.net.pdata import A_ASSOCIATE_AC
+
+    contexts = [build_context(uid, [transfer_syntax]) for uid in sop_classes]
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        sock.sendall(
+            negotiation.request(
+                calling_ae=calling,
+                called_ae=called,
+                contexts=contexts,
+                max_pdu_received=0,
+                implementation_class_uid="1.2.826.0.1.3680043.9.7433.99",
+                implementation_version_name="RAWPDU",
+            )
+        )
+        raw = RawPduAssociation(sock, None)
+        pdu_type, body = raw.read_pdu()
+        assert pdu_type == A_ASSOCIATE_AC, f"runscp answered PDU type 0x{pdu_type:02X}"
+        raw.accepted = negotiation.decode_accept(body, requested=contexts)
+        yield raw
+    finally:
+        sock.close()
+
+
+class PduRecord:
+    """The PDUs a relay saw: (type, length) in each direction."""
+
+    def __init__(self):
+        self.to_target, self.from_target = [], []
+
+    def pdata_lengths(self, direction):
+        return [length for pdu_type, length in getattr(self, direction) if pdu_type == 0x04]
+
+
+def _relay(source, dest, seen):
+    """Copy `source` to `dest`, appending each PDU's (type, length) to `seen`."""
+    header, body_left = b"", 0
+    try:
+        while chunk := source.recv(65536):
+            view = memoryview(chunk)  # recorded before it is passed on: seen once it arrived
+            while len(view):
+                if body_left:
+                    step = min(body_left, len(view))
+                    body_left -= step
+                    view = view[step:]
+                    continue
+                need = 6 - len(header)
+                header += bytes(view[:need])
+                view = view[need:]
+                if len(header) == 6:
+                    pdu_type, length = struct.unpack(">BxL", header)
+                    seen.append((pdu_type, length))
+                    header, body_left = b"", length
+            dest.sendall(chunk)
+    except OSError:
+        pass
+    finally:
+        for sock, how in ((dest, 1), (source, 0)):  # 1: SHUT_WR, 0: SHUT_RD
+            try:
+                sock.shutdown(how)
+            except OSError:
+                pass
+
+
+@contextmanager
+def pdu_recording_relay(target_port):
+    """A TCP relay on a free port to 127.0.0.1:`target_port` that records
+    the PDU headers going each way: yields (port, PduRecord)."""
+    import socket
+    import threading
+
+    record = PduRecord()
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    open_sockets = [listener]
+
+    def serve():
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", target_port))
+            for s in (client, upstream):
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            open_sockets.extend((client, upstream))
+            threading.Thread(target=_relay, args=(client, upstream, record.to_target), daemon=True).start()
+            threading.Thread(target=_relay, args=(upstream, client, record.from_target), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield port, record
+    finally:
+        for s in open_sockets:
+            s.close()

@@ -7,7 +7,7 @@ import threading
 import time
 from pathlib import Path
 
-from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom import AE, AllStoragePresentationContexts, build_context, evt
 
 from tests.support.processes import dcmtk, free_port
 
@@ -121,3 +121,37 @@ def dataset_bytes(data: bytes) -> bytes:
     # (0002,0000) UL File Meta Information Group Length, explicit VR LE.
     group_length = int.from_bytes(data[140:144], "little")
     return data[144 + group_length :]
+
+
+class CapturingScp(RecordingScp):
+    """A RecordingScp that also keeps what each C-STORE-RQ carried: the
+    dataset bytes as received (`datasets`, by SOP Instance UID) and the
+    request's (MessageID, MoveOriginatorApplicationEntityTitle,
+    MoveOriginatorMessageID) in `requests`.  `max_pdu`: the maximum PDU
+    length it states (0: unlimited); `transfer_syntaxes`: the only ones it
+    accepts (pynetdicom's default prefers implicit VR)."""
+
+    def __init__(self, *, max_pdu=16382, transfer_syntaxes=None, **kwargs):
+        super().__init__(**kwargs)
+        self.max_pdu = max_pdu
+        self.transfer_syntaxes = transfer_syntaxes
+        self.datasets = {}
+        self.requests = []
+
+    def start(self):
+        super().start()
+        self.server.ae.maximum_pdu_size = self.max_pdu  # read at each association
+        if self.transfer_syntaxes:
+            self.server.contexts = [
+                build_context(cx.abstract_syntax, self.transfer_syntaxes) for cx in self.server.contexts
+            ]
+        return self
+
+    def _store(self, event):
+        request = event.request
+        with self._lock:
+            self.datasets[str(request.AffectedSOPInstanceUID)] = request.DataSet.getvalue()
+            self.requests.append(
+                (request.MessageID, request.MoveOriginatorApplicationEntityTitle, request.MoveOriginatorMessageID)
+            )
+        return super()._store(event)
