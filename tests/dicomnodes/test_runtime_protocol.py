@@ -1,0 +1,243 @@
+"""runscp's own runtime (issue 14) at the PDU level: peers that frame
+messages their own way (command and data in one PDU, a command set cut
+across PDUs), C-CANCEL during C-FIND and C-MOVE, and an A-ABORT in the
+middle of a data set (nothing indexed, no temporary file left).
+
+The raw peers negotiate with our `negotiation.request` and then write
+every PDU themselves (tests/support/rawdata.py `raw_pdu_association`).
+"""
+
+import os
+import struct
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+
+from dicomnodes.archive.spool import SPILL_AT
+from dicomnodes.models import Instance, Peer
+from dicomnodes.net import commandset as cs
+from dicomnodes.net.pdata import (
+    A_RELEASE_RP,
+    COMMAND,
+    LAST,
+    P_DATA_TF,
+    RELEASE_RQ,
+    SOURCE_SERVICE_USER,
+    abort_pdu,
+    pdata_header,
+    pdata_pdus,
+)
+from tests.support.dicomdata import make_ct, make_ct_series
+from tests.support.processes import wait_until
+from tests.support.rawdata import explicit_element, identifying, raw_pdu_association
+from tests.support.transfer import CapturingScp, dataset_bytes
+
+VIEWER = "VIEWER1"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def pdv(context_id, fragment, *, is_command, is_last):
+    control = (COMMAND if is_command else 0) | (LAST if is_last else 0)
+    return struct.pack(">LBB", len(fragment) + 2, context_id, control) + fragment
+
+
+def pdata(*pdvs):
+    body = b"".join(pdvs)
+    return struct.pack(">BxL", P_DATA_TF, len(body)) + body
+
+
+def store_rq(sop_class, sop_instance, message_id=1):
+    return cs.encode(
+        CommandField=cs.C_STORE_RQ,
+        MessageID=message_id,
+        AffectedSOPClassUID=sop_class,
+        Priority=cs.PRIORITY_MEDIUM,
+        CommandDataSetType=cs.DATA_SET_PRESENT,
+        AffectedSOPInstanceUID=sop_instance,
+    )
+
+
+def release(raw):
+    raw.send(RELEASE_RQ)
+    assert raw.read_pdu()[0] == A_RELEASE_RP
+
+
+# --- peers that frame their own way ----------------------------------------------------
+
+
+def _one_pdu(cid, command, data):
+    return [pdata(pdv(cid, command, is_command=True, is_last=True), pdv(cid, data, is_command=False, is_last=True))]
+
+
+def _command_across_three_pdus(cid, command, data):
+    cuts = [0, 5, 37, len(command)]  # one cut inside the group length, one inside an element
+    pdus = [pdata(pdv(cid, command[a:b], is_command=True, is_last=b == len(command))) for a, b in zip(cuts, cuts[1:])]
+    return pdus + [
+        b"".join(header + bytes(payload) for header, payload in pdata_pdus(cid, data, is_command=False, max_pdu=4096))
+    ]
+
+
+def _many_pdvs_in_one_pdu(cid, command, data):
+    """The command in 2-byte fragments, the data in 1,000-byte ones, all one PDU."""
+    pieces = [
+        pdv(cid, command[i : i + 2], is_command=True, is_last=i + 2 >= len(command)) for i in range(0, len(command), 2)
+    ]
+    pieces += [
+        pdv(cid, data[i : i + 1000], is_command=False, is_last=i + 1000 >= len(data)) for i in range(0, len(data), 1000)
+    ]
+    return [pdata(*pieces)]
+
+
+FRAMINGS = {
+    "command and data in one PDU": _one_pdu,
+    "command set cut across three PDUs": _command_across_three_pdus,
+    "every fragment a PDV of one PDU": _many_pdvs_in_one_pdu,
+}
+
+
+@pytest.mark.parametrize("framing", FRAMINGS)
+def test_a_store_framed_by_the_peer_is_answered_success_and_indexed(shared_scp, tmp_path, framing):
+    src = make_ct(tmp_path / "ct.dcm", size=96)
+    uid = str(pydicom.dcmread(src, stop_before_pixels=True).SOPInstanceUID)
+    data = dataset_bytes(src.read_bytes())
+    with raw_pdu_association(shared_scp.port, [CTImageStorage]) as raw:
+        cid = raw.context_id(CTImageStorage)
+        for pdu in FRAMINGS[framing](cid, store_rq(CTImageStorage, uid, message_id=11), data):
+            raw.send(pdu)
+        rsp, _ = raw.read_message()
+        release(raw)
+    assert (rsp.CommandField, rsp.MessageIDBeingRespondedTo, rsp.Status) == (cs.C_STORE_RSP, 11, 0x0000)
+    assert rsp.AffectedSOPInstanceUID == uid
+    assert Instance.objects.filter(sop_instance_uid=uid).exists()
+
+
+# --- C-CANCEL -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def many_instances(shared_scp, tmp_path):
+    """300 tiny CT images of one series in runscp; a viewer that may query and retrieve."""
+    files = make_ct_series(tmp_path / "many", 300, size=8, patient_id="MANY")
+    assert shared_scp.store(tmp_path / "many").returncode == 0
+    Peer.objects.create(name="viewer", ae_title=VIEWER, host="127.0.0.1", may_query=True, may_retrieve=True)
+    shared_scp.wait_until_allowed(VIEWER, "find")
+    return pydicom.dcmread(files[0], stop_before_pixels=True)
+
+
+def _associate(port, *contexts):
+    ae = AE(ae_title=VIEWER)
+    for context in (*contexts, Verification):
+        ae.add_requested_context(context)
+    assoc = ae.associate("127.0.0.1", port, ae_title="PACS")
+    assert assoc.is_established
+    return assoc
+
+
+def _context_id(assoc, sop_class):
+    return next(cx.context_id for cx in assoc.accepted_contexts if cx.abstract_syntax == sop_class)
+
+
+def test_c_cancel_during_c_find_ends_it_with_fe00_and_the_association_goes_on(shared_scp, many_instances):
+    query = Dataset()
+    query.QueryRetrieveLevel = "IMAGE"
+    query.StudyInstanceUID = many_instances.StudyInstanceUID
+    query.SeriesInstanceUID = many_instances.SeriesInstanceUID
+    query.SOPInstanceUID = ""
+    assoc = _associate(shared_scp.port, StudyRootQueryRetrieveInformationModelFind)
+    try:
+        statuses = []
+        for status, _ in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind, msg_id=7):
+            statuses.append(status.Status)
+            if len(statuses) == 1:
+                assoc.send_c_cancel(7, _context_id(assoc, StudyRootQueryRetrieveInformationModelFind))
+        echo = assoc.send_c_echo()
+    finally:
+        assoc.release()
+    assert statuses[-1] == 0xFE00, f"final status 0x{statuses[-1]:04X}"
+    assert set(statuses[:-1]) == {0xFF00}
+    assert len(statuses) - 1 < 300, "the answers stopped before the last match"
+    assert echo.Status == 0x0000
+
+
+def test_c_cancel_during_c_move_ends_it_with_fe00_and_counts(shared_scp, many_instances):
+    destination = CapturingScp(ae_title="DEST", delay=0.02).start()
+    try:
+        Peer.objects.create(
+            name="dest", ae_title="DEST", host="127.0.0.1", port=destination.port, is_move_destination=True
+        )
+        shared_scp.wait_for_peers()
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = many_instances.StudyInstanceUID
+        assoc = _associate(shared_scp.port, StudyRootQueryRetrieveInformationModelMove)
+        try:
+            responses = []
+            for status, _ in assoc.send_c_move(query, "DEST", StudyRootQueryRetrieveInformationModelMove, msg_id=9):
+                responses.append(status)
+                if len(responses) == 1:
+                    assoc.send_c_cancel(9, _context_id(assoc, StudyRootQueryRetrieveInformationModelMove))
+            echo = assoc.send_c_echo()
+        finally:
+            assoc.release()
+    finally:
+        destination.stop()
+    final = responses[-1]
+    assert final.Status == 0xFE00, f"final status 0x{final.Status:04X}"
+    completed = final.NumberOfCompletedSuboperations
+    assert 1 <= completed < 300
+    assert final.NumberOfRemainingSuboperations == 300 - completed - final.NumberOfFailedSuboperations
+    assert len(destination.received) == completed, "the counts say what the destination got"
+    assert echo.Status == 0x0000
+
+
+# --- A-ABORT in the middle of a data set ---------------------------------------------------
+
+
+def storage_fds(scp):
+    """Files of runscp's under its storage folder that it holds open (a
+    spool file is anonymous: '/…/storage/#123 (deleted)')."""
+    storage = str(scp.data_dir / "storage")
+    fds = Path(f"/proc/{scp.proc.pid}/fd")
+    links = []
+    for fd in fds.iterdir():
+        try:
+            links.append(os.readlink(fd))
+        except OSError:
+            pass  # closed meanwhile
+    return [link for link in links if link.startswith(storage)]
+
+
+def files_under(folder: Path):
+    return sorted(str(p) for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+@pytest.mark.parametrize("size", [256 * 1024, 6 * 2**20], ids=["in memory", "spooled past 4 MiB"])
+def test_an_abort_in_the_middle_of_a_data_set_leaves_nothing(shared_scp, size):
+    uid, head = identifying()
+    data = head + explicit_element(0x7FE0, 0x0010, b"OW", b"\x5a" * size)
+    half = len(data) // 2 if size < SPILL_AT else SPILL_AT + 2**20
+    storage = shared_scp.data_dir / "storage"
+    before = files_under(storage)
+    with raw_pdu_association(shared_scp.port, [SECONDARY_CAPTURE]) as raw:
+        cid = raw.context_id(SECONDARY_CAPTURE)
+        raw.send(pdata(pdv(cid, store_rq(SECONDARY_CAPTURE, uid), is_command=True, is_last=True)))
+        for offset in range(0, half, 65530):
+            fragment = data[offset : min(offset + 65530, half)]
+            raw.send(pdata_header(cid, len(fragment), is_command=False, is_last=False), fragment)
+        if size > SPILL_AT:
+            wait_until(lambda: storage_fds(shared_scp), 10, message="runscp to spool the data set to a file")
+        raw.send(abort_pdu(source=SOURCE_SERVICE_USER))
+    wait_until(lambda: "aborted" in shared_scp.log(), 10, message="runscp to log the abort")
+    wait_until(lambda: not storage_fds(shared_scp), 10, message="runscp to close the spool file")
+    assert not Instance.objects.filter(sop_instance_uid=uid).exists()
+    assert files_under(storage) == before, "no file, temporary or not, was left in the storage folder"
+    assert shared_scp.echo().returncode == 0
