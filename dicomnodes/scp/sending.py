@@ -114,7 +114,11 @@ def dataset_for(target, accepted_contexts, *, max_decoded_bytes):
         return _failure(target)
     if compressed:
         try:
-            ds.decompress()
+            # The same instance in another transfer syntax: its SOP Instance
+            # UID stays (pydicom would make a new one), so the peer gets the
+            # UID it asked for and the command and data set agree (DCMTK's
+            # storescp answers A900 otherwise).
+            ds.decompress(generate_instance_uid=False)
         except Exception as exc:  # pydicom raises assorted errors per codec
             logger.error(
                 "instance not sent: cannot decompress %s (%s): %s",

@@ -8,6 +8,7 @@ over it.
 
 import logging
 import logging.handlers
+import os
 import socket
 import threading
 import time
@@ -31,6 +32,7 @@ from dicomnodes.archive.reconcile import index_orphans
 from dicomnodes.archive.storage import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, remove_stale_temporaries
 from dicomnodes.dimse import QUERY_RETRIEVE
 from dicomnodes.models import PUBLISHING_SUFFIXES, DicomServerSettings, DuplicatePolicy
+from dicomnodes.scp.acceptor import AcceptorSession
 from dicomnodes.scp.access import AccessPolicy
 from dicomnodes.scp.compat import configure_scp
 from dicomnodes.scp.handlers import Handlers
@@ -94,11 +96,34 @@ def load_config(*, port=None, ae_title=None) -> ScpConfig:
     )
 
 
+# Our own runtime (dicomnodes.net, issue 14) unless PACS_SCP_RUNTIME=pynetdicom:
+# the old one stays for one release, for comparison (bench/ingest.py) and as
+# a fallback.
+OWN_RUNTIME = os.environ.get("PACS_SCP_RUNTIME", "own") != "pynetdicom"
+
+
 class _RequestHandler(RequestHandler):
     """Runs each association to its end, then lets the handlers log it."""
 
     def handle(self):
         conn = self.server.connection_of(self.request)
+        if OWN_RUNTIME:
+            session = AcceptorSession(
+                self.request,
+                conn,
+                config=self.server.limits,
+                writer=self.server.writer,
+                connections=self.server.connections,
+            )
+            try:
+                with self.server.sessions_lock:
+                    self.server.sessions.add(session)
+                session.run()
+            finally:
+                with self.server.sessions_lock:
+                    self.server.sessions.discard(session)
+                self.server.connections.close(conn)
+            return
         try:
             assoc = self._create_association()
             assoc.pacs_connection = conn  # Handlers.on_requested admits it (limits.py)
@@ -143,8 +168,13 @@ class PacsServer(ThreadedAssociationServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, ae, port, ae_title, contexts, *, evt_handlers, on_end, connections, limits, channel=None):
+    def __init__(
+        self, ae, port, ae_title, contexts, *, evt_handlers, on_end, connections, limits, writer=None, channel=None
+    ):
         self.on_association_end = on_end
+        self.writer = writer
+        self.sessions = set()  # AcceptorSessions running (our runtime)
+        self.sessions_lock = threading.Lock()
         self.channel = channel
         self.connections = connections  # limits.ConnectionTable
         self.limits = limits  # () -> ScpConfig
@@ -258,6 +288,7 @@ class ScpService:
         self.handlers = Handlers(lambda: self._config, self.writer, self.connections)
         self.qr_handlers = QueryRetrieveHandlers(lambda: self._config)
         self.server = None
+        self._last_server = None
         self._server_thread = None
         self.follower = SettingsFollower(
             start=self._start_listener,
@@ -303,9 +334,11 @@ class ScpService:
             on_end=self.handlers.finish,
             connections=self.connections,
             limits=lambda: self._config,
+            writer=self.writer,
             channel=self.channel,
         )
         self.ae._servers.append(self.server)
+        self._last_server = self.server
         self._server_thread = threading.Thread(
             target=self.server.serve_forever,
             kwargs={"poll_interval": 0.2},
@@ -351,6 +384,20 @@ class ScpService:
                     self.server.unbind(event, handler_fn)
             logger.info("DICOM debug log off")
 
+    def _close_sessions(self, deadline):
+        """Our runtime's associations: up to `deadline` to end, then their
+        sockets are shut (each thread sees the end at once and logs it)."""
+        server = self._last_server
+        if server is None or _wait_sessions(server, deadline):
+            return
+        with server.sessions_lock:
+            running = list(server.sessions)
+        for session in running:
+            if session.assoc is not None:
+                session.assoc.abort()
+            shut(session.sock)
+        _wait_sessions(server, time.monotonic() + 2.0)
+
     def close(self, timeout=5.0):
         """Stop listening; connections that never asked for an association
         end at once, associations get up to `timeout` to finish and are
@@ -364,6 +411,7 @@ class ScpService:
         # Only associations are waited for: the thread of a connection that
         # never became one may sit in pynetdicom's ACSE wait for its request
         # (acse_timeout) though its socket is shut; it is a daemon thread.
+        self._close_sessions(deadline)
         running = [t for t in threading.enumerate() if isinstance(t, Association) and t.is_established]
         for assoc in running:
             assoc.join(max(0.0, deadline - time.monotonic()))
@@ -381,6 +429,16 @@ class ScpService:
         for assoc in running:
             assoc.join(max(0.0, end - time.monotonic()))
         self.writer.stop()
+
+
+def _wait_sessions(server, deadline):
+    """True once no session of `server` runs, False at `deadline`."""
+    while time.monotonic() < deadline:
+        with server.sessions_lock:
+            if not server.sessions:
+                return True
+        time.sleep(0.05)
+    return False
 
 
 def prepare_storage():

@@ -1,0 +1,224 @@
+"""Sending stored instances on our runtime: the C-STORE sub-operations of a
+C-GET (on the caller's association) and of a C-MOVE (on an association we
+open to the destination: `connect()`).
+
+A stored file goes as it is when the peer accepted its transfer syntax: the
+bytes after its file meta group, with sendfile, in PDVs of the peer's
+maximum length — nothing of it passes through Python.  Otherwise
+`sending.dataset_for` converts it to little endian as before (within the
+"largest decoded pixel data" budget), or the sub-operation fails.
+"""
+
+import logging
+import socket
+import struct
+
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+from pynetdicom.dsutils import encode as encode_dataset
+from pynetdicom.presentation import build_context
+
+from dicomnodes.archive.storage import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, instance_path
+from dicomnodes.net import ProtocolError, negotiation
+from dicomnodes.net import commandset as cs
+from dicomnodes.net.association import RELEASE, Association, Link, PeerAborted, PeerGone
+from dicomnodes.net.pdata import A_ASSOCIATE_AC, A_ASSOCIATE_RJ
+from dicomnodes.scp.sending import dataset_for
+
+logger = logging.getLogger(__name__)
+
+SUCCESS, WARNING, FAILURE = "success", "warning", "failure"
+MAXIMUM_PDU_RECEIVED = 2**20
+_FAILED_MARKER = "1.2.840.10008.1.2.4.999"  # sending._failure's transfer syntax
+
+
+class CannotConnect(Exception):
+    """The destination could not be reached or refused the association."""
+
+
+def dataset_offset(f) -> int:
+    """Where the dataset starts in an open Part 10 file (after the file meta)."""
+    head = f.read(144)
+    if len(head) < 144 or head[128:132] != b"DICM":
+        raise ValueError("not a DICOM file")
+    if head[132:136] == b"\x02\x00\x00\x00" and head[136:138] == b"UL":
+        return 144 + struct.unpack_from("<L", head, 140)[0]
+    # No group length: walk the meta elements (explicit VR little endian).
+    pos = 132
+    f.seek(pos)
+    while True:
+        element = f.read(12)
+        if len(element) < 8 or element[:2] != b"\x02\x00":
+            return pos
+        if element[4:6] in (b"OB", b"OW", b"UN", b"UT", b"SQ", b"UC", b"UR"):
+            pos += 12 + struct.unpack_from("<L", element, 8)[0]
+        else:
+            pos += 8 + struct.unpack_from("<H", element, 6)[0]
+        f.seek(pos)
+
+
+class Sender:
+    """C-STORE-RQs over `assoc` (where we are the storage SCU), one target
+    at a time; `move_originator` = (AE title, message ID) for C-MOVE."""
+
+    def __init__(self, assoc, *, budget, move_originator=None, own_association=True):
+        self.assoc = assoc
+        self.budget = budget
+        self.move_originator = move_originator
+        self.cancels = set()  # message IDs a C-CANCEL named while we waited for a response
+        self.broken = None  # why a C-MOVE's association to the destination is unusable
+        self._contexts = {}
+        for cx in assoc.contexts.values():
+            if cx.scu_role:
+                self._contexts.setdefault(cx.abstract_syntax, []).append(cx)
+        self._pynetdicom_contexts = None
+
+    def send(self, target, *, message_id) -> str:
+        if self.broken:
+            return FAILURE
+        try:
+            return self._send(target, message_id)
+        except (PeerGone, PeerAborted, ProtocolError) as exc:
+            if self.move_originator is None:
+                raise  # C-GET: the caller's own association failed
+            self.broken = str(getattr(exc, "reason", exc))
+            logger.warning("C-MOVE sub-association failed: %s", self.broken)
+            return FAILURE
+
+    def _send(self, target, message_id):
+        offered = self._contexts.get(target.sop_class_uid, [])
+        as_stored = next((cx for cx in offered if cx.transfer_syntax == target.transfer_syntax_uid), None)
+        if as_stored is not None:
+            path = instance_path(target.sop_instance_uid)
+            try:
+                f = open(path, "rb")  # noqa: SIM115 - closed below, after the bytes are sent
+            except OSError as exc:
+                logger.error("cannot read stored instance %s: %s", path.name[:12], exc)
+                return FAILURE
+            with f:
+                try:
+                    offset = dataset_offset(f)
+                    size = f.seek(0, 2) - offset
+                except (OSError, ValueError, struct.error) as exc:
+                    logger.error("cannot read stored instance %s: %s", path.name[:12], exc)
+                    return FAILURE
+                self.assoc.send_command(as_stored.id, self._command(target, message_id))
+                self.assoc.send_data_file(as_stored.id, f, offset, size)
+            return self._response(message_id)
+        ds = dataset_for(target, self._as_pynetdicom(), max_decoded_bytes=self.budget)
+        syntax = str(ds.file_meta.TransferSyntaxUID)
+        context = next((cx for cx in offered if cx.transfer_syntax == syntax), None)
+        if syntax == _FAILED_MARKER or context is None:
+            return FAILURE  # dataset_for said why
+        uid = UID(syntax)
+        data = encode_dataset(ds, uid.is_implicit_VR, uid.is_little_endian)
+        if data is None:
+            logger.error("instance %s could not be encoded in %s", target.sop_instance_uid, syntax)
+            return FAILURE
+        self.assoc.send_command(context.id, self._command(target, message_id))
+        self.assoc.send_data(context.id, data)
+        return self._response(message_id)
+
+    def _as_pynetdicom(self):
+        """The contexts as `sending.dataset_for` reads them."""
+        if self._pynetdicom_contexts is None:
+            self._pynetdicom_contexts = [
+                build_context(cx.abstract_syntax, [cx.transfer_syntax]) for cxs in self._contexts.values() for cx in cxs
+            ]
+        return self._pynetdicom_contexts
+
+    def _command(self, target, message_id):
+        fields = dict(
+            CommandField=cs.C_STORE_RQ,
+            MessageID=message_id,
+            AffectedSOPClassUID=target.sop_class_uid,
+            Priority=cs.PRIORITY_MEDIUM,
+            CommandDataSetType=cs.DATA_SET_PRESENT,
+            AffectedSOPInstanceUID=target.sop_instance_uid,
+        )
+        if self.move_originator is not None:
+            fields["MoveOriginatorApplicationEntityTitle"] = self.move_originator[0][:16]
+            fields["MoveOriginatorMessageID"] = self.move_originator[1]
+        return cs.encode(**fields)
+
+    def _response(self, message_id):
+        """The status class of the C-STORE-RSP to `message_id`; C-CANCELs
+        that arrive meanwhile (C-GET) are kept in `cancels`."""
+        while True:
+            message = self.assoc.next_message()
+            if message is RELEASE:
+                raise ProtocolError("A-RELEASE-RQ while a C-STORE response was awaited")
+            command = message.command
+            if command.CommandField == cs.C_CANCEL_RQ:
+                self.cancels.add(command.MessageIDBeingRespondedTo)
+                continue
+            if command.CommandField != cs.C_STORE_RSP or command.MessageIDBeingRespondedTo != message_id:
+                raise ProtocolError(f"expected the C-STORE-RSP to message {message_id}")
+            status = command.Status
+            if status == 0x0000:
+                return SUCCESS
+            if status is not None and (0xB000 <= status <= 0xBFFF or status == 0x0001):
+                return WARNING
+            logger.info("C-STORE sub-operation failed: status 0x%04X %s", status or 0, command.ErrorComment or "")
+            return FAILURE
+
+
+def failed_list(uids, syntax):
+    """The identifier of a final C-MOVE/C-GET response: Failed SOP Instance UID List."""
+    ds = Dataset()
+    ds.FailedSOPInstanceUIDList = list(uids)
+    return encode_dataset(ds, syntax.is_implicit_VR, syntax.is_little_endian)
+
+
+def finish(assoc):
+    """End an association we opened: A-RELEASE (bounded by the network
+    time-out), then close; never raises."""
+    try:
+        if not assoc.aborted:
+            assoc.release()
+    except (PeerGone, PeerAborted, ProtocolError) as exc:
+        logger.info("release of the association to the C-MOVE destination: %s", exc)
+    finally:
+        assoc.link.close()
+
+
+def connect(host, port, *, calling_ae, called_ae, contexts, timeout, ssl_context=None):
+    """An established association to `host`:`port` proposing `contexts`
+    (pynetdicom PresentationContexts); raises CannotConnect."""
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError as exc:
+        raise CannotConnect(f"cannot connect to {host}:{port}: {exc}") from None
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if ssl_context is not None:
+            sock = ssl_context.wrap_socket(sock, server_hostname=host)
+        link = Link(sock, timeout=timeout, max_read=2 * MAXIMUM_PDU_RECEIVED)
+        link.send(
+            negotiation.request(
+                calling_ae=calling_ae,
+                called_ae=called_ae,
+                contexts=contexts,
+                max_pdu_received=MAXIMUM_PDU_RECEIVED,
+                implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+                implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+            )
+        )
+        pdu_type, body = link.read_pdu()
+        if pdu_type == A_ASSOCIATE_RJ:
+            result, source, reason = negotiation.decode_reject(bytes(body))
+            raise CannotConnect(f"{called_ae} rejected the association ({result}, {source}, {reason})")
+        if pdu_type != A_ASSOCIATE_AC:
+            raise CannotConnect(f"{called_ae} answered PDU type 0x{pdu_type:02X} to our A-ASSOCIATE-RQ")
+        accepted = negotiation.decode_accept(bytes(body), requested=contexts)
+    except CannotConnect:
+        sock.close()
+        raise
+    except (OSError, PeerGone, PeerAborted, ProtocolError) as exc:
+        sock.close()
+        raise CannotConnect(f"association with {called_ae} failed: {exc}") from None
+    return Association(link, contexts=accepted.contexts, peer_max_pdu=accepted.max_pdu, open_sink=_no_data)
+
+
+def _no_data(assoc, context_id, command):
+    raise ProtocolError("a data set with a C-STORE response")
