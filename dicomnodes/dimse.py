@@ -45,6 +45,28 @@ REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 # Rejected-transient, by the service provider (presentation): local limit exceeded (PS3.8 9.3.4).
 REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)
 
+# A-ASSOCIATE-RJ (source, reason) in words (PS3.8 9.3.4).
+REJECT_REASONS = {
+    (1, 1): "no reason given",
+    (1, 2): "application context name not supported",
+    (1, 3): "calling AE title {calling} (ours) not recognised by the peer",
+    (1, 7): "called AE title {called} not recognised by the peer",
+    (2, 1): "no reason given (by the peer's DICOM service provider)",
+    (2, 2): "protocol version not supported",
+    (3, 1): "temporary congestion",
+    (3, 2): "local limit exceeded (the peer has too many associations)",
+}
+
+
+def rejection_text(result, source, reason, *, calling, called):
+    """Why a peer rejected our association, in words."""
+    text = REJECT_REASONS.get((source, reason), f"reason {reason} from source {source}")
+    text = "association rejected: " + text.format(calling=calling, called=called)
+    if result == REJECTED_TRANSIENT:
+        text += " (transient: try again later)"
+    return text
+
+
 # SOP Class UID: (service, information model root)  (PS3.4 C.6, K.6)
 QUERY_RETRIEVE = {
     "1.2.840.10008.5.1.4.1.2.1.1": ("find", "PATIENT"),  # Patient Root Q/R FIND

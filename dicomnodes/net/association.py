@@ -22,6 +22,7 @@ with 1 ms sleeps were the cost this replaces (issue 14).
 
 import logging
 import socket
+import threading
 import time
 from collections import deque
 
@@ -61,6 +62,10 @@ class PeerGone(Exception):
     """The connection ended (closed, reset, or silent past a time-out)."""
 
 
+class TimedOut(PeerGone):
+    """Nothing came within the time-out."""
+
+
 class PeerAborted(Exception):
     """The peer sent an A-ABORT."""
 
@@ -84,6 +89,9 @@ class Link:
         self._buffer = bytearray(_READ_AHEAD)
         self._view = memoryview(self._buffer)
         self._start = self._end = 0  # unread bytes: _buffer[_start:_end]
+        # Sends come from the association's thread, and an A-ABORT may come
+        # from another (a cancelled transfer job): one PDU at a time.
+        self._sending = threading.Lock()
 
     # --- reading -------------------------------------------------------------------
 
@@ -107,15 +115,14 @@ class Link:
         """Are bytes waiting (in the buffer or the socket)?  Never blocks."""
         if self._end > self._start:
             return True
-        self.sock.settimeout(0)
         try:
-            return bool(self.sock.recv(1, socket.MSG_PEEK))
+            self.sock.settimeout(0)
+            self.sock.recv(1, socket.MSG_PEEK)
+            return True  # bytes, or the end of the stream: the read that follows says which
         except (BlockingIOError, InterruptedError):
             return False
         except OSError:
             return True  # the read that follows says what happened
-        finally:
-            self.sock.settimeout(self.timeout)
 
     def _fill(self, wanted, deadline):
         """Make `wanted` unread bytes available from _start."""
@@ -138,12 +145,12 @@ class Link:
         while self._end - self._start < wanted:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise PeerGone(f"nothing for {self.timeout} s (network time-out)")
-            self.sock.settimeout(left)
+                raise TimedOut(f"nothing for {self.timeout} s (network time-out)")
             try:
+                self.sock.settimeout(left)
                 got = self.sock.recv_into(self._view[self._end :])
             except TimeoutError:
-                raise PeerGone(f"nothing for {self.timeout} s (network time-out)") from None
+                raise TimedOut(f"nothing for {self.timeout} s (network time-out)") from None
             except OSError as exc:
                 raise PeerGone(f"connection error: {exc}") from None
             if not got:
@@ -154,34 +161,44 @@ class Link:
 
     def send(self, *buffers):
         """Send the buffers as one stream (sendmsg: no join)."""
-        self.sock.settimeout(self.timeout)
         pending = [memoryview(b).cast("B") for b in buffers if len(b)]
         if self.debug and pending:
             size = sum(map(len, pending))
             logger.debug("sent %s PDU, %d bytes", PDU_NAMES.get(pending[0][0], "unknown"), size - 6)
-        try:
-            while pending:
-                sent = self.sock.sendmsg(pending)
-                while sent:
-                    if sent >= len(pending[0]):
-                        sent -= len(pending[0])
-                        pending.pop(0)
-                    else:
-                        pending[0] = pending[0][sent:]
-                        sent = 0
-        except OSError as exc:
-            raise PeerGone(f"cannot send: {exc}") from None
+        with self._sending:
+            try:
+                self.sock.settimeout(self.timeout)
+                while pending:
+                    sent = self.sock.sendmsg(pending)
+                    while sent:
+                        if sent >= len(pending[0]):
+                            sent -= len(pending[0])
+                            pending.pop(0)
+                        else:
+                            pending[0] = pending[0][sent:]
+                            sent = 0
+            except OSError as exc:
+                raise PeerGone(f"cannot send: {exc}") from None
 
     def send_file(self, header, file, offset, count):
         """`header` then `count` bytes of `file` from `offset` (sendfile)."""
-        self.sock.settimeout(self.timeout)
-        try:
-            self.sock.send(header, socket.MSG_MORE)
-            sent = self.sock.sendfile(file, offset, count)
-        except OSError as exc:
-            raise PeerGone(f"cannot send: {exc}") from None
+        with self._sending:
+            try:
+                self.sock.settimeout(self.timeout)
+                self.sock.sendall(header, socket.MSG_MORE)
+                sent = self.sock.sendfile(file, offset, count)
+            except OSError as exc:
+                raise PeerGone(f"cannot send: {exc}") from None
         if sent != count:
             raise PeerGone(f"the file ended after {sent} of {count} bytes")
+
+    def shutdown(self):
+        """End the connection from any thread: a read or send under way in
+        the association's thread fails at once (PeerGone)."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def close(self):
         try:

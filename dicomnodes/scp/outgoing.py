@@ -19,9 +19,10 @@ from pynetdicom.dsutils import encode as encode_dataset
 from pynetdicom.presentation import build_context
 
 from dicomnodes.archive.storage import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, instance_path
+from dicomnodes.dimse import rejection_text
 from dicomnodes.net import ProtocolError, negotiation
 from dicomnodes.net import commandset as cs
-from dicomnodes.net.association import RELEASE, Association, Link, PeerAborted, PeerGone
+from dicomnodes.net.association import RELEASE, Association, Link, PeerAborted, PeerGone, TimedOut
 from dicomnodes.net.pdata import A_ASSOCIATE_AC, A_ASSOCIATE_RJ
 from dicomnodes.scp.sending import dataset_for
 
@@ -33,7 +34,12 @@ _FAILED_MARKER = "1.2.840.10008.1.2.4.999"  # sending._failure's transfer syntax
 
 
 class CannotConnect(Exception):
-    """The destination could not be reached or refused the association."""
+    """The destination could not be reached or refused the association;
+    `rejection` is the A-ASSOCIATE-RJ's (result, source, reason), if one came."""
+
+    def __init__(self, text, *, rejection=None):
+        super().__init__(text)
+        self.rejection = rejection
 
 
 def dataset_offset(f) -> int:
@@ -184,11 +190,18 @@ def finish(assoc):
 
 def connect(host, port, *, calling_ae, called_ae, contexts, timeout, ssl_context=None):
     """An established association to `host`:`port` proposing `contexts`
-    (pynetdicom PresentationContexts); raises CannotConnect."""
+    (pynetdicom PresentationContexts); raises CannotConnect saying why, in
+    the words of the transfer jobs and the Echo button."""
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
+    except ConnectionRefusedError:
+        raise CannotConnect(f"connection refused: nothing listens on {host}:{port}") from None
+    except TimeoutError:
+        raise CannotConnect(f"peer did not answer within {timeout:g} s (no TCP connection to {host}:{port})") from None
+    except socket.gaierror as exc:
+        raise CannotConnect(f"host {host} unknown ({exc.strerror or exc})") from None
     except OSError as exc:
-        raise CannotConnect(f"cannot connect to {host}:{port}: {exc}") from None
+        raise CannotConnect(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if ssl_context is not None:
@@ -204,10 +217,17 @@ def connect(host, port, *, calling_ae, called_ae, contexts, timeout, ssl_context
                 implementation_version_name=IMPLEMENTATION_VERSION_NAME,
             )
         )
-        pdu_type, body = link.read_pdu()
+        try:
+            pdu_type, body = link.read_pdu()
+        except TimedOut:
+            raise CannotConnect(
+                f"peer did not answer within {timeout:g} s (connected, but no reply to the association request)"
+            ) from None
+        except PeerGone:
+            raise CannotConnect("the peer closed the connection without answering the association request") from None
         if pdu_type == A_ASSOCIATE_RJ:
-            result, source, reason = negotiation.decode_reject(bytes(body))
-            raise CannotConnect(f"{called_ae} rejected the association ({result}, {source}, {reason})")
+            rejection = negotiation.decode_reject(bytes(body))
+            raise CannotConnect(rejection_text(*rejection, calling=calling_ae, called=called_ae), rejection=rejection)
         if pdu_type != A_ASSOCIATE_AC:
             raise CannotConnect(f"{called_ae} answered PDU type 0x{pdu_type:02X} to our A-ASSOCIATE-RQ")
         accepted = negotiation.decode_accept(bytes(body), requested=contexts)

@@ -17,7 +17,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.status import code_to_category
 
-from dicomnodes.dimse import REJECTED_TRANSIENT, TIMEOUT_ATTRIBUTES, Status
+from dicomnodes.dimse import TIMEOUT_ATTRIBUTES, Status, rejection_text
 from dicomnodes.models import DicomServerSettings
 from dicomnodes.scp.compat import NODELAY_HANDLERS
 from dicomnodes.validators import validate_ae_title
@@ -25,17 +25,6 @@ from dicomnodes.validators import validate_ae_title
 logger = logging.getLogger(__name__)
 
 # A-ASSOCIATE-RJ (PS3.8 9.3.4): (source, reason/diag.) -> what it means for us.
-_REJECT_REASONS = {
-    (1, 1): "no reason given",
-    (1, 2): "application context name not supported",
-    (1, 3): "calling AE title {calling} (ours) not recognised by the peer",
-    (1, 7): "called AE title {called} not recognised by the peer",
-    (2, 1): "no reason given (by the peer's DICOM service provider)",
-    (2, 2): "protocol version not supported",
-    (3, 1): "temporary congestion",
-    (3, 2): "local limit exceeded (the peer has too many associations)",
-}
-
 
 
 @dataclass(frozen=True)
@@ -152,14 +141,9 @@ def why_not_established(assoc, connected, started, host, port, called, timeout):
     timed_out = elapsed >= timeout * 0.9
     answer = assoc.acceptor.primitive  # the A-ASSOCIATE-AC/RJ, if one came
     if assoc.is_rejected and answer is not None:
-        reason = _REJECT_REASONS.get(
-            (answer.result_source, answer.diagnostic),
-            f"reason {answer.diagnostic} from source {answer.result_source}",
+        return rejection_text(
+            answer.result, answer.result_source, answer.diagnostic, calling=assoc.requestor.ae_title, called=called
         )
-        text = "association rejected: " + reason.format(calling=assoc.requestor.ae_title, called=called)
-        if answer.result == REJECTED_TRANSIENT:
-            text += " (transient: try again later)"
-        return text
     if not connected.is_set():
         if timed_out:
             return f"peer did not answer within {timeout:g} s (no TCP connection to {host}:{port})"

@@ -128,10 +128,7 @@ def retrieve_plan(run, remote):
     for r in remote:
         if r.sop not in have:
             by_series.setdefault((r.study, r.series), []).append(r.sop)
-    return [
-        levels.identifier("IMAGE", sops, above=[study, series])
-        for (study, series), sops in by_series.items()
-    ]
+    return [levels.identifier("IMAGE", sops, above=[study, series]) for (study, series), sops in by_series.items()]
 
 
 def move(run):

@@ -34,11 +34,12 @@ from dicomnodes.models import (
     DicomServerSettings,
     TransferJob,
 )
+from dicomnodes.net.association import Association
+from dicomnodes.scp import outgoing
 from dicomnodes.scp.compat import NODELAY_HANDLERS, leave_responses_to_callers
 from dicomnodes.transfers.echo import why_not_established
 
 logger = logging.getLogger(__name__)
-
 
 
 class Stop(Exception):
@@ -154,7 +155,10 @@ class JobRun:
             logger.info("transfer job %s: cancelled, aborting the association", self.job.pk)
         self.progress.cancelled = True
         assoc = self.assoc
-        if assoc is not None and assoc.is_established:
+        if isinstance(assoc, Association):
+            assoc.abort()
+            assoc.link.shutdown()  # the read that waits for a response ends now
+        elif assoc is not None and assoc.is_established:
             assoc.abort()
             # pynetdicom's DIMSE wait does not end with the association: it
             # would sit out the time-out.  An empty message wakes it now.
@@ -193,6 +197,27 @@ class JobRun:
             raise NetworkFailure(text)
         return assoc
 
+    def connect(self, contexts):
+        """An association to the peer on our runtime (outgoing.connect)."""
+        if self.progress.cancelled:
+            raise Cancelled()
+        try:
+            self.assoc = outgoing.connect(
+                self.peer.host,
+                self.peer.port,
+                calling_ae=self.ae_title,
+                called_ae=self.peer.ae_title,
+                contexts=contexts,
+                timeout=self.timeout,
+            )
+        except outgoing.CannotConnect as exc:
+            if self.progress.cancelled:
+                raise Cancelled() from None
+            if exc.rejection is not None and exc.rejection[0] != REJECTED_TRANSIENT:
+                raise Refused(str(exc)) from None
+            raise NetworkFailure(str(exc)) from None
+        return self.assoc
+
     def lost(self, asked_at):
         """An empty response: cancelled by us, timed out, or aborted by the peer."""
         if self.progress.cancelled:
@@ -203,12 +228,17 @@ class JobRun:
 
     def close(self):
         assoc, self.assoc = self.assoc, None
-        if assoc is not None and assoc.is_established:
+        if isinstance(assoc, Association):
+            outgoing.finish(assoc)
+        elif assoc is not None and assoc.is_established:
             assoc.release()
             if assoc.is_established:  # no A-RELEASE-RP within the time-out
                 assoc.abort()
 
     def abort(self):
         assoc, self.assoc = self.assoc, None
-        if assoc is not None and assoc.is_established:
+        if isinstance(assoc, Association):
+            assoc.abort()
+            assoc.link.close()
+        elif assoc is not None and assoc.is_established:
             assoc.abort()

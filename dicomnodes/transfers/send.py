@@ -1,17 +1,16 @@
 """Send a job's instances to the peer with C-STORE, skipping those already
-delivered (a retried job sends only the rest)."""
+delivered (a retried job sends only the rest), on our own runtime: stored
+files go with sendfile (`scp.outgoing`)."""
 
 import logging
 import time
 
-from pynetdicom import AE
-from pynetdicom.status import code_to_category
-
-from dicomnodes.dimse import Status
+from dicomnodes.net import ProtocolError
+from dicomnodes.net.association import PeerAborted, PeerGone
 from dicomnodes.query.levels import instances_at
 from dicomnodes.query.selection import RetrieveError, Target
-from dicomnodes.scp.compat import send_files_raw
-from dicomnodes.scp.sending import contexts_for, dataset_for
+from dicomnodes.scp import outgoing
+from dicomnodes.scp.sending import contexts_for
 from dicomnodes.transfers.runner import Cancelled, Refused
 
 logger = logging.getLogger(__name__)
@@ -30,33 +29,26 @@ def send(run):
     todo = [(Target(*row[:3]), row[3]) for row in rows if row[0] not in delivered]
     if not todo:
         return
-    ae = AE(ae_title=run.ae_title)
     try:
-        ae.requested_contexts = contexts_for([t for t, _ in todo])
+        contexts = contexts_for([t for t, _ in todo])
     except RetrieveError as exc:
         raise Refused(str(exc)) from None
-    assoc = run.associate(ae)
-    send_files_raw(assoc)
-    budget = run.settings.max_decoded_mb * 2**20
+    assoc = run.connect(contexts)
+    sender = outgoing.Sender(assoc, budget=run.settings.max_decoded_mb * 2**20)
+    message_id = 1
     for target, size in todo:
         if p.cancelled:
             raise Cancelled()
-        ds = dataset_for(target, assoc.accepted_contexts, max_decoded_bytes=budget)
         asked = time.monotonic()
         try:
-            answer = assoc.send_c_store(ds)
-        except ValueError as exc:  # no accepted context for this SOP class / syntax
-            logger.warning("transfer job %s: instance not sent: %s", job.pk, exc)
-            p.failed_one(target.sop_instance_uid)
-            continue
-        except RuntimeError:  # the association is gone (aborted by the monitor or the peer)
+            outcome = sender.send(target, message_id=message_id)
+        except (PeerGone, PeerAborted, ProtocolError) as exc:
+            logger.info("transfer job %s: association lost: %s", job.pk, exc)
             run.lost(asked)
-        if not answer or "Status" not in answer:
-            run.lost(asked)
-        code = answer.Status
-        if code == Status.SUCCESS or code_to_category(code) == "Warning":
+        message_id = message_id % 65535 + 1
+        if outcome in (outgoing.SUCCESS, outgoing.WARNING):
             p.delivered_one(target.sop_instance_uid, size)
         else:
-            logger.warning("transfer job %s: the peer refused an instance: status 0x%04X", job.pk, code)
+            logger.warning("transfer job %s: instance %s not delivered", job.pk, target.sop_instance_uid)
             p.failed_one(target.sop_instance_uid)
     run.close()
