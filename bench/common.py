@@ -241,6 +241,10 @@ class Pacs(Target):
     def env(self, run):
         env = tool_env(PACS_DATA_DIR=str(self.data_dir(run)))
         env.pop("DATABASE_URL", None)
+        if not self.fsync:
+            # Without fsync on store, the index need not sync its WAL at every
+            # commit either (README: NORMAL pairs with "fsync on store" off).
+            env["PACS_SQLITE_SYNCHRONOUS"] = "NORMAL"
         return env
 
     def manage(self, run: Run, *args: str, timeout: float = 300) -> str:
@@ -277,7 +281,12 @@ class Pacs(Target):
 
     def version(self):
         fsync = "on" if self.fsync else "off"
-        return f"git {git_commit()}, runscp --processes {self.processes}, fsync on store {fsync}"
+        runtime = os.environ.get("PACS_SCP_RUNTIME", "own")
+        sync = "FULL" if self.fsync else "NORMAL"
+        return (
+            f"git {git_commit()}, runscp --processes {self.processes} ({runtime} runtime), "
+            f"fsync on store {fsync}, SQLite synchronous={sync}"
+        )
 
 
 @contextlib.contextmanager
