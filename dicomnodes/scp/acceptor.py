@@ -510,7 +510,9 @@ class AcceptorSession:
         failed_uids = []
         next_id = first_message_id if first_message_id is not None else message_id + 1
         for target in targets:
-            if self.assoc.message_waiting() and self._read_cancel(message_id):
+            # A C-CANCEL is read here between sub-operations, or (C-GET, on
+            # this same association) by the sender while it awaits a response.
+            if message_id in sender.cancels or (self.assoc.message_waiting() and self._read_cancel(message_id)):
                 self._final(
                     message, field, sop_class, Status.CANCEL, failed_uids, remaining, completed, failed, warning
                 )

@@ -122,6 +122,27 @@ def test_a_store_framed_by_the_peer_is_answered_success_and_indexed(shared_scp, 
     assert Instance.objects.filter(sop_instance_uid=uid).exists()
 
 
+def test_two_stores_in_one_pdu_are_both_answered_in_order(shared_scp, tmp_path):
+    """A peer that does not wait for the first C-STORE-RSP before the second
+    C-STORE-RQ, both messages in one P-DATA-TF."""
+    sources = [make_ct(tmp_path / f"ct{n}.dcm", size=32) for n in range(2)]
+    uids = [str(pydicom.dcmread(src, stop_before_pixels=True).SOPInstanceUID) for src in sources]
+    with raw_pdu_association(shared_scp.port, [CTImageStorage]) as raw:
+        cid = raw.context_id(CTImageStorage)
+        pdvs = []
+        for message_id, (uid, src) in enumerate(zip(uids, sources), start=21):
+            pdvs.append(pdv(cid, store_rq(CTImageStorage, uid, message_id), is_command=True, is_last=True))
+            pdvs.append(pdv(cid, dataset_bytes(src.read_bytes()), is_command=False, is_last=True))
+        raw.send(pdata(*pdvs))
+        answers = [raw.read_message()[0] for _ in uids]
+        release(raw)
+    assert [(a.MessageIDBeingRespondedTo, a.Status, a.AffectedSOPInstanceUID) for a in answers] == [
+        (21, 0x0000, uids[0]),
+        (22, 0x0000, uids[1]),
+    ]
+    assert Instance.objects.filter(sop_instance_uid__in=uids).count() == 2
+
+
 # --- C-CANCEL -----------------------------------------------------------------------------
 
 
@@ -201,12 +222,28 @@ def test_c_cancel_during_c_move_ends_it_with_fe00_and_counts(shared_scp, many_in
     assert echo.Status == 0x0000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime bug: a C-CANCEL read by outgoing.Sender._response while it waits for a C-STORE-RSP goes "
-    "into Sender.cancels, which AcceptorSession._sub_operations never reads: every sub-operation is sent, "
-    "final status Success (PACS_SCP_RUNTIME=pynetdicom passes)",
-)
+def test_an_abort_during_c_move_stops_the_sub_operations(shared_scp, many_instances):
+    destination = CapturingScp(ae_title="DEST", delay=0.02).start()
+    try:
+        Peer.objects.create(
+            name="dest", ae_title="DEST", host="127.0.0.1", port=destination.port, is_move_destination=True
+        )
+        shared_scp.wait_for_peers()
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = many_instances.StudyInstanceUID
+        assoc = _associate(shared_scp.port, StudyRootQueryRetrieveInformationModelMove)
+        for _ in assoc.send_c_move(query, "DEST", StudyRootQueryRetrieveInformationModelMove):
+            assoc.abort()
+            break
+        assert destination.associations == 1
+        wait_until(lambda: destination.concurrent == 0, 10, message="runscp to end its association to DEST")
+        assert len(destination.received) < 50, "the sub-operations stopped with the association"
+        assert shared_scp.echo().returncode == 0
+    finally:
+        destination.stop()
+
+
 def test_c_cancel_during_c_get_ends_it_with_fe00_and_counts(shared_scp, many_instances):
     """The C-CANCEL comes while runscp waits for the C-RSP of a C-STORE
     sub-operation (the getter takes 20 ms a store), as it mostly will."""
