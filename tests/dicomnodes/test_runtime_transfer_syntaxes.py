@@ -134,9 +134,13 @@ def largest_pdata(lengths, max_pdu):
     return UNLIMITED_FRAGMENT + PDV_HEADER_LENGTH if max_pdu == 0 else max_pdu
 
 
-@pytest.mark.parametrize("max_pdu", [4096, 16384, 131072])
-def test_storescu_pdus_of_its_length_arrive_whole(shared_scp, tmp_path, max_pdu):
-    src = make_ct(tmp_path / "ct.dcm", size=256)
+@pytest.mark.parametrize(
+    ("max_pdu", "size"),
+    [(4096, 256), (16384, 256), (131072, 256), (4096, 1600)],
+    ids=["4 KB", "16 KB", "128 KB", "4 KB, 5 MB spooled"],
+)
+def test_storescu_pdus_of_its_length_arrive_whole(shared_scp, tmp_path, max_pdu, size):
+    src = make_ct(tmp_path / "ct.dcm", size=size)
     with pdu_recording_relay(shared_scp.port) as (port, record):
         pdu = ["--max-pdu", max_pdu, "--max-send-pdu", max_pdu]
         result = dcmtk("storescu", *pdu, "-aet", MODALITY, "-aec", "PACS", "127.0.0.1", port, src)
@@ -226,6 +230,23 @@ def test_c_get_sends_in_pdus_of_the_callers_length(shared_scp, a_big_ct_in_runsc
     ours = record.pdata_lengths("from_target")
     assert max(ours) == largest_pdata(ours, max_pdu), f"our C-STORE went in PDUs up to {max(ours)}"
     assert received == {str(src.SOPInstanceUID): dataset_bytes(a_big_ct_in_runscp.read_bytes())}
+
+
+def test_a_decompressed_instance_goes_in_pdus_of_the_callers_length(shared_scp, viewer, tmp_path):
+    """getscu proposes uncompressed syntaxes only: a JPEG lossless image is
+    decoded and sent from memory (not with sendfile), cut at 4 KB too."""
+    ct = make_ct(tmp_path / "ct.dcm", size=512, patient_id="PDU")
+    src = SYNTAXES["-xs JPEG lossless SV1"][2](ct, tmp_path / "jpeg.dcm")
+    assert shared_scp.store(src, options=["-xs"]).returncode == 0
+    study = pydicom.dcmread(src, stop_before_pixels=True).StudyInstanceUID
+    out = tmp_path / "got"
+    out.mkdir()
+    with pdu_recording_relay(shared_scp.port) as (port, record):
+        _get_with_getscu(port, study, 4096, out)
+    assert max(record.pdata_lengths("from_target")) == 4096
+    (got,) = out.iterdir()
+    assert pydicom.dcmread(got).file_meta.TransferSyntaxUID.is_compressed is False
+    assert np.array_equal(pydicom.dcmread(got).pixel_array, pydicom.dcmread(ct).pixel_array), "lossless, decoded"
 
 
 def _storescp(port, max_pdu, out):
