@@ -7,24 +7,24 @@ says what went wrong in words an administrator can act on.
 
 import logging
 import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from django.core.exceptions import ValidationError
-from pynetdicom import AE, evt
+from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification
 from pynetdicom.status import code_to_category
 
-from dicomnodes.dimse import TIMEOUT_ATTRIBUTES, Status, rejection_text
+from dicomnodes.dimse import Status, rejection_text
 from dicomnodes.models import DicomServerSettings
-from dicomnodes.scp.compat import NODELAY_HANDLERS
+from dicomnodes.net import ProtocolError
+from dicomnodes.net import commandset as cs
+from dicomnodes.net.association import PeerAborted, PeerGone, TimedOut
+from dicomnodes.scp import outgoing
 from dicomnodes.validators import validate_ae_title
 
 logger = logging.getLogger(__name__)
-
-# A-ASSOCIATE-RJ (PS3.8 9.3.4): (source, reason/diag.) -> what it means for us.
 
 
 @dataclass(frozen=True)
@@ -102,37 +102,40 @@ def _invalid_arguments(host, port, called, calling):
 
 
 def _echo(host, port, called, calling, timeout):
-    ae = AE(ae_title=calling)
-    ae.add_requested_context(Verification)
-    for name in TIMEOUT_ATTRIBUTES:
-        setattr(ae, name, timeout)
-    connected = threading.Event()
-    started = time.monotonic()
+    """On our runtime (`scp.outgoing.connect`), as runscp's own associations."""
     try:
-        assoc = ae.associate(
-            host,
-            port,
-            ae_title=called,
-            evt_handlers=[(evt.EVT_CONN_OPEN, lambda event: connected.set()), *NODELAY_HANDLERS],
+        assoc = outgoing.connect(
+            host, port, calling_ae=calling, called_ae=called, contexts=[build_context(Verification)], timeout=timeout
         )
-    except socket.gaierror as exc:
-        return EchoResult(False, None, f"host {host} unknown ({exc.strerror or exc})")
-    if not assoc.is_established:
-        return EchoResult(False, None, why_not_established(assoc, connected, started, host, port, called, timeout))
+    except outgoing.CannotConnect as exc:
+        return EchoResult(False, None, str(exc))
     try:
+        context = next(iter(assoc.contexts.values()), None)
+        if context is None:
+            return EchoResult(
+                False, None, "the peer accepted the association but not the Verification SOP class (C-ECHO)"
+            )
+        request = cs.encode(
+            CommandField=cs.C_ECHO_RQ, MessageID=1, AffectedSOPClassUID=Verification, CommandDataSetType=cs.NO_DATA_SET
+        )
         sent = time.perf_counter()
-        status = assoc.send_c_echo()
+        assoc.send_command(context.id, request)
+        answer = assoc.next_message()
         round_trip_ms = (time.perf_counter() - sent) * 1000
-    finally:
-        if assoc.is_established:
-            assoc.release()
-    if "Status" not in status:
-        if assoc.is_aborted and round_trip_ms < timeout * 1000 * 0.9:
-            return EchoResult(False, None, "the peer aborted the association instead of answering the C-ECHO")
+    except TimedOut:
         return EchoResult(False, None, f"peer did not answer the C-ECHO within {timeout:g} s")
-    if status.Status != Status.SUCCESS:
-        category = code_to_category(status.Status).lower()
-        return EchoResult(False, round_trip_ms, f"echo failed: status 0x{status.Status:04X} ({category})")
+    except PeerAborted:
+        return EchoResult(False, None, "the peer aborted the association instead of answering the C-ECHO")
+    except (PeerGone, ProtocolError) as exc:
+        return EchoResult(False, None, f"the association failed: {getattr(exc, 'reason', exc)}")
+    finally:
+        outgoing.finish(assoc)
+    command = getattr(answer, "command", None)
+    if command is None or command.CommandField != cs.C_ECHO_RSP or command.Status is None:
+        return EchoResult(False, None, "the peer answered the C-ECHO with something else")
+    if command.Status != Status.SUCCESS:
+        category = code_to_category(command.Status).lower()
+        return EchoResult(False, round_trip_ms, f"echo failed: status 0x{command.Status:04X} ({category})")
     return EchoResult(True, round_trip_ms, f"echo OK in {round_trip_ms:.1f} ms")
 
 
