@@ -7,6 +7,7 @@ rest of a small C-STORE.  `ResponseTemplate` keeps a response's fixed
 elements as bytes and fills in the message ID, status and UIDs per message.
 """
 
+import functools
 import struct
 
 from dicomnodes.net import ProtocolError
@@ -289,3 +290,9 @@ class ResponseTemplate:
         length = sum(map(len, parts))
         parts[0] = _GROUP_LENGTH_HEADER + _UL.pack(length)
         return b"".join(parts)
+
+
+@functools.lru_cache(maxsize=4096)  # private SOP classes are unbounded in number
+def response_template(command_field, sop_class_uid) -> ResponseTemplate:
+    """The ResponseTemplate of (command field, SOP class), made once."""
+    return ResponseTemplate(command_field, sop_class_uid)

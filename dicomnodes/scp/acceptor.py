@@ -24,7 +24,6 @@ from pynetdicom.dsutils import encode as encode_dataset
 from pynetdicom.presentation import build_context
 
 from dicomnodes.archive.index import AssociationClose, AssociationOpen
-from dicomnodes.archive.spool import SPILL_AT, SpoolFile
 from dicomnodes.archive.storage import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomnodes.dimse import QUERY_RETRIEVE, REJECT_LOCAL_LIMIT, VERIFICATION, Caller, Status, model_of
 from dicomnodes.models import AssociationLog, AssociationResult
@@ -36,12 +35,12 @@ from dicomnodes.scp import outgoing
 from dicomnodes.scp.handlers import AssociationState, answer_store, check_association
 from dicomnodes.scp.qr import Refusal, answer_find, plan_get, plan_move
 from dicomnodes.scp.sending import UNCOMPRESSED, decode_budget
+from dicomnodes.scp.sinks import IdentifierSink, StoreSink
 from pacs_site.listeners import peer_address
 
 logger = logging.getLogger(__name__)
 
 MAXIMUM_PDU_RECEIVED = 2**20  # what we ask peers to send at most (bigger gains nothing: bench/ingest.py)
-MAX_IDENTIFIER = 2**20  # a C-FIND/C-MOVE/C-GET identifier is a few hundred bytes
 
 # Verification in any syntax; the Q/R and worklist classes in little endian
 # (identifiers are decoded by pydicom); storage classes: any, in the first
@@ -53,63 +52,9 @@ SUPPORTED[0] = build_context(
     UNCOMPRESSED + ["1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"],
 )
 
-_TEMPLATES = {}
-
-
-def template(command_field, sop_class_uid):
-    key = (command_field, sop_class_uid)
-    found = _TEMPLATES.get(key)
-    if found is None:
-        if len(_TEMPLATES) > 4096:  # private SOP classes are unbounded in number
-            _TEMPLATES.clear()
-        found = _TEMPLATES[key] = cs.ResponseTemplate(command_field, sop_class_uid)
-    return found
-
 
 class Refused(Exception):
     """The association is rejected (A-ASSOCIATE-RJ already sent)."""
-
-
-class StoreSink:
-    """The data set of one C-STORE as it arrives: a bytearray up to
-    SPILL_AT, then a SpoolFile (a temporary file in the storage folder)."""
-
-    def __init__(self, *, discard=False):
-        self.memory = bytearray()
-        self.spool = None
-        self.size = 0
-        self.discard = discard
-
-    def __call__(self, fragment):
-        self.size += len(fragment)
-        if self.discard:
-            return
-        if self.spool is not None:
-            self.spool.write(fragment)
-            return
-        self.memory += fragment
-        if len(self.memory) > SPILL_AT:
-            self.spool = SpoolFile(self.memory)
-            self.memory = None
-
-    def close(self):
-        if self.spool is not None:
-            self.spool.close()
-
-
-class IdentifierSink:
-    """A C-FIND/C-MOVE/C-GET identifier (bounded: MAX_IDENTIFIER)."""
-
-    def __init__(self):
-        self.data = bytearray()
-
-    def __call__(self, fragment):
-        if len(self.data) + len(fragment) > MAX_IDENTIFIER:
-            raise ProtocolError(f"identifier longer than {MAX_IDENTIFIER} bytes")
-        self.data += fragment
-
-    def close(self):
-        pass
 
 
 class AcceptorSession:
@@ -329,7 +274,9 @@ class AcceptorSession:
                 sink.close()
 
     def _respond(self, message, field, sop_class, code, comment=None, **kwargs):
-        rsp = template(field, sop_class).render(message.command.MessageID, int(code), error_comment=comment, **kwargs)
+        rsp = cs.response_template(field, sop_class).render(
+            message.command.MessageID, int(code), error_comment=comment, **kwargs
+        )
         self.assoc.send_command(message.context_id, rsp)
 
     def _caller(self):
@@ -346,11 +293,9 @@ class AcceptorSession:
             raise ProtocolError("C-STORE-RQ without a data set")
         if sink.discard:
             code, comment, stored = Status.NOT_AUTHORISED, f"{state.calling_ae} may not store here", ""
-        elif sink.spool is not None:
-            with sink.spool.getbuffer() as raw:
-                code, comment, stored = self._answer_store(raw, context, sop_class, sop_instance, sink.spool)
         else:
-            code, comment, stored = self._answer_store(sink.memory, context, sop_class, sop_instance, None)
+            with sink.contents() as (raw, spool):
+                code, comment, stored = self._answer_store(raw, context, sop_class, sop_instance, spool)
         if code != Status.NOT_AUTHORISED:
             state.bytes += sink.size
         if code == Status.SUCCESS:

@@ -188,10 +188,12 @@ def finish(assoc):
         assoc.link.close()
 
 
-def connect(host, port, *, calling_ae, called_ae, contexts, timeout, ssl_context=None):
+def connect(host, port, *, calling_ae, called_ae, contexts, timeout, roles=None, open_sink=None, ssl_context=None):
     """An established association to `host`:`port` proposing `contexts`
-    (pynetdicom PresentationContexts); raises CannotConnect saying why, in
-    the words of the transfer jobs and the Echo button."""
+    (pynetdicom PresentationContexts) and SCP/SCU `roles` ({SOP class UID:
+    (scu, scp)}); raises CannotConnect saying why, in the words of the
+    transfer jobs and the Echo button.  `open_sink(assoc, context_id,
+    command)` takes the data sets the peer sends (default: none allowed)."""
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except ConnectionRefusedError:
@@ -215,6 +217,7 @@ def connect(host, port, *, calling_ae, called_ae, contexts, timeout, ssl_context
                 max_pdu_received=MAXIMUM_PDU_RECEIVED,
                 implementation_class_uid=IMPLEMENTATION_CLASS_UID,
                 implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+                roles=roles,
             )
         )
         try:
@@ -230,14 +233,14 @@ def connect(host, port, *, calling_ae, called_ae, contexts, timeout, ssl_context
             raise CannotConnect(rejection_text(*rejection, calling=calling_ae, called=called_ae), rejection=rejection)
         if pdu_type != A_ASSOCIATE_AC:
             raise CannotConnect(f"{called_ae} answered PDU type 0x{pdu_type:02X} to our A-ASSOCIATE-RQ")
-        accepted = negotiation.decode_accept(bytes(body), requested=contexts)
+        accepted = negotiation.decode_accept(bytes(body), requested=contexts, roles=roles)
     except CannotConnect:
         sock.close()
         raise
     except (OSError, PeerGone, PeerAborted, ProtocolError) as exc:
         sock.close()
         raise CannotConnect(f"association with {called_ae} failed: {exc}") from None
-    return Association(link, contexts=accepted.contexts, peer_max_pdu=accepted.max_pdu, open_sink=_no_data)
+    return Association(link, contexts=accepted.contexts, peer_max_pdu=accepted.max_pdu, open_sink=open_sink or _no_data)
 
 
 def _no_data(assoc, context_id, command):

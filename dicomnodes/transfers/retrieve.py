@@ -20,22 +20,20 @@ from pydicom.uid import (
     JPEGLSLossless,
     RLELossless,
 )
-from pynetdicom import AE, evt
-from pynetdicom.presentation import build_role
-from pynetdicom.sop_class import (
-    StudyRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelGet,
-    StudyRootQueryRetrieveInformationModelMove,
-)
+from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove as MOVE
 
 from dicomnodes.archive.index import IndexWriter
 from dicomnodes.archive.ingest import store_received
 from dicomnodes.archive.notifications import study_received
-from dicomnodes.archive.spool import SpoolFile
 from dicomnodes.dimse import PENDING_STATUSES, Status
-from dicomnodes.dimse import status as dimse_status
 from dicomnodes.models import DuplicatePolicy, Instance, Study, TransferLevel
+from dicomnodes.net import ProtocolError
+from dicomnodes.net.association import PeerAborted, PeerGone
 from dicomnodes.query import levels
+from dicomnodes.scp.requesting import Requestor
 from dicomnodes.transfers.runner import Cancelled, Refused
 from pacs_site.models import EventKind
 
@@ -69,15 +67,16 @@ def remote_instances(run):
     """What the job's scope holds at the peer: C-FIND down to IMAGE level,
     one level at a time with single-valued upper keys (hierarchical query)."""
     job = run.job
-    ae = AE(ae_title=run.ae_title)
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-    run.associate(ae)
+    requestor = Requestor()
+    run.connect([build_context(FIND)], requestor=requestor)
     try:
         if job.level == TransferLevel.STUDY:
             series = []
             for study in job.uids:
                 ident = levels.identifier("SERIES", "", above=[study])
-                series += [(study, str(a.SeriesInstanceUID)) for a in _find(run, ident) if "SeriesInstanceUID" in a]
+                series += [
+                    (study, str(a.SeriesInstanceUID)) for a in _find(run, requestor, ident) if "SeriesInstanceUID" in a
+                ]
         elif job.level == TransferLevel.SERIES:
             series = [(job.study_uid, uid) for uid in job.uids]
         else:
@@ -86,7 +85,7 @@ def remote_instances(run):
         wanted = set(job.uids) if job.level == TransferLevel.IMAGE else None
         for study, series_uid in series:
             ident = levels.identifier("IMAGE", "", above=[study, series_uid], SOPClassUID="")
-            for a in _find(run, ident):
+            for a in _find(run, requestor, ident):
                 sop = str(a.get("SOPInstanceUID", ""))
                 if sop and (wanted is None or sop in wanted):
                     found.append(RemoteInstance(study, series_uid, sop, str(a.get("SOPClassUID", ""))))
@@ -95,20 +94,19 @@ def remote_instances(run):
     return found
 
 
-def _find(run, identifier):
+def _find(run, requestor, identifier):
     answers = []
     asked = time.monotonic()
     try:
-        responses = run.assoc.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind)
-        for status, answer in responses:
-            if not status or "Status" not in status:
-                run.lost(asked)
-            if status.Status in PENDING_STATUSES:
-                answers.append(answer)
-            elif status.Status != Status.SUCCESS:
-                raise Refused(f"C-FIND failed: status 0x{status.Status:04X} {status.get('ErrorComment', '')}".strip())
+        for command, answer in requestor.find(FIND, identifier):
+            if command.Status in PENDING_STATUSES:
+                if answer is not None:
+                    answers.append(answer)
+            elif command.Status != Status.SUCCESS:
+                comment = command.ErrorComment or ""
+                raise Refused(f"C-FIND failed: status 0x{command.Status or 0:04X} {comment}".strip())
             asked = time.monotonic()
-    except RuntimeError:
+    except (PeerGone, PeerAborted, ProtocolError):
         run.lost(asked)
     return answers
 
@@ -141,20 +139,17 @@ def move(run):
     plan = retrieve_plan(run, remote_instances(run) if retry else None)
     if not plan:
         return
-    ae = AE(ae_title=run.ae_title)
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
-    assoc = run.associate(ae)
+    requestor = Requestor()
+    run.connect([build_context(MOVE)], requestor=requestor)
     for identifier in plan:
         base_done = run.progress.done
         asked = time.monotonic()
         try:
-            for answer, _ in assoc.send_c_move(identifier, destination, StudyRootQueryRetrieveInformationModelMove):
-                if not answer or "Status" not in answer:
-                    run.lost(asked)
-                _count(run, answer, base_done, final=answer.Status not in PENDING_STATUSES)
-                _check_final(run, answer, destination)
+            for command, answer in requestor.move(MOVE, identifier, destination):
+                _count(run, command, base_done, final=command.Status not in PENDING_STATUSES)
+                _check_final(run, command, answer, destination)
                 asked = time.monotonic()
-        except RuntimeError:
+        except (PeerGone, PeerAborted, ProtocolError):
             run.lost(asked)
     run.close()
 
@@ -171,76 +166,60 @@ def get(run):
     if not plan:
         return
     sop_classes = sorted({r.sop_class for r in remote if r.sop_class})
-    ae = AE(ae_title=run.ae_title)
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-    for sop_class in sop_classes[:120]:
-        ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    contexts = [build_context(GET)]
+    contexts += [build_context(c, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]) for c in sop_classes[:120]]
     for syntax in _COMPRESSED:
         for sop_class in sop_classes:
-            if len(ae.requested_contexts) < 128:
-                ae.add_requested_context(sop_class, [syntax])
-    roles = [build_role(sop_class, scp_role=True) for sop_class in sop_classes[:120]]
-    assoc = run.associate(ae, handlers=[(evt.EVT_C_STORE, lambda event: _store(run, event))], ext_neg=roles)
+            if len(contexts) < 128:
+                contexts.append(build_context(sop_class, [syntax]))
+    roles = {sop_class: (False, True) for sop_class in sop_classes[:120]}  # we are their storage SCP
+    requestor = Requestor()
+    run.connect(contexts, roles=roles, requestor=requestor)
     for identifier in plan:
         asked = time.monotonic()
         try:
-            for answer, _ in assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet):
-                if not answer or "Status" not in answer:
-                    run.lost(asked)
-                _check_final(run, answer, None)
+            for command, answer in requestor.get(GET, identifier, lambda c, cx, sink: _store(run, c, cx, sink)):
+                _check_final(run, command, answer, None)
                 asked = time.monotonic()
-        except RuntimeError:
+        except (PeerGone, PeerAborted, ProtocolError):
             run.lost(asked)
     run.close()
 
 
-def _store(run, event):
+def _store(run, command, context, sink):
     """A C-STORE sub-operation of our C-GET: stored and indexed as if it had
-    come to runscp, from the peer's AE title to ours."""
+    come to runscp, from the peer's AE title to ours; (status, comment)."""
     p = run.progress
     if p.cancelled:
-        return Status.CANCEL
-    req = event.request
-    spool = req.DataSet if isinstance(req.DataSet, SpoolFile) else None
-    try:
-        with req.DataSet.getbuffer() as raw:  # the received bytes, not a copy of them
-            result = _store_received(run, event, raw, spool)
-            size = len(raw)
-    finally:
-        if spool is not None:
-            spool.close()
+        return Status.CANCEL, None
+    with sink.contents() as (raw, spool):
+        result = store_received(
+            raw,
+            context.transfer_syntax,
+            sop_class_uid=command.AffectedSOPClassUID or "",
+            sop_instance_uid=command.AffectedSOPInstanceUID or "",
+            called_ae=run.ae_title,
+            calling_ae=run.peer.ae_title,
+            association_id=None,
+            overwrite=run.settings.duplicate_policy == DuplicatePolicy.OVERWRITE,
+            fsync=run.settings.fsync_on_store,
+            writer=index_writer(),
+            wait_timeout=max(run.timeout, 30),
+            max_inflated=run.settings.max_inflated_mb * 2**20,
+            spool=spool,
+        )
     if result.status == Status.SUCCESS:
-        p.delivered_one(result.sop_instance_uid, size)
-        return Status.SUCCESS
-    p.failed_one(str(req.AffectedSOPInstanceUID))
-    return dimse_status(result.status, result.comment)
+        p.delivered_one(result.sop_instance_uid, sink.size)
+        return Status.SUCCESS, None
+    p.failed_one(command.AffectedSOPInstanceUID or "")
+    return result.status, result.comment
 
 
-def _store_received(run, event, raw, spool):
-    req = event.request
-    return store_received(
-        raw,
-        str(event.context.transfer_syntax),
-        sop_class_uid=str(req.AffectedSOPClassUID),
-        sop_instance_uid=str(req.AffectedSOPInstanceUID),
-        called_ae=run.ae_title,
-        calling_ae=run.peer.ae_title,
-        association_id=None,
-        overwrite=run.settings.duplicate_policy == DuplicatePolicy.OVERWRITE,
-        fsync=run.settings.fsync_on_store,
-        writer=index_writer(),
-        wait_timeout=max(run.timeout, 30),
-        max_inflated=run.settings.max_inflated_mb * 2**20,
-        spool=spool,
-    )
-
-
-def _count(run, answer, base_done, *, final):
+def _count(run, command, base_done, *, final):
     """C-MOVE progress from the sub-operation counts of a response."""
     p = run.progress
-    counts = {
-        k: int(answer.get(f"NumberOf{k}Suboperations", 0) or 0) for k in ("Remaining", "Completed", "Failed", "Warning")
-    }
+    kinds = ("Remaining", "Completed", "Failed", "Warning")
+    counts = {k: int(getattr(command, f"NumberOf{k}Suboperations") or 0) for k in kinds}
     with p.lock:
         p.done = base_done + counts["Completed"] + counts["Warning"]
         if p.total is None or not final:
@@ -249,13 +228,14 @@ def _count(run, answer, base_done, *, final):
             p.failed = counts["Failed"]
 
 
-def _check_final(run, answer, destination):
-    code = answer.Status
+def _check_final(run, command, answer, destination):
+    """`command`: a C-MOVE/C-GET response; `answer`: its identifier, if any."""
+    code = command.Status
     if code in PENDING_STATUSES or code == Status.SUCCESS:
         return
-    comment = str(answer.get("ErrorComment", "")).strip()
+    comment = (command.ErrorComment or "").strip()
     if code == Status.SUB_OPERATIONS_FAILED:  # some sub-operations failed
-        failed = answer.get("FailedSOPInstanceUIDList", [])
+        failed = answer.get("FailedSOPInstanceUIDList", []) if answer is not None else []
         p = run.progress
         with p.lock:
             p.failed_uids += [str(u) for u in (failed if isinstance(failed, (list, tuple)) else [failed]) if u]
@@ -266,7 +246,7 @@ def _check_final(run, answer, destination):
     if code == Status.MOVE_DESTINATION_UNKNOWN:
         raise Refused(f"{run.peer.ae_title} does not know {destination} as a C-MOVE destination (status 0xA801)")
     text = f"C-MOVE to {destination} failed" if destination else "C-GET failed"
-    text += f": status 0x{code:04X}"
+    text += f": status 0x{code or 0:04X}"
     raise Refused(f"{text} ({comment})" if comment else text)
 
 

@@ -197,18 +197,21 @@ class JobRun:
             raise NetworkFailure(text)
         return assoc
 
-    def connect(self, contexts):
-        """An association to the peer on our runtime (outgoing.connect)."""
+    def connect(self, contexts, *, roles=None, requestor=None):
+        """An association to the peer on our runtime (outgoing.connect, or
+        `requestor.connect` for C-FIND/C-MOVE/C-GET)."""
         if self.progress.cancelled:
             raise Cancelled()
+        opener = requestor.connect if requestor is not None else outgoing.connect
         try:
-            self.assoc = outgoing.connect(
+            self.assoc = opener(
                 self.peer.host,
                 self.peer.port,
                 calling_ae=self.ae_title,
                 called_ae=self.peer.ae_title,
                 contexts=contexts,
                 timeout=self.timeout,
+                roles=roles,
             )
         except outgoing.CannotConnect as exc:
             if self.progress.cancelled:

@@ -5,17 +5,16 @@ Our AE title is the calling AE; the service time-out bounds the connection,
 the negotiation and every DIMSE wait.
 """
 
-import threading
-import time
-
-from pynetdicom import AE, evt
+from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
 from dicomnodes.dimse import PENDING_STATUSES, Status
 from dicomnodes.models import DicomServerSettings
+from dicomnodes.net import ProtocolError
+from dicomnodes.net.association import PeerAborted, PeerGone, TimedOut
 from dicomnodes.query import levels
-from dicomnodes.scp.compat import NODELAY_HANDLERS
-from dicomnodes.transfers.echo import why_not_established
+from dicomnodes.scp.outgoing import CannotConnect
+from dicomnodes.scp.requesting import NoContext, Requestor
 
 STUDY_KEYS = (
     "PatientName",
@@ -67,37 +66,34 @@ def find_series(peer, study_uid, *, timeout=None):
 def find(peer, identifier, *, timeout=None):
     settings = DicomServerSettings.load()
     timeout = timeout or settings.service_timeout
-    ae = AE(ae_title=settings.our_ae_title())
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-    for name in ("connection_timeout", "acse_timeout", "dimse_timeout", "network_timeout"):
-        setattr(ae, name, timeout)
-    connected = threading.Event()
-    started = time.monotonic()
-    assoc = ae.associate(
-        peer.host,
-        peer.port,
-        ae_title=peer.ae_title,
-        evt_handlers=[(evt.EVT_CONN_OPEN, lambda event: connected.set()), *NODELAY_HANDLERS],
-    )
-    if not assoc.is_established:
-        raise ScuError(why_not_established(assoc, connected, started, peer.host, peer.port, peer.ae_title, timeout))
-    answers = []
-    asked = time.monotonic()
+    requestor = Requestor()
     try:
-        for status, answer in assoc.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind):
-            if status is None or "Status" not in status:
-                # pynetdicom yields an empty status for an abort, a closed
-                # connection and a DIMSE time-out alike: time tells them apart.
-                if time.monotonic() - asked < timeout * 0.9:
-                    raise ScuError("the peer aborted the association (does it know our AE title?)")
-                raise ScuError(f"peer did not answer within {timeout:g} s")
-            code = status.Status
+        requestor.connect(
+            peer.host,
+            peer.port,
+            calling_ae=settings.our_ae_title(),
+            called_ae=peer.ae_title,
+            contexts=[build_context(StudyRootQueryRetrieveInformationModelFind)],
+            timeout=timeout,
+        )
+    except CannotConnect as exc:
+        raise ScuError(str(exc)) from None
+    answers = []
+    try:
+        for command, answer in requestor.find(StudyRootQueryRetrieveInformationModelFind, identifier):
+            code = command.Status
             if code in PENDING_STATUSES:
-                answers.append(answer)
+                if answer is not None:
+                    answers.append(answer)
             elif code != Status.SUCCESS:
-                comment = status.get("ErrorComment", "")
-                raise ScuError(f"C-FIND failed: status 0x{code:04X}{f' ({comment})' if comment else ''}")
+                comment = command.ErrorComment or ""
+                raise ScuError(f"C-FIND failed: status 0x{code or 0:04X}{f' ({comment})' if comment else ''}")
+    except NoContext:
+        raise ScuError("the peer accepted the association but not Study Root C-FIND") from None
+    except TimedOut:
+        raise ScuError(f"peer did not answer within {timeout:g} s") from None
+    except (PeerGone, PeerAborted, ProtocolError):
+        raise ScuError("the peer aborted the association (does it know our AE title?)") from None
     finally:
-        if assoc.is_established:
-            assoc.release()
+        requestor.finish()
     return answers
