@@ -23,6 +23,7 @@ class Status(enum.IntEnum):
     PENDING_WARNING = 0xFF01  # C-FIND: pending, some optional keys not supported
     MOVE_DESTINATION_UNKNOWN = _Pynetdicom.MOVE_DESTINATION_UNKNOWN  # A801
     PROCESSING_FAILURE = 0x0110  # PS3.7 C.4: general failure (the index could not be written)
+    SOP_CLASS_NOT_SUPPORTED = 0x0122  # PS3.7 C.5: refused, SOP class not supported
     NOT_AUTHORISED = 0x0124  # PS3.7 C.5: refused, not authorised
     OUT_OF_RESOURCES = 0xA700  # storage: out of resources (disk full, cannot write)
     OUT_OF_RESOURCES_SUB_OPERATIONS = 0xA701  # C-MOVE/C-GET: cannot calculate/perform sub-operations

@@ -25,7 +25,7 @@ from pynetdicom.presentation import build_context
 
 from dicomnodes.archive.index import AssociationClose, AssociationOpen
 from dicomnodes.archive.storage import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from dicomnodes.dimse import QUERY_RETRIEVE, REJECT_LOCAL_LIMIT, VERIFICATION, Caller, Status, model_of
+from dicomnodes.dimse import QUERY_RETRIEVE, REJECT_LOCAL_LIMIT, VERIFICATION, Caller, Status, model_of, service_of
 from dicomnodes.models import AssociationLog, AssociationResult
 from dicomnodes.net import UNEXPECTED_PDU, ProtocolError, negotiation
 from dicomnodes.net import commandset as cs
@@ -291,7 +291,10 @@ class AcceptorSession:
         sop_instance = command.AffectedSOPInstanceUID or ""
         if sink is None:  # a C-STORE-RQ without a data set
             raise ProtocolError("C-STORE-RQ without a data set")
-        if sink.discard:
+        if sop_class != context.abstract_syntax or service_of(sop_class) != "store":
+            # PS3.4 B.2.3: refused, SOP class not supported (on this context).
+            code, comment, stored = Status.SOP_CLASS_NOT_SUPPORTED, f"SOP class {sop_class} not the context's", ""
+        elif sink.discard:
             code, comment, stored = Status.NOT_AUTHORISED, f"{state.calling_ae} may not store here", ""
         else:
             with sink.contents() as (raw, spool):

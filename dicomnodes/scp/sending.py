@@ -28,11 +28,14 @@ UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 
 def contexts_for(targets):
     """Presentation contexts to propose to a C-MOVE destination: each stored
-    (SOP class, transfer syntax) as it is, plus little endian for every SOP
-    class (what we can decompress to).  At most 128 (PS3.8 9.3.2.2)."""
+    (SOP class, transfer syntax) in a context of its own, so that the file
+    can go as it is (a peer offered explicit and implicit VR in one context
+    may pick the other one, and the instance is then re-encoded), plus
+    little endian for every SOP class (what we can decompress to).  At most
+    128 (PS3.8 9.3.2.2)."""
     contexts, seen = [], set()
     for t in targets:
-        if (t.sop_class_uid, t.transfer_syntax_uid) not in seen and t.transfer_syntax_uid not in UNCOMPRESSED:
+        if (t.sop_class_uid, t.transfer_syntax_uid) not in seen:
             seen.add((t.sop_class_uid, t.transfer_syntax_uid))
             contexts.append(build_context(t.sop_class_uid, [t.transfer_syntax_uid]))
     for sop_class in sorted({t.sop_class_uid for t in targets}):

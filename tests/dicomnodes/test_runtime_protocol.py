@@ -330,3 +330,27 @@ def test_an_abort_in_the_middle_of_a_data_set_leaves_nothing(shared_scp, size):
     assert not Instance.objects.filter(sop_instance_uid=uid).exists()
     assert files_under(storage) == before, "no file, temporary or not, was left in the storage folder"
     assert shared_scp.echo().returncode == 0
+
+
+def test_a_store_naming_another_sop_class_than_its_context_is_refused_0122(shared_scp, tmp_path):
+    """PS3.4 B.2.3: a C-STORE-RQ whose SOP class is not its presentation
+    context's (here an MR class on the CT context, and one on Verification)
+    is refused, SOP class not supported; nothing is stored."""
+    src = make_ct(tmp_path / "ct.dcm", size=32)
+    uid = str(pydicom.dcmread(src, stop_before_pixels=True).SOPInstanceUID)
+    data = dataset_bytes(src.read_bytes())
+    mr = "1.2.840.10008.5.1.4.1.1.4"
+    with raw_pdu_association(shared_scp.port, [CTImageStorage, Verification]) as raw:
+        answers = []
+        for message_id, (context, named) in enumerate(
+            [(CTImageStorage, mr), (Verification, Verification), (CTImageStorage, CTImageStorage)], start=31
+        ):
+            cid = raw.context_id(context)
+            for pdu in _one_pdu(cid, store_rq(named, uid, message_id), data):
+                raw.send(pdu)
+            answers.append(raw.read_message()[0])
+            if message_id < 33:
+                assert not Instance.objects.filter(sop_instance_uid=uid).exists()
+        release(raw)
+    assert [(a.MessageIDBeingRespondedTo, a.Status) for a in answers] == [(31, 0x0122), (32, 0x0122), (33, 0x0000)]
+    assert Instance.objects.filter(sop_instance_uid=uid).exists()
