@@ -5,6 +5,7 @@ take in C-STOREs sent by DCMTK storescu?
     .venv/bin/python bench/ingest.py [--quick] [--small N] [--large N]
                                      [--only storescp,orthanc,pacs]
                                      [--pacs-processes N] [--keep]
+                                     [--big | --big-only] [--big-mib N]
 
 For every target and every case (small/large corpus, 1 or 4 parallel
 associations) a fresh target is started on free ports, receiving into a fresh
@@ -16,6 +17,16 @@ JSON to bench/results/ingest-<timestamp>.json.
 
 The synthetic CT corpora are cached in /tmp/pacs-bench-corpus-<n>-<size>, so a
 re-run does not generate them again.
+
+`--big` adds the case of issue 14, "Big instances": 4 associations at once,
+each sending one 500 MiB multi-frame instance (cached in
+/tmp/pacs-bench-corpus-big), with the seconds, MB/s and the peak resident
+memory (VmHWM) of every process of each target, in a table of its own; for
+ours, the stored datasets are checked complete.  `--big-only` runs only that
+case.  It is not in the default run because it is not cheap: 2 GiB of corpus
+written once, 2 GiB received per target (ours spools it first: 4 GiB
+written), 2 GiB held by the four storescu, a minute or more in all — and it
+measures memory, which the default cases do not.
 """
 
 from __future__ import annotations
@@ -26,12 +37,16 @@ import json
 import os
 import platform
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 
+import psutil
 import pydicom
 from common import (
     REPO,
@@ -50,7 +65,12 @@ from common import (
     wait_for_count,
 )
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    generate_uid,
+)
 
 PARTS = 4  # sub-folders per corpus = associations of the parallel cases
 STUDIES, SERIES_PER_STUDY, STUDIES_PER_PATIENT = 10, 2, 2
@@ -178,6 +198,121 @@ def load_or_build_corpus(kind: str, n: int) -> Corpus:
 
 
 # ---------------------------------------------------------------------------
+# The big corpus: PARTS multi-frame instances of BIG_FRAME × BIG_FRAME × 16 bits
+# ---------------------------------------------------------------------------
+
+BIG_FRAME = 512  # rows = columns: 512 KiB per frame, so 2 frames per MiB
+
+
+@dataclass
+class BigCorpus(Corpus):
+    """PARTS instances of one study, one per sub-folder (one per association)."""
+
+    mib: int = 0
+    dataset_bytes: dict[str, int] = field(default_factory=dict)  # SOP Instance UID -> bytes after the file meta
+
+    def describe(self) -> str:
+        return (
+            f"big: {self.count} × {self.mib} MiB multi-frame SC ({self.mib * 2} frames of "
+            f"{BIG_FRAME}×{BIG_FRAME} 16-bit), {self.total_bytes / 2**20:.0f} MiB ({self.root})"
+        )
+
+
+def big_dataset(index: int, frames: int, study_uid: str) -> Dataset:
+    """Multi-frame Grayscale Word Secondary Capture, without its Pixel Data."""
+    sop_uid = generate_uid()
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = MultiFrameGrayscaleWordSecondaryCaptureImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.SOPClassUID = MultiFrameGrayscaleWordSecondaryCaptureImageStorage
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20240601"
+    ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
+    ds.AccessionNumber = "BENCHBIG"
+    ds.Modality = "OT"
+    ds.ConversionType = "WSD"
+    ds.Manufacturer = "PACS bench"
+    ds.StudyDescription = "BIG MULTI-FRAME"
+    ds.SeriesDescription = f"BIG {index + 1}"
+    ds.PatientName = "BENCH^BIG"
+    ds.PatientID = "BENCHBIG"
+    ds.PatientBirthDate = "19700101"
+    ds.PatientSex = "O"
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = generate_uid()
+    ds.StudyID = "1"
+    ds.SeriesNumber = index + 1
+    ds.InstanceNumber = 1
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.NumberOfFrames = frames
+    ds.FrameIncrementPointer = 0x00181063  # (0018,1063) Frame Time
+    ds.FrameTime = "40"
+    ds.Rows = ds.Columns = BIG_FRAME
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    return ds
+
+
+def write_big(path: Path, ds: Dataset, frames: int, pattern: bytes) -> None:
+    """`ds`, then its Pixel Data written frame by frame (each frame the
+    pattern with its number in the first 4 bytes): one frame in memory, not
+    the instance."""
+    head = BytesIO()
+    pydicom.dcmwrite(head, ds, enforce_file_format=True)
+    frame = bytearray(pattern)
+    with open(path, "wb") as out:
+        out.write(head.getvalue())
+        # (7FE0,0010) Pixel Data, explicit VR little endian: tag, OW, 2 reserved bytes, 32-bit length.
+        out.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, frames * len(pattern)))
+        for number in range(frames):
+            frame[:4] = struct.pack("<I", number)
+            out.write(frame)
+
+
+def after_file_meta(path: Path) -> tuple[str, int]:
+    """(SOP Instance UID, bytes after the file meta group) of a Part 10 file,
+    reading its header only."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    with open(path, "rb") as f:
+        head = f.read(144)
+    # (0002,0000) UL File Meta Information Group Length, explicit VR LE, at 132.
+    meta_end = 144 + int.from_bytes(head[140:144], "little")
+    return str(ds.SOPInstanceUID), path.stat().st_size - meta_end
+
+
+def load_or_build_big_corpus(mib: int) -> BigCorpus:
+    """The cached corpus in /tmp/pacs-bench-corpus-big, built first if it is
+    missing or of another size (built aside, then renamed into place)."""
+    root = Path(tempfile.gettempdir()) / "pacs-bench-corpus-big"
+    parts = [root / f"part{i + 1}" for i in range(PARTS)]
+    frames = mib * 2**20 // (BIG_FRAME * BIG_FRAME * 2)
+    files = sorted(root.glob("part*/*.dcm"))
+    built = {int(pydicom.dcmread(f, stop_before_pixels=True).NumberOfFrames) for f in files}
+    if len(files) != PARTS or built != {frames}:
+        print(f"generating the big corpus ({PARTS} × {mib} MiB) in {root} ...", flush=True)
+        shutil.rmtree(root, ignore_errors=True)
+        building = root.with_name(f"{root.name}.building-{os.getpid()}")
+        pattern = pixel_bytes(BIG_FRAME)
+        study_uid = generate_uid()
+        for index in range(PARTS):
+            part = building / f"part{index + 1}"
+            part.mkdir(parents=True)
+            write_big(part / f"SC{index + 1:06d}.dcm", big_dataset(index, frames, study_uid), frames, pattern)
+        building.rename(root)
+        files = sorted(root.glob("part*/*.dcm"))
+    dataset_bytes = dict(after_file_meta(f) for f in files)
+    total = sum(f.stat().st_size for f in files)
+    return BigCorpus("big", root, parts, len(files), total, mib=mib, dataset_bytes=dataset_bytes)
+
+
+# ---------------------------------------------------------------------------
 # Cases
 # ---------------------------------------------------------------------------
 
@@ -249,6 +384,140 @@ def run_case(target: Target, case: Case, corpus: Corpus, keep: bool) -> Result:
     return result
 
 
+BIG_CASE = f"big×{PARTS}"
+
+
+class PeakRss:
+    """The peak resident memory (VmHWM, MiB) of a process and of all its
+    descendants, sampled every `interval` seconds in a thread while in the
+    `with` block and once more at its end: a process that ended before the
+    end (a forked worker restarted) keeps the last peak seen."""
+
+    def __init__(self, pid: int, interval: float = 0.2):
+        self.pid, self.interval = pid, interval
+        self.peaks: dict[int, float] = {}
+        self.roles: dict[int, str] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self):
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+    def _watch(self):
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def sample(self) -> None:
+        try:
+            root = psutil.Process(self.pid)
+            family = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return
+        for proc in family:
+            try:
+                with open(f"/proc/{proc.pid}/status") as status:
+                    line = next(x for x in status if x.startswith("VmHWM:"))
+            except (OSError, StopIteration):
+                continue  # ended meanwhile
+            mib = int(line.split()[1]) / 1024
+            self.peaks[proc.pid] = max(mib, self.peaks.get(proc.pid, 0.0))
+            self.roles.setdefault(proc.pid, "main" if proc.pid == self.pid else "child")
+
+    @property
+    def peak(self) -> float | None:
+        return max(self.peaks.values(), default=None)
+
+
+@dataclass
+class BigResult(Result):
+    """One target on the big case: also its processes' peak memory and, where
+    the received files can be read, whether each is complete."""
+
+    total_bytes: int = 0
+    peaks: dict[int, float] = field(default_factory=dict)  # pid -> VmHWM MiB
+    roles: dict[int, str] = field(default_factory=dict)  # pid -> "main" / "child"
+    incomplete: list[str] | None = None  # None: files not checked
+
+    @property
+    def ok(self) -> bool:
+        return Result.ok.fget(self) and not self.incomplete
+
+    @property
+    def mib_per_s(self) -> float | None:
+        return self.total_bytes / 2**20 / self.seconds if self.seconds else None
+
+    @property
+    def peak(self) -> float | None:
+        return max(self.peaks.values(), default=None)
+
+    def as_json(self, total_bytes: int) -> dict:
+        return {
+            **super().as_json(total_bytes),
+            "peak_rss_mib": self.peak,
+            "peak_rss_mib_by_process": {
+                str(pid): {"role": self.roles[pid], "peak_rss_mib": mib} for pid, mib in self.peaks.items()
+            },
+            "files_checked": self.incomplete is not None,
+            "incomplete_files": self.incomplete,
+        }
+
+
+def received_files(target: Target, run) -> list[Path] | None:
+    """The files a target stored, where they can be read as sent (None:
+    Orthanc, whose storage is its own business)."""
+    if target.key == "storescp":
+        return [p for p in (run.workdir / "in").rglob("*") if p.is_file()]
+    if target.key == "pacs":
+        storage = run.workdir / "data" / "storage"
+        return [p for p in storage.glob("*/*/*") if p.is_file() and not p.name.startswith(".")]
+    return None
+
+
+def incomplete_files(target: Target, run, corpus: BigCorpus) -> list[str] | None:
+    """What is missing or short among the received datasets (bytes after the
+    file meta group, compared with the sent ones); None if not checked."""
+    files = received_files(target, run)
+    if files is None:
+        return None
+    got = dict(after_file_meta(p) for p in files)
+    return [
+        f"{uid}: {got.get(uid, 'no file')} of {size} bytes"
+        for uid, size in corpus.dataset_bytes.items()
+        if got.get(uid) != size
+    ]
+
+
+def run_big_case(target: Target, corpus: BigCorpus, keep: bool) -> BigResult:
+    """Fresh target; PARTS storescu at once, one big instance each, while
+    the target's processes are watched; verify; stop."""
+    result = BigResult(corpus.count, total_bytes=corpus.total_bytes)
+    try:
+        with serving(target, keep) as run:
+            result.kept = str(run.workdir) if keep else None
+            with PeakRss(run.proc.pid) as rss:
+                result.seconds, result.exit_codes = send(corpus.parts, PARTS, target.ae_title, run.port, run.workdir)
+                result.received = wait_for_count(target, run, corpus.count)
+            result.peaks, result.roles = rss.peaks, rss.roles
+            result.incomplete = incomplete_files(target, run, corpus)
+            if not result.ok:
+                logs = "\n".join(tail(p, 10) for p in sorted(run.workdir.glob("storescu-*.log")))
+                result.error = (
+                    f"storescu exit codes {result.exit_codes}, received {result.received}/{corpus.count}, "
+                    f"incomplete {result.incomplete}\n"
+                    f"--- storescu ---\n{logs}\n--- {target.label} ---\n{tail(run.log)}"
+                )
+    except (TargetError, OSError, subprocess.SubprocessError, ValueError) as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+    return result
+
+
 # ---------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------
@@ -281,6 +550,53 @@ def print_table(results: dict, targets: list[Target]) -> None:
             cells.append(f"{r:.2f}" if r is not None else "—")
         rows.append(cells)
     print_aligned(headers, rows)
+
+
+RSS_AIM_MIB = 300  # issue 14: runscp's RSS per process while the big case runs
+
+
+def per_process(target: Target, result: BigResult) -> str:
+    """Each process's peak, the target's own process first ("dispatcher
+    112, worker 140, worker 138" for a runscp with two workers)."""
+    if target.key == "pacs":
+        names = {"main": "dispatcher" if len(result.peaks) > 1 else "runscp", "child": "worker"}
+    else:
+        names = {"main": target.label, "child": "child"}
+    ordered = sorted(result.peaks, key=lambda pid: (result.roles[pid] != "main", pid))
+    return ", ".join(f"{names[result.roles[pid]]} {result.peaks[pid]:.0f}" for pid in ordered)
+
+
+def print_big_table(results: dict[str, BigResult], targets: list[Target], corpus: BigCorpus) -> None:
+    """Rows = targets: seconds, MB/s (MB = 2**20 bytes), the highest peak
+    RSS over the target's processes, and each process's peak."""
+    print(f"{BIG_CASE}: {PARTS} associations at once, one {corpus.mib} MiB instance each (MB = 2^20 bytes)")
+    headers = ["target", "seconds", "MB/s", "peak RSS MB", "processes", "peak RSS per process MB"]
+    rows = []
+    for t in targets:
+        r = results.get(t.key)
+        if r is None:
+            continue
+        mark = "" if r.ok else "!"
+        rows.append(
+            [
+                t.label,
+                f"{r.seconds:.2f}{mark}" if r.seconds else "error",
+                f"{r.mib_per_s:.0f}{mark}" if r.mib_per_s else "—",
+                f"{r.peak:.0f}" if r.peak is not None else "—",
+                str(len(r.peaks)),
+                per_process(t, r),
+            ]
+        )
+    print_aligned(headers, rows)
+    ours = results.get("pacs")
+    if ours is not None and ours.peak is not None:
+        for other in ("storescp", "orthanc"):
+            r = ratio(ours, results.get(other))
+            if r is not None:
+                print(f"ours/{other} MB/s: {r:.2f}")
+        verdict = "met" if ours.peak <= RSS_AIM_MIB else "NOT met"
+        checked = "complete" if ours.incomplete == [] else f"INCOMPLETE {ours.incomplete}"
+        print(f"aim ≤ {RSS_AIM_MIB} MB per runscp process: {verdict} ({ours.peak:.0f}); received datasets {checked}")
 
 
 def environment(targets: list[Target], corpora: dict[str, Corpus], args) -> dict:
@@ -335,7 +651,15 @@ def parse_args(argv=None):
         help="switch our 'fsync on store' setting off (storescp and Orthanc do not fsync)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the targets' temporary folders")
+    parser.add_argument(
+        "--big", action="store_true", help=f"also the big case: {PARTS} associations at once, one big instance each"
+    )
+    parser.add_argument("--big-only", action="store_true", help="only the big case (implies --big)")
+    parser.add_argument("--big-mib", type=int, default=500, help="MiB per big instance (default 500)")
     args = parser.parse_args(argv)
+    args.big = args.big or args.big_only
+    if args.big_mib < 1:
+        parser.error("--big-mib must be at least 1")
     if args.quick:
         args.small, args.large = 200, 60
     for name in ("small", "large"):
@@ -352,7 +676,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     all_targets = [StoreScp(), Orthanc(), Pacs(args.pacs_processes, fsync=not args.pacs_no_fsync)]
     targets = [t for t in all_targets if t.key in args.only]
-    corpora = {kind: load_or_build_corpus(kind, getattr(args, kind)) for kind in SIZES}
+    cases = [] if args.big_only else CASES
+    corpora: dict[str, Corpus] = {kind: load_or_build_corpus(kind, getattr(args, kind)) for kind in SIZES if cases}
+    big = load_or_build_big_corpus(args.big_mib) if args.big else None
+    if big is not None:
+        corpora["big"] = big
 
     env = environment(targets, corpora, args)
     print(f"CPUs: {env['cpu_count']} (usable {env['cpu_affinity']}); {env['platform']}; Python {env['python']}")
@@ -363,9 +691,9 @@ def main(argv=None) -> int:
         print(f"corpus {corpus.describe()}")
     print(flush=True)
 
-    results: dict[str, dict[str, Result]] = {case.name: {} for case in CASES}
+    results: dict[str, dict[str, Result]] = {case.name: {} for case in cases}
     for target in targets:
-        for case in CASES:
+        for case in cases:
             corpus = corpora[case.corpus]
             print(f"{target.label:8} {case.name:8} ... ", end="", flush=True)
             result = run_case(target, case, corpus, args.keep)
@@ -374,9 +702,25 @@ def main(argv=None) -> int:
                 print(f"{result.seconds:.2f} s, {result.rate:.0f} inst/s, received {result.received}", end="")
             print("" if result.ok else "  FAILED", end="")
             print(f"  (kept {result.kept})" if result.kept else "", flush=True)
+    big_results: dict[str, BigResult] = {}
+    if big is not None:
+        for target in targets:
+            print(f"{target.label:8} {BIG_CASE:8} ... ", end="", flush=True)
+            result = big_results[target.key] = run_big_case(target, big, args.keep)
+            if result.seconds:
+                peak = f"{result.peak:.0f}" if result.peak is not None else "?"
+                print(f"{result.seconds:.2f} s, {result.mib_per_s:.0f} MB/s, peak RSS {peak} MB", end="")
+                print(f", received {result.received}", end="")
+            print("" if result.ok else "  FAILED", end="")
+            print(f"  (kept {result.kept})" if result.kept else "", flush=True)
+        results[BIG_CASE] = big_results
 
-    print()
-    print_table(results, targets)
+    if cases:
+        print()
+        print_table(results, targets)
+    if big is not None:
+        print()
+        print_big_table(big_results, targets, big)
     failures = [(c, k, r) for c, per in results.items() for k, r in per.items() if not r.ok]
     for case_name, key, result in failures:
         print(f"\n! {key} {case_name}: {result.error}")
@@ -399,9 +743,21 @@ def main(argv=None) -> int:
                     for other in ("storescp", "orthanc")
                 },
             }
-            for case in CASES
+            for case in cases
         ],
     }
+    if big is not None:
+        report["big"] = {
+            "case": BIG_CASE,
+            "associations": PARTS,
+            "mib_per_instance": big.mib,
+            "results": {k: r.as_json(big.total_bytes) for k, r in big_results.items()},
+            "ratios": {
+                f"pacs/{other}": ratio(big_results.get("pacs"), big_results.get(other))
+                for other in ("storescp", "orthanc")
+            },
+            "rss_aim_mib": RSS_AIM_MIB,
+        }
     out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     print(f"\nresults: {out.relative_to(REPO)}")
     return 1 if failures else 0

@@ -155,3 +155,18 @@ class CapturingScp(RecordingScp):
                 (request.MessageID, request.MoveOriginatorApplicationEntityTitle, request.MoveOriginatorMessageID)
             )
         return super()._store(event)
+
+
+def dataset_sha256(path: Path) -> str:
+    """SHA-256 of a Part 10 file's bytes after its file meta group, read in
+    1 MiB pieces (for files too big to hold, unlike `dataset_bytes`)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        head = f.read(144)
+        assert head[128:132] == b"DICM"
+        f.seek(144 + int.from_bytes(head[140:144], "little"))
+        while chunk := f.read(2**20):
+            digest.update(chunk)
+    return digest.hexdigest()
