@@ -21,6 +21,7 @@ with 1 ms sleeps were the cost this replaces (issue 14).
 """
 
 import logging
+import mmap
 import socket
 import threading
 import time
@@ -47,6 +48,7 @@ from dicomnodes.net.pdata import (
 logger = logging.getLogger(__name__)
 
 _READ_AHEAD = 256 * 1024  # bytes asked of the kernel at a time
+_SEND_BATCH = 4 * 2**20  # file bytes handed to one sendmsg at most
 PDU_NAMES = {
     0x01: "A-ASSOCIATE-RQ",
     0x02: "A-ASSOCIATE-AC",
@@ -284,14 +286,35 @@ class Association:
             )
 
     def send_data_file(self, context_id, file, offset, count):
-        """A data set straight from `file` (its bytes from `offset`): one
-        sendfile per PDV, no copy through Python."""
+        """A data set straight from `file` (its bytes from `offset`): the file
+        mapped, and its PDVs — headers and slices of the mapping, no copy
+        through Python — handed to sendmsg up to `_SEND_BATCH` bytes at a
+        time.  (A sendfile per PDV took two system calls for each of the 32
+        PDVs of a 512 KB CT at DCMTK's 16 KB maximum.)"""
         if not count:
             self.link.send(pdata_header(context_id, 0, is_command=False, is_last=True))
             return
-        for start, length, last in fragments(count, self.peer_max_pdu):
-            header = pdata_header(context_id, length, is_command=False, is_last=last)
-            self.link.send_file(header, file, offset + start, length)
+        mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            if offset + count > len(mapped):
+                raise PeerGone(f"the file is shorter than {offset + count} bytes")
+            view = memoryview(mapped)
+            batch, size = [], 0
+            for start, length, last in fragments(count, self.peer_max_pdu):
+                header = pdata_header(context_id, length, is_command=False, is_last=last)
+                batch += [header, view[offset + start : offset + start + length]]
+                size += length
+                if size >= _SEND_BATCH or len(batch) >= 512:
+                    self.link.send(*batch)
+                    batch, size = [], 0
+            if batch:
+                self.link.send(*batch)
+            del batch, view
+        finally:
+            try:
+                mapped.close()
+            except BufferError:  # views still held by an exception's frames: unmapped when they go
+                pass
 
     # --- ending ----------------------------------------------------------------------
 
