@@ -6,7 +6,6 @@ says what went wrong in words an administrator can act on.
 """
 
 import logging
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification
 from pynetdicom.status import code_to_category
 
-from dicomnodes.dimse import Status, rejection_text
+from dicomnodes.dimse import Status
 from dicomnodes.models import DicomServerSettings
 from dicomnodes.net import ProtocolError
 from dicomnodes.net import commandset as cs
@@ -137,42 +136,3 @@ def _echo(host, port, called, calling, timeout):
         category = code_to_category(command.Status).lower()
         return EchoResult(False, round_trip_ms, f"echo failed: status 0x{command.Status:04X} ({category})")
     return EchoResult(True, round_trip_ms, f"echo OK in {round_trip_ms:.1f} ms")
-
-
-def why_not_established(assoc, connected, started, host, port, called, timeout):
-    elapsed = time.monotonic() - started
-    timed_out = elapsed >= timeout * 0.9
-    answer = assoc.acceptor.primitive  # the A-ASSOCIATE-AC/RJ, if one came
-    if assoc.is_rejected and answer is not None:
-        return rejection_text(
-            answer.result, answer.result_source, answer.diagnostic, calling=assoc.requestor.ae_title, called=called
-        )
-    if not connected.is_set():
-        if timed_out:
-            return f"peer did not answer within {timeout:g} s (no TCP connection to {host}:{port})"
-        return _connection_error(host, port, timeout, timeout - elapsed)
-    if answer is not None and answer.result == 0:
-        return "the peer accepted the association but not the Verification SOP class (C-ECHO)"
-    if timed_out:
-        return f"peer did not answer within {timeout:g} s (connected, but no reply to the association request)"
-    return "the peer closed the connection without answering the association request"
-
-
-def _connection_error(host, port, timeout, remaining):
-    """Why a connection failed fast.
-
-    pynetdicom logs the socket error but does not keep it; one bare connection
-    attempt tells "refused" from "unreachable".  It costs nothing: we only get
-    here when the first attempt failed at once.
-    """
-    try:
-        with socket.create_connection((host, port), timeout=max(remaining, 0.5)):
-            return f"could not connect to {host}:{port} (a second attempt got through: try again)"
-    except ConnectionRefusedError:
-        return f"connection refused: nothing listens on {host}:{port}"
-    except TimeoutError:
-        return f"peer did not answer within {timeout:g} s (no TCP connection to {host}:{port})"
-    except socket.gaierror as exc:
-        return f"host {host} unknown ({exc.strerror or exc})"
-    except OSError as exc:
-        return f"cannot connect to {host}:{port}: {exc.strerror or exc}"

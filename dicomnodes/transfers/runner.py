@@ -6,9 +6,10 @@ with `send.send` (C-STORE to the peer) or `retrieve.move`/`retrieve.get`.
 1. A monitor thread writes progress and a heartbeat to the job's row every
    second and reads its "cancel requested" flag; when it is set, the
    association is aborted (also in the middle of a DIMSE wait).
-2. The service time-out bounds the connection, the association negotiation
-   and every DIMSE wait (pynetdicom's four time-outs); on expiry pynetdicom
-   aborts the association and the job records "peer did not answer within N s".
+2. The associations are ours (`scp.outgoing.connect`, `scp.requesting`):
+   the service time-out bounds the connection, the association negotiation
+   and every wait for a PDU; on expiry the job records "peer did not answer
+   within N s".
 3. Outcomes: every instance done -> succeeded; some refused by the peer ->
    partly failed (or failed, when none went); a network failure -> back to
    the queue after the next retry delay, or failed when the delays are used
@@ -20,24 +21,19 @@ with `send.send` (C-STORE to the peer) or `retrieve.move`/`retrieve.get`.
 """
 
 import logging
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
 
 from django.db import connection
 from django.utils import timezone
-from pynetdicom import evt
 
-from dicomnodes.dimse import REJECTED_TRANSIENT, TIMEOUT_ATTRIBUTES
+from dicomnodes.dimse import REJECTED_TRANSIENT
 from dicomnodes.models import (
     DicomServerSettings,
     TransferJob,
 )
-from dicomnodes.net.association import Association
 from dicomnodes.scp import outgoing
-from dicomnodes.scp.compat import NODELAY_HANDLERS, leave_responses_to_callers
-from dicomnodes.transfers.echo import why_not_established
 
 logger = logging.getLogger(__name__)
 
@@ -155,48 +151,11 @@ class JobRun:
             logger.info("transfer job %s: cancelled, aborting the association", self.job.pk)
         self.progress.cancelled = True
         assoc = self.assoc
-        if isinstance(assoc, Association):
+        if assoc is not None:
             assoc.abort()
             assoc.link.shutdown()  # the read that waits for a response ends now
-        elif assoc is not None and assoc.is_established:
-            assoc.abort()
-            # pynetdicom's DIMSE wait does not end with the association: it
-            # would sit out the time-out.  An empty message wakes it now.
-            assoc.dimse.msg_queue.put((None, None))
 
     # --- the association --------------------------------------------------------------
-    def associate(self, ae, *, handlers=(), ext_neg=None):
-        for name in TIMEOUT_ATTRIBUTES:
-            setattr(ae, name, self.timeout)
-        ae.maximum_pdu_size = 0
-        connected = threading.Event()
-        started = time.monotonic()
-        if self.progress.cancelled:
-            raise Cancelled()
-        try:
-            assoc = ae.associate(
-                self.peer.host,
-                self.peer.port,
-                ae_title=self.peer.ae_title,
-                ext_neg=ext_neg,
-                evt_handlers=[(evt.EVT_CONN_OPEN, lambda event: connected.set()), *NODELAY_HANDLERS, *handlers],
-            )
-        except socket.gaierror as exc:
-            raise NetworkFailure(f"host {self.peer.host} unknown ({exc.strerror or exc})") from None
-        self.assoc = assoc
-        leave_responses_to_callers(assoc)  # also done at EVT_ESTABLISHED; this closes the gap before it
-        if not assoc.is_established:
-            if self.progress.cancelled:
-                raise Cancelled()
-            text = why_not_established(
-                assoc, connected, started, self.peer.host, self.peer.port, self.peer.ae_title, self.timeout
-            )
-            answer = assoc.acceptor.primitive
-            if assoc.is_rejected and answer is not None and answer.result != REJECTED_TRANSIENT:
-                raise Refused(text)
-            raise NetworkFailure(text)
-        return assoc
-
     def connect(self, contexts, *, roles=None, requestor=None):
         """An association to the peer on our runtime (outgoing.connect, or
         `requestor.connect` for C-FIND/C-MOVE/C-GET)."""
@@ -231,17 +190,11 @@ class JobRun:
 
     def close(self):
         assoc, self.assoc = self.assoc, None
-        if isinstance(assoc, Association):
+        if assoc is not None:
             outgoing.finish(assoc)
-        elif assoc is not None and assoc.is_established:
-            assoc.release()
-            if assoc.is_established:  # no A-RELEASE-RP within the time-out
-                assoc.abort()
 
     def abort(self):
         assoc, self.assoc = self.assoc, None
-        if isinstance(assoc, Association):
+        if assoc is not None:
             assoc.abort()
             assoc.link.close()
-        elif assoc is not None and assoc.is_established:
-            assoc.abort()
