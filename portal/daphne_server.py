@@ -17,6 +17,7 @@ import re
 
 from daphne.cli import CommandLineInterface
 from daphne.server import Server
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
@@ -173,4 +174,8 @@ if __name__ == "__main__":
     # Requests' database work runs in one thread here (pacs_site/asgi.py):
     # its connection is kept between requests (pacs_site/settings.py).
     os.environ.setdefault("PACS_DB_CONN_MAX_AGE", "60")
+    # Twisted sends at most 128 KiB per write-ready event: a 300 MB WADO-RS
+    # series took 2,400 turns of the event loop.  With 8 MiB the kernel's
+    # send buffer, not the loop, sets the pace (/tmp WADO series loop, same load: 370 -> 650 MB/s).
+    FileDescriptor.SEND_LIMIT = 8 * 2**20
     WebCommandLine.entrypoint()
