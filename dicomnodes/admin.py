@@ -38,6 +38,10 @@ class DicomServerSettingsAdmin(SingletonAdmin):
         ("Query", {"fields": ["case_insensitive_names", "find_result_limit"]}),
         ("Network", {"fields": ["service_timeout", "debug"]}),
         (
+            "DICOM over TLS",
+            {"fields": ["tls_port", "tls_certificate_file", "tls_key_file", "tls_client_ca_file"]},
+        ),
+        (
             "Limits",
             {"fields": ["max_associations", "max_associations_per_address", "max_inflated_mb", "max_decoded_mb"]},
         ),

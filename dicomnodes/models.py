@@ -14,6 +14,7 @@ from dicomnodes import aetitle
 from dicomnodes.archive.storage import instance_path
 from dicomnodes.validators import validate_ae_title, validate_retry_delays
 from pacs_site.singleton import SingletonModel
+from pacs_site.tls import CertificateProblem, check_certificate_pair, load_certificate
 
 # Called AE suffixes that also reach us: publishing (EPSON/PRIMERA, immediate
 # or delayed) decides what to do from the one an instance arrived on.
@@ -142,10 +143,48 @@ class DicomServerSettings(SingletonModel):
         "decodes its pixel data; an image that decodes beyond this is not converted and "
         "its sub-operation fails.",
     )
+    tls_port = models.PositiveIntegerField(
+        "TLS port",
+        default=0,
+        validators=[MaxValueValidator(65535)],
+        help_text="A second port for DICOM over TLS (PS3.15 B.1, e.g. 2762); 0: none. "
+        "The same services and rules as on the plain port.",
+    )
+    tls_certificate_file = models.CharField(
+        "TLS certificate file (.crt)", max_length=1024, blank=True, help_text="Absolute path of a PEM certificate."
+    )
+    tls_key_file = models.CharField(
+        "TLS key file (.key)", max_length=1024, blank=True, help_text="Absolute path of its PEM private key."
+    )
+    tls_client_ca_file = models.CharField(
+        "client CA certificates",
+        max_length=1024,
+        blank=True,
+        help_text="Absolute path of PEM CA certificates: when given, peers must present a certificate "
+        "they signed (mutual authentication); when empty, any peer may connect over TLS.",
+    )
 
     class Meta:
         verbose_name = "DICOM server settings"
         verbose_name_plural = "DICOM server settings"
+
+    def clean(self):
+        super().clean()
+        if not self.tls_port:
+            return
+        if self.tls_port == self.port:
+            raise ValidationError({"tls_port": "The TLS port must differ from the DICOM port."})
+        field = {"certificate": "tls_certificate_file", "key": "tls_key_file"}
+        errors = {}
+        for problem in check_certificate_pair(self.tls_certificate_file, self.tls_key_file):
+            errors.setdefault(field[problem.field], []).append(str(problem))
+        if self.tls_client_ca_file:
+            try:
+                load_certificate(self.tls_client_ca_file)
+            except CertificateProblem as exc:
+                errors.setdefault("tls_client_ca_file", []).append(str(exc))
+        if errors:
+            raise ValidationError(errors)
 
     def __str__(self):
         return f"{self.ae_title} on port {self.port or 'off'}"

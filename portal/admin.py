@@ -14,8 +14,8 @@ from django.utils.safestring import mark_safe
 
 from dicomnodes.admin import register_study_action, register_viewer
 from pacs_site.singleton import SingletonAdmin
+from pacs_site.tls import certificate_expiry
 from portal.models import HttpSettings, StudyToken, TokenScope, detected_public_ip
-from portal.tls import certificate_expiry
 from portal.tokens import create_token
 from portal.viewer.config import url_of as viewer_url_of
 

@@ -21,7 +21,7 @@ from django.utils import timezone
 from dicomnodes.models import DicomServerSettings, Study
 from pacs_site.ports import machine_addresses
 from pacs_site.singleton import SingletonModel
-from portal.tls import check_certificate_pair
+from pacs_site.tls import check_certificate_pair
 from worklist.models import WorklistSettings
 
 # 48 random bytes -> 64 URL-safe characters, 384 bits (≥ 128 asked).

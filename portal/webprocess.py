@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from django.db import DatabaseError, connection
 
 from pacs_site.env import envbool, envint
+from pacs_site.tls import check_certificate_pair
 from portal.daphne_server import endpoint
 from portal.models import HttpSettings
-from portal.tls import check_certificate_pair
 
 logger = logging.getLogger(__name__)
 

@@ -2,8 +2,9 @@
 
 `Link` reads PDUs from the socket into one reusable buffer (`recv_into`,
 as many bytes as the kernel has, parsed in place) and writes PDUs with
-`sendmsg` (header and payload without joining them) or `sendfile` (a stored
-file's dataset straight from the page cache).  Every wait is bounded: the
+`sendmsg` (headers and payloads without joining them; a stored file's
+dataset as slices of its mapping).  Over TLS (an `ssl.SSLSocket`, which has
+no sendmsg) the buffers are joined into one write.  Every wait is bounded: the
 next PDU must start within the idle time-out and arrive whole within the
 network time-out; a PDU stated longer than our bound ends the association
 before anything is allocated for it.
@@ -22,7 +23,9 @@ with 1 ms sleeps were the cost this replaces (issue 14).
 
 import logging
 import mmap
+import select
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -94,6 +97,7 @@ class Link:
         # Sends come from the association's thread, and an A-ABORT may come
         # from another (a cancelled transfer job): one PDU at a time.
         self._sending = threading.Lock()
+        self.tls = isinstance(sock, ssl.SSLSocket)
 
     # --- reading -------------------------------------------------------------------
 
@@ -117,6 +121,13 @@ class Link:
         """Are bytes waiting (in the buffer or the socket)?  Never blocks."""
         if self._end > self._start:
             return True
+        if self.tls:
+            if self.sock.pending():
+                return True
+            try:
+                return bool(select.select([self.sock], [], [], 0)[0])
+            except (OSError, ValueError):
+                return True
         try:
             self.sock.settimeout(0)
             self.sock.recv(1, socket.MSG_PEEK)
@@ -170,6 +181,9 @@ class Link:
         with self._sending:
             try:
                 self.sock.settimeout(self.timeout)
+                if self.tls:  # SSLSocket has no sendmsg: one record stream
+                    self.sock.sendall(b"".join(pending))
+                    pending = []
                 while pending:
                     sent = self.sock.sendmsg(pending)
                     while sent:
@@ -181,18 +195,6 @@ class Link:
                             sent = 0
             except OSError as exc:
                 raise PeerGone(f"cannot send: {exc}") from None
-
-    def send_file(self, header, file, offset, count):
-        """`header` then `count` bytes of `file` from `offset` (sendfile)."""
-        with self._sending:
-            try:
-                self.sock.settimeout(self.timeout)
-                self.sock.sendall(header, socket.MSG_MORE)
-                sent = self.sock.sendfile(file, offset, count)
-            except OSError as exc:
-                raise PeerGone(f"cannot send: {exc}") from None
-        if sent != count:
-            raise PeerGone(f"the file ended after {sent} of {count} bytes")
 
     def shutdown(self):
         """End the connection from any thread: a read or send under way in

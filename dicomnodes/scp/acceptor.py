@@ -9,7 +9,7 @@ A C-STORE's data fragments go to a `StoreSink` as they are read: kept in
 memory up to `spool.SPILL_AT` (every CT/MR/CR instance), then in a
 `SpoolFile` in the storage folder, never copied whole again; the store path
 copies it file to file.  C-GET and C-MOVE sub-operations send stored files
-with sendfile, in PDVs of the peer's maximum length (`outgoing.py`).
+from the mapped files, in PDVs of the peer's maximum length (`outgoing.py`).
 """
 
 import io
@@ -60,8 +60,9 @@ class Refused(Exception):
 class AcceptorSession:
     """One incoming association, from its A-ASSOCIATE-RQ to its end."""
 
-    def __init__(self, sock, conn, *, config, writer, connections):
+    def __init__(self, sock, conn, *, config, writer, connections, tls=None):
         self.sock = sock
+        self.tls = tls  # an SSLContext: the connection came to the TLS port
         self.conn = conn
         self.config = config()  # the ScpConfig at association time
         self.writer = writer
@@ -75,6 +76,8 @@ class AcceptorSession:
 
     def run(self):
         cfg = self.config
+        if self.tls is not None and not self._handshake():
+            return
         link = Link(self.sock, timeout=cfg.service_timeout, max_read=2 * MAXIMUM_PDU_RECEIVED, debug=cfg.debug)
         try:
             self._associate(link)
@@ -100,6 +103,21 @@ class AcceptorSession:
             self.sinks.clear()
             link.close()
             self._finish()
+
+    def _handshake(self):
+        """TLS first (within the service time-out); False: closed, logged."""
+        try:
+            self.sock.settimeout(self.config.service_timeout)
+            self.sock = self.tls.wrap_socket(self.sock, server_side=True)
+            return True
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            address = self.conn.address if self.conn is not None else "?"
+            logger.warning("TLS connection from %s refused: %s", address, exc)
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+            return False
 
     def _name(self):
         if self.state is None:

@@ -19,7 +19,7 @@ import socket
 
 from django.db import close_old_connections, connections
 
-from dicomnodes.scp.server import DISABLED
+from dicomnodes.scp.server import DISABLED, TLS_OFF, TLS_TAG
 from pacs_site.listeners import SettingsFollower, listening_socket
 
 logger = logging.getLogger(__name__)
@@ -42,6 +42,10 @@ class Dispatcher:
             idle=DISABLED,
             log=logger,
         )
+        self.tls_listener = None
+        self.tls_follower = SettingsFollower(
+            start=self._listen_tls, stop=self._close_tls_listener, idle=TLS_OFF, log=logger
+        )
         self.next_worker = 0
         self.handed_over = 0
 
@@ -51,7 +55,8 @@ class Dispatcher:
         connections.close_all()
         while len(self.workers) < self.processes:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-            inherited = [ours] + [c for _, c in self.workers] + ([self.listener] if self.listener else [])
+            listeners = [sock for sock in (self.listener, self.tls_listener) if sock is not None]
+            inherited = [ours] + [c for _, c in self.workers] + listeners
             pid = self.spawn(theirs, inherited)
             theirs.close()
             self.workers.append((pid, ours))
@@ -79,6 +84,7 @@ class Dispatcher:
             logger.warning("cannot read the DICOM settings (%s); keeping the current ones", exc)
             return
         self.follower.follow(cfg.port, cfg.ae_title)
+        self.tls_follower.follow(cfg.tls_port, cfg.ae_title)
 
     def _listen(self, port, ae_title):
         self.listener = listening_socket(port)
@@ -102,16 +108,27 @@ class Dispatcher:
         self.listener.close()
         self.listener = None
 
+    def _listen_tls(self, port, ae_title):
+        self.tls_listener = listening_socket(port)
+        logger.info("DICOM server %s listening for TLS on port %d (all addresses)", ae_title, port)
+
+    def _close_tls_listener(self):
+        self.tls_listener.close()
+        self.tls_listener = None
+
     def hand_over(self, timeout):
         """Wait up to `timeout` for connections and pass each to a worker."""
-        if self.listener is None or not self.workers:
+        listeners = [sock for sock in (self.listener, self.tls_listener) if sock is not None]
+        if not listeners or not self.workers:
             select.select([], [], [], timeout)
             return 0
-        readable, _, _ = select.select([self.listener], [], [], timeout)
+        readable, _, _ = select.select(listeners, [], [], timeout)
         if not readable:
             return 0
+        listener = readable[0]
+        tag = TLS_TAG if listener is self.tls_listener else b"c"
         try:
-            client, _ = self.listener.accept()
+            client, _ = listener.accept()
         except OSError:
             return 0
         try:
@@ -119,7 +136,7 @@ class Dispatcher:
                 pid, channel = self.workers[self.next_worker % len(self.workers)]
                 self.next_worker += 1
                 try:
-                    socket.send_fds(channel, [b"c"], [client.fileno()])
+                    socket.send_fds(channel, [tag], [client.fileno()])
                     self.handed_over += 1
                     return 1
                 except OSError as exc:
@@ -130,5 +147,6 @@ class Dispatcher:
 
     def stop(self):
         self.follower.stop()
+        self.tls_follower.stop()
         for _, channel in self.workers:
             channel.close()

@@ -3,7 +3,7 @@ C-GET (on the caller's association) and of a C-MOVE (on an association we
 open to the destination: `connect()`).
 
 A stored file goes as it is when the peer accepted its transfer syntax: the
-bytes after its file meta group, with sendfile, in PDVs of the peer's
+bytes after its file meta group, handed to sendmsg as slices of the mapped file, in PDVs of the peer's
 maximum length — nothing of it passes through Python.  Otherwise
 `sending.dataset_for` converts it to little endian as before (within the
 "largest decoded pixel data" budget), or the sub-operation fails.

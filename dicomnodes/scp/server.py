@@ -39,6 +39,7 @@ from dicomnodes.scp.handlers import Handlers
 from dicomnodes.scp.limits import Connection, ConnectionTable
 from dicomnodes.scp.qr import QueryRetrieveHandlers
 from dicomnodes.scp.sending import UNCOMPRESSED
+from dicomnodes.scp.tls import server_context
 from dicomnodes.signals import scp_started, send_logged
 from pacs_site.listeners import SettingsFollower, listening_socket, peer_address
 
@@ -46,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 # Said once on port 0, by the one process that owns the port (this one or the dispatcher).
 DISABLED = "DICOM server disabled (port 0 in the DICOM server settings)"
+TLS_OFF = "DICOM over TLS off (TLS port 0 in the DICOM server settings)"
 
 configure_scp()
 
@@ -71,6 +73,12 @@ class ScpConfig:
     max_associations: int = 100
     max_associations_per_address: int = 20
     max_inflated: int = 1024 * 2**20  # bytes
+    tls_port: int = 0
+    tls_files: tuple = ("", "", "")  # certificate, key, client CA certificates
+
+    def tls_context(self):
+        """The server SSLContext of the TLS port (scp/tls.py)."""
+        return server_context(*self.tls_files)
 
     @property
     def called_ae_titles(self):
@@ -93,6 +101,8 @@ def load_config(*, port=None, ae_title=None) -> ScpConfig:
         max_associations=row.max_associations,
         max_associations_per_address=row.max_associations_per_address,
         max_inflated=row.max_inflated_mb * 2**20,
+        tls_port=row.tls_port,
+        tls_files=(row.tls_certificate_file, row.tls_key_file, row.tls_client_ca_file),
     )
 
 
@@ -107,13 +117,21 @@ class _RequestHandler(RequestHandler):
 
     def handle(self):
         conn = self.server.connection_of(self.request)
-        if OWN_RUNTIME:
+        try:
+            tls = self.server.tls_context_for(self.request)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            logger.error("DICOM over TLS: cannot use the certificate and key of the settings: %s", exc)
+            self.server.connections.close(conn)
+            shut(self.request)
+            return
+        if OWN_RUNTIME or tls is not None:
             session = AcceptorSession(
                 self.request,
                 conn,
                 config=self.server.limits,
                 writer=self.server.writer,
                 connections=self.server.connections,
+                tls=tls,
             )
             try:
                 with self.server.sessions_lock:
@@ -169,10 +187,26 @@ class PacsServer(ThreadedAssociationServer):
     block_on_close = False
 
     def __init__(
-        self, ae, port, ae_title, contexts, *, evt_handlers, on_end, connections, limits, writer=None, channel=None
+        self,
+        ae,
+        port,
+        ae_title,
+        contexts,
+        *,
+        evt_handlers,
+        on_end,
+        connections,
+        limits,
+        writer=None,
+        channel=None,
+        tls=False,
     ):
         self.on_association_end = on_end
         self.writer = writer
+        # TLS: this listener's connections (tls=True), or those the
+        # dispatcher tagged as coming from its TLS port (a worker's channel).
+        self.tls = tls
+        self._tls_clients = set()
         self.sessions = set()  # AcceptorSessions running (our runtime)
         self.sessions_lock = threading.Lock()
         self.channel = channel
@@ -207,13 +241,16 @@ class PacsServer(ThreadedAssociationServer):
         among the connections still waiting to ask for an association."""
         if self.channel is None:
             client, address = super().get_request()
+            tls = self.tls
         else:
-            client, address = receive_connection(self.channel)
+            client, address, tls = receive_connection(self.channel)
         cfg = self.limits()
         _tune(client, cfg.service_timeout)
         conn = Connection(peer_address(str(address[0])), client)
         with self._accepted_lock:
             self._accepted[client] = conn
+            if tls:
+                self._tls_clients.add(client)
         for evicted in self.connections.accept(conn, max_waiting=cfg.max_associations):
             shut(evicted.sock)
             self._log_eviction(evicted)
@@ -222,6 +259,14 @@ class PacsServer(ThreadedAssociationServer):
     def connection_of(self, client):
         with self._accepted_lock:
             return self._accepted.pop(client)
+
+    def tls_context_for(self, client):
+        """The SSLContext to wrap `client` in, or None for a plain connection."""
+        with self._accepted_lock:
+            if client not in self._tls_clients:
+                return None
+            self._tls_clients.discard(client)
+        return self.limits().tls_context()
 
     def _log_eviction(self, conn):
         """One line per 10 s at most: a flood of idle connections must not
@@ -239,12 +284,16 @@ class PacsServer(ThreadedAssociationServer):
 
 
 def receive_connection(channel):
-    """A connection handed over by the dispatcher (SCM_RIGHTS)."""
-    _, fds, _, _ = socket.recv_fds(channel, 16, 1)
+    """A connection handed over by the dispatcher (SCM_RIGHTS): (socket,
+    address, came to the TLS port)."""
+    tag, fds, _, _ = socket.recv_fds(channel, 16, 1)
     if not fds:
         raise OSError("the runscp dispatcher closed the channel")
     client = socket.socket(fileno=fds[0])
-    return client, client.getpeername()
+    return client, client.getpeername(), tag == TLS_TAG
+
+
+TLS_TAG = b"t"  # the dispatcher's message with a connection to the TLS port (else b"c")
 
 
 MAXIMUM_PDU_RECEIVED = 2**20
@@ -289,6 +338,7 @@ class ScpService:
         self.qr_handlers = QueryRetrieveHandlers(lambda: self._config)
         self.server = None
         self._last_server = None
+        self._last_tls_server = None
         self._server_thread = None
         self.follower = SettingsFollower(
             start=self._start_listener,
@@ -297,6 +347,10 @@ class ScpService:
             log=logger,
         )
         self._debug_handler = None
+        self.tls_server = None
+        self.tls_follower = SettingsFollower(
+            start=self._start_tls_listener, stop=self._stop_tls_listener, idle=TLS_OFF, log=logger
+        )
 
     @property
     def config(self):
@@ -318,25 +372,13 @@ class ScpService:
         self.ae.network_timeout = cfg.service_timeout
         self._apply_debug(cfg.debug)
         if self.channel is not None:
-            # A worker: the dispatcher owns the port and follows its changes.
+            # A worker: the dispatcher owns the ports and follows their changes.
             return self.server is None and self.follower.start(cfg.port, cfg.ae_title)
-        return self.follower.follow(cfg.port, cfg.ae_title)
+        changed = self.follower.follow(cfg.port, cfg.ae_title)
+        return self.tls_follower.follow(cfg.tls_port, cfg.ae_title) or changed
 
     def _start_listener(self, port, ae_title):
-        self.server = PacsServer(
-            self.ae,
-            port,
-            ae_title,
-            self.ae.supported_contexts,
-            evt_handlers=self.handlers.bindings()
-            + self.qr_handlers.bindings()
-            + (_DEBUG_BINDINGS if self._config.debug else []),
-            on_end=self.handlers.finish,
-            connections=self.connections,
-            limits=lambda: self._config,
-            writer=self.writer,
-            channel=self.channel,
-        )
+        self.server = self._new_server(port, ae_title, channel=self.channel)
         self.ae._servers.append(self.server)
         self._last_server = self.server
         self._server_thread = threading.Thread(
@@ -348,6 +390,38 @@ class ScpService:
         self._server_thread.start()
         if self.channel is None:
             logger.info("DICOM server %s listening on port %d (all addresses)", ae_title, port)
+
+    def _new_server(self, port, ae_title, *, tls=False, channel=None):
+        return PacsServer(
+            self.ae,
+            port,
+            ae_title,
+            self.ae.supported_contexts,
+            evt_handlers=self.handlers.bindings()
+            + self.qr_handlers.bindings()
+            + (_DEBUG_BINDINGS if self._config.debug else []),
+            on_end=self.handlers.finish,
+            connections=self.connections,
+            limits=lambda: self._config,
+            writer=self.writer,
+            channel=channel,
+            tls=tls,
+        )
+
+    def _start_tls_listener(self, port, ae_title):
+        """The TLS port (one process; with workers the dispatcher owns it)."""
+        self.tls_server = self._last_tls_server = self._new_server(port, ae_title, tls=True)
+        threading.Thread(
+            target=self.tls_server.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name=f"scp-tls-listener-{port}",
+            daemon=True,
+        ).start()
+        logger.info("DICOM server %s listening for TLS on port %d (all addresses)", ae_title, port)
+
+    def _stop_tls_listener(self):
+        self.tls_server.shutdown()
+        self.tls_server = None
 
     def _stop_listener(self):
         self.server.shutdown()  # stops accepting; running associations go on
@@ -387,16 +461,16 @@ class ScpService:
     def _close_sessions(self, deadline):
         """Our runtime's associations: up to `deadline` to end, then their
         sockets are shut (each thread sees the end at once and logs it)."""
-        server = self._last_server
-        if server is None or _wait_sessions(server, deadline):
-            return
-        with server.sessions_lock:
-            running = list(server.sessions)
-        for session in running:
-            if session.assoc is not None:
-                session.assoc.abort()
-            shut(session.sock)
-        _wait_sessions(server, time.monotonic() + 2.0)
+        for server in (self._last_server, self._last_tls_server):
+            if server is None or _wait_sessions(server, deadline):
+                continue
+            with server.sessions_lock:
+                running = list(server.sessions)
+            for session in running:
+                if session.assoc is not None:
+                    session.assoc.abort()
+                shut(session.sock)
+            _wait_sessions(server, time.monotonic() + 2.0)
 
     def close(self, timeout=5.0):
         """Stop listening; connections that never asked for an association
@@ -404,6 +478,7 @@ class ScpService:
         aborted after it; then the index writer is flushed.  Nothing here
         waits on a peer without a bound (SIGTERM must stop runscp)."""
         self.follower.stop()
+        self.tls_follower.stop()
         for conn in self.connections.stuck():
             if not conn.associated:
                 shut(conn.sock)

@@ -1,6 +1,6 @@
 """Send a job's instances to the peer with C-STORE, skipping those already
 delivered (a retried job sends only the rest), on our own runtime: stored
-files go with sendfile (`scp.outgoing`)."""
+files go from their mapping, no copy through Python (`scp.outgoing`)."""
 
 import logging
 import time

@@ -47,6 +47,10 @@ def settings_form(**changes):
         "max_associations_per_address": row.max_associations_per_address,
         "max_inflated_mb": row.max_inflated_mb,
         "max_decoded_mb": row.max_decoded_mb,
+        "tls_port": row.tls_port,
+        "tls_certificate_file": row.tls_certificate_file,
+        "tls_key_file": row.tls_key_file,
+        "tls_client_ca_file": row.tls_client_ca_file,
     }
     data.update(changes)
     return {name: ("on" if value is True else value) for name, value in data.items() if value is not False}

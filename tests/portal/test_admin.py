@@ -160,7 +160,7 @@ def test_tls_without_files_asks_for_them(an_admin):
 def test_an_rsa_key_pair_is_checked_as_well(tmp_path):
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    from portal.tls import check_certificate_pair
+    from pacs_site.tls import check_certificate_pair
 
     cert, key = self_signed(tmp_path / "a", key=rsa.generate_private_key(65537, 2048))
     _, ec_key = self_signed(tmp_path / "b", key=ec.generate_private_key(ec.SECP384R1()))
