@@ -155,3 +155,44 @@ def test_the_admin_refuses_a_tls_port_without_a_usable_certificate(tls_files, db
     with pytest.raises(ValidationError) as err:
         row.full_clean()
     assert "tls_port" in err.value.message_dict
+
+
+def test_our_requestor_speaks_tls_too(start_scp, tls_files):
+    """outgoing.connect with an SSLContext: a C-ECHO to runscp's TLS port
+    on our own runtime (the requestor side of issue 14's TLS-ready runtime)."""
+    import ssl
+
+    from pynetdicom.presentation import build_context
+
+    from dicomnodes.net import commandset as cs
+    from dicomnodes.scp import outgoing
+
+    DicomServerSettings.objects.filter(pk=1).update(unknown_ae_may_echo_and_store=True)
+    tls_port = _tls_settings(tls_files)
+    scp = start_scp()
+    wait_until(lambda: f"listening for TLS on port {tls_port}" in scp.log(), 10, message="the TLS listener")
+    context = ssl.create_default_context(cafile=str(tls_files["ca"]))
+    assoc = outgoing.connect(
+        "127.0.0.1",
+        tls_port,
+        calling_ae=MODALITY,
+        called_ae=scp.ae_title,
+        contexts=[build_context("1.2.840.10008.1.1")],
+        timeout=10,
+        ssl_context=context,
+    )
+    try:
+        (verification,) = assoc.contexts.values()
+        assoc.send_command(
+            verification.id,
+            cs.encode(
+                CommandField=cs.C_ECHO_RQ,
+                MessageID=7,
+                AffectedSOPClassUID="1.2.840.10008.1.1",
+                CommandDataSetType=cs.NO_DATA_SET,
+            ),
+        )
+        answer = assoc.next_message().command
+    finally:
+        outgoing.finish(assoc)
+    assert (answer.CommandField, answer.MessageIDBeingRespondedTo, answer.Status) == (cs.C_ECHO_RSP, 7, 0)
