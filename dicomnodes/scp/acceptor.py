@@ -14,7 +14,6 @@ from the mapped files, in PDVs of the peer's maximum length (`outgoing.py`).
 
 import io
 import logging
-import time
 import uuid
 
 from django.utils import timezone
@@ -23,16 +22,23 @@ from pynetdicom.dsutils import decode as decode_dataset
 from pynetdicom.dsutils import encode as encode_dataset
 from pynetdicom.presentation import build_context
 
-from dicomnodes.archive.index import AssociationClose, AssociationOpen
+from dicomnodes.archive.index import AssociationOpen
 from dicomnodes.archive.storage import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomnodes.dimse import QUERY_RETRIEVE, REJECT_LOCAL_LIMIT, VERIFICATION, Caller, Status, model_of, service_of
-from dicomnodes.models import AssociationLog, AssociationResult
+from dicomnodes.models import AssociationResult
 from dicomnodes.net import UNEXPECTED_PDU, ProtocolError, negotiation
 from dicomnodes.net import commandset as cs
 from dicomnodes.net.association import RELEASE, Association, Link, PeerAborted, PeerGone
 from dicomnodes.net.pdata import A_ASSOCIATE_RQ
 from dicomnodes.scp import outgoing
-from dicomnodes.scp.handlers import AssociationState, answer_store, check_association
+from dicomnodes.scp.handlers import (
+    AssociationState,
+    answer_store,
+    association_row,
+    check_association,
+    log_close,
+    log_rejection,
+)
 from dicomnodes.scp.qr import Refusal, answer_find, plan_get, plan_move
 from dicomnodes.scp.sending import UNCOMPRESSED, decode_budget
 from dicomnodes.scp.sinks import IdentifierSink, StoreSink
@@ -191,55 +197,19 @@ class AcceptorSession:
         logger.info(
             "association %s from %s (%s) to %s accepted", state.id, state.calling_ae, state.address, state.called_ae
         )
-        self.writer.submit(AssociationOpen(_row(state, result=AssociationResult.OPEN)))
+        self.writer.submit(AssociationOpen(association_row(state, result=AssociationResult.OPEN)))
 
     def _reject(self, link, reason, text):
-        state = self.state
-        logger.info(
-            "association from %s (%s) to %s rejected: %s", state.calling_ae, state.address, state.called_ae, text
-        )
         try:
             link.send(negotiation.reject(*reason))
         except PeerGone:
             pass
-        state.finished = True
-        row = _row(state, result=AssociationResult.REJECTED, reason=text)
-        row.ended_at = row.started_at
-        row.duration = 0.0
-        self.writer.submit(AssociationOpen(row))
+        log_rejection(self.writer, self.state, text)
         raise Refused()
 
     def _finish(self):
-        state = self.state
-        if state is None or state.finished:
-            return
-        state.finished = True
-        result, reason = self.outcome
-        duration = time.monotonic() - state.started_monotonic
-        logger.info(
-            "association %s %s: %d received, %d failed, %d bytes, %.2f s",
-            state.id,
-            result.label,
-            state.received,
-            state.failed,
-            state.bytes,
-            duration,
-        )
-        self.writer.submit(
-            AssociationClose(
-                state.id,
-                dict(
-                    ended_at=timezone.now(),
-                    duration=round(duration, 3),
-                    instances_received=state.received,
-                    instances_failed=state.failed,
-                    bytes_received=state.bytes,
-                    result=result,
-                    reason=reason,
-                ),
-                sop_instance_uids=state.stored,
-            )
-        )
+        if self.state is not None and not self.state.finished:
+            log_close(self.writer, self.state, *self.outcome)
 
     # --- the data phase ------------------------------------------------------------
 
@@ -538,16 +508,3 @@ def _peer(sock, conn):
         return peer_address(str(host)), port
     except OSError:
         return "", None
-
-
-def _row(state, *, result, reason=""):
-    return AssociationLog(
-        id=state.id,
-        started_at=state.started_at,
-        calling_ae=state.calling_ae[:16],
-        called_ae=state.called_ae[:16],
-        peer_address=state.address[:64],
-        peer_port=state.port,
-        result=result,
-        reason=reason,
-    )

@@ -103,76 +103,32 @@ class Handlers:
             assoc.acceptor.ae_title = state.called_ae
 
     def _reject(self, assoc, state, reason, text):
-        logger.info(
-            "association from %s (%s) to %s rejected: %s", state.calling_ae, state.address, state.called_ae, text
-        )
         assoc.acse.send_reject(*reason)
         # As pynetdicom's own rejection does: wait until the DUL has sent the
         # A-ASSOCIATE-RJ before the socket is closed.
         assoc.kill()
-        state.finished = True
-        row = self._row(state, result=AssociationResult.REJECTED, reason=text)
-        row.ended_at = row.started_at
-        row.duration = 0.0
-        self.writer.submit(AssociationOpen(row))
+        log_rejection(self.writer, state, text)
 
     def on_accepted(self, event):
         state = event.assoc.pacs_state
         logger.info(
             "association %s from %s (%s) to %s accepted", state.id, state.calling_ae, state.address, state.called_ae
         )
-        self.writer.submit(AssociationOpen(self._row(state, result=AssociationResult.OPEN)))
+        self.writer.submit(AssociationOpen(association_row(state, result=AssociationResult.OPEN)))
 
     def finish(self, assoc):
         """Called once the association thread has ended, whatever the reason."""
         state = getattr(assoc, "pacs_state", None)
         if state is None or state.finished:
             return
-        state.finished = True
         if assoc.is_released:
             result, reason = AssociationResult.RELEASED, ""
         elif assoc.is_aborted:
             result, reason = AssociationResult.ABORTED, "aborted"
         else:
             result, reason = AssociationResult.ABORTED, "connection closed without release"
-        duration = time.monotonic() - state.started_monotonic
-        logger.info(
-            "association %s %s: %d received, %d failed, %d bytes, %.2f s",
-            state.id,
-            result.label,
-            state.received,
-            state.failed,
-            state.bytes,
-            duration,
-        )
-        self.writer.submit(
-            AssociationClose(
-                state.id,
-                dict(
-                    ended_at=timezone.now(),
-                    duration=round(duration, 3),
-                    instances_received=state.received,
-                    instances_failed=state.failed,
-                    bytes_received=state.bytes,
-                    result=result,
-                    reason=reason,
-                ),
-                sop_instance_uids=state.stored,
-            )
-        )
+        log_close(self.writer, state, result, reason)
 
-    @staticmethod
-    def _row(state, *, result, reason=""):
-        return AssociationLog(
-            id=state.id,
-            started_at=state.started_at,
-            calling_ae=state.calling_ae[:16],
-            called_ae=state.called_ae[:16],
-            peer_address=state.address[:64],
-            peer_port=state.port,
-            result=result,
-            reason=reason,
-        )
 
     # --- services -------------------------------------------------------------
     def on_echo(self, event):
@@ -211,6 +167,61 @@ class Handlers:
             writer=self.writer,
             spool=req.DataSet if isinstance(req.DataSet, SpoolFile) else None,
         )
+
+
+def association_row(state, *, result, reason=""):
+    """The *Associations* row of an association (opened, or rejected)."""
+    return AssociationLog(
+        id=state.id,
+        started_at=state.started_at,
+        calling_ae=state.calling_ae[:16],
+        called_ae=state.called_ae[:16],
+        peer_address=state.address[:64],
+        peer_port=state.port,
+        result=result,
+        reason=reason,
+    )
+
+
+def log_rejection(writer, state, text):
+    """A rejected association: one line in the log and a row (both runtimes)."""
+    logger.info("association from %s (%s) to %s rejected: %s", state.calling_ae, state.address, state.called_ae, text)
+    state.finished = True
+    row = association_row(state, result=AssociationResult.REJECTED, reason=text)
+    row.ended_at = row.started_at
+    row.duration = 0.0
+    writer.submit(AssociationOpen(row))
+
+
+def log_close(writer, state, result, reason):
+    """An association has ended: its line in the log and its row closed
+    with the counts (both runtimes)."""
+    state.finished = True
+    duration = time.monotonic() - state.started_monotonic
+    logger.info(
+        "association %s %s: %d received, %d failed, %d bytes, %.2f s",
+        state.id,
+        result.label,
+        state.received,
+        state.failed,
+        state.bytes,
+        duration,
+    )
+    writer.submit(
+        AssociationClose(
+            state.id,
+            dict(
+                ended_at=timezone.now(),
+                duration=round(duration, 3),
+                instances_received=state.received,
+                instances_failed=state.failed,
+                bytes_received=state.bytes,
+                result=result,
+                reason=reason,
+            ),
+            sop_instance_uids=state.stored,
+        )
+    )
 
 
 def check_association(called_ae, caller, abstract_syntaxes, *, config):

@@ -55,3 +55,11 @@ def orthanc_with_two_studies(orthanc, tmp_path):
     orthanc.study_a = str(dcmread(a[0]).StudyInstanceUID)
     orthanc.series_a = str(dcmread(a[0]).SeriesInstanceUID)
     return orthanc
+
+
+@pytest.fixture
+def viewer(shared_scp):
+    """Persona: a viewer (VIEWER1) that may query and retrieve."""
+    Peer.objects.create(name="viewer", ae_title="VIEWER1", host="127.0.0.1", may_query=True, may_retrieve=True)
+    shared_scp.wait_until_allowed("VIEWER1", "find")
+    return "VIEWER1"

@@ -16,24 +16,11 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from dicomnodes.archive.storage import instance_path
 from dicomnodes.models import Instance, Peer
 from tests.support.dicomdata import fresh_copy, make_ct_series
-from tests.support.transfer import CapturingScp, dataset_bytes
+from tests.support.transfer import CapturingScp, dataset_bytes, stored_dataset
 
 VIEWER = "VIEWER1"
-
-
-@pytest.fixture
-def viewer(shared_scp):
-    """Persona: a viewer that may query and retrieve."""
-    Peer.objects.create(name="viewer", ae_title=VIEWER, host="127.0.0.1", may_query=True, may_retrieve=True)
-    shared_scp.wait_until_allowed(VIEWER, "find")
-    return VIEWER
-
-
-def stored_dataset(uid):
-    return dataset_bytes(instance_path(uid).read_bytes())
 
 
 def study_identifier(study, level="STUDY"):

@@ -19,13 +19,12 @@ from pydicom.uid import JPEG2000, ExplicitVRLittleEndian, JPEG2000Lossless
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelGet
 
-from dicomnodes.archive.storage import instance_path
 from dicomnodes.models import Instance, Peer
 from dicomnodes.net.pdata import PDV_HEADER_LENGTH, UNLIMITED_FRAGMENT
 from tests.support.dicomdata import make_ct
 from tests.support.processes import MODALITY, dcmtk, free_port, port_accepts, wait_until
 from tests.support.rawdata import as_file, explicit_element, identifying, pdu_recording_relay, raw_association
-from tests.support.transfer import CapturingScp, dataset_bytes
+from tests.support.transfer import CapturingScp, dataset_bytes, stored_dataset
 
 VIEWER = "VIEWER1"
 
@@ -86,18 +85,6 @@ SYNTAXES = {
     "-xw JPEG 2000": (["-xw"], "1.2.840.10008.1.2.4.91", _pydicom_compress(JPEG2000, j2k_psnr=[80])),
     "-xr RLE lossless": (["-xr"], "1.2.840.10008.1.2.5", _dcmtk_tool("dcmcrle")),
 }
-
-
-@pytest.fixture
-def viewer(shared_scp):
-    """Persona: a viewer that may query and retrieve."""
-    Peer.objects.create(name="viewer", ae_title=VIEWER, host="127.0.0.1", may_query=True, may_retrieve=True)
-    shared_scp.wait_until_allowed(VIEWER, "find")
-    return VIEWER
-
-
-def stored_dataset(uid):
-    return dataset_bytes(instance_path(uid).read_bytes())
 
 
 @pytest.mark.parametrize("case", SYNTAXES)

@@ -123,6 +123,13 @@ def dataset_bytes(data: bytes) -> bytes:
     return data[144 + group_length :]
 
 
+def stored_dataset(uid):
+    """The dataset bytes of the instance the archive stored under `uid`."""
+    from dicomnodes.archive.storage import instance_path
+
+    return dataset_bytes(instance_path(uid).read_bytes())
+
+
 class CapturingScp(RecordingScp):
     """A RecordingScp that also keeps what each C-STORE-RQ carried: the
     dataset bytes as received (`datasets`, by SOP Instance UID) and the
