@@ -263,9 +263,6 @@ class Association:
 
     # --- sending -------------------------------------------------------------------
 
-    def _max_pdu(self):
-        return self.peer_max_pdu
-
     def send_command(self, context_id, command: bytes):
         """A command set alone (responses, C-CANCEL): usually one PDU."""
         if self.link.debug:

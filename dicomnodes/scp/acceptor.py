@@ -29,7 +29,7 @@ from dicomnodes.models import AssociationResult
 from dicomnodes.net import UNEXPECTED_PDU, ProtocolError, negotiation
 from dicomnodes.net import commandset as cs
 from dicomnodes.net.association import RELEASE, Association, Link, PeerAborted, PeerGone
-from dicomnodes.net.pdata import A_ASSOCIATE_RQ
+from dicomnodes.net.pdata import A_ASSOCIATE_RQ, abort_pdu
 from dicomnodes.scp import outgoing
 from dicomnodes.scp.handlers import (
     AssociationState,
@@ -99,10 +99,10 @@ class AcceptorSession:
         except ProtocolError as exc:
             logger.warning("association %s aborted: %s", self._name(), exc.reason)
             self.outcome = (AssociationResult.ABORTED, f"aborted: {exc.reason}"[:200])
-            if self.assoc is not None:
-                self.assoc.abort(exc.abort_reason)
-            else:
-                Association(link, contexts={}, peer_max_pdu=0, open_sink=None).abort(exc.abort_reason)
+            try:
+                link.send(abort_pdu(reason=exc.abort_reason))
+            except PeerGone:
+                pass
         finally:
             for sink in self.sinks.values():
                 sink.close()

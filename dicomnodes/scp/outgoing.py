@@ -67,7 +67,7 @@ class Sender:
     """C-STORE-RQs over `assoc` (where we are the storage SCU), one target
     at a time; `move_originator` = (AE title, message ID) for C-MOVE."""
 
-    def __init__(self, assoc, *, budget, move_originator=None, own_association=True):
+    def __init__(self, assoc, *, budget, move_originator=None):
         self.assoc = assoc
         self.budget = budget
         self.move_originator = move_originator
