@@ -59,6 +59,9 @@ SUPPORTED[0] = build_context(
 )
 
 
+MAX_PIPELINED = 16  # requests whose data set arrived before their turn
+
+
 class Refused(Exception):
     """The association is rejected (A-ASSOCIATE-RJ already sent)."""
 
@@ -226,6 +229,10 @@ class AcceptorSession:
     def _open_sink(self, assoc, context_id, command):
         if context_id not in assoc.contexts:
             raise ProtocolError(f"presentation context {context_id} was not accepted")
+        if command.MessageID in self.sinks or len(self.sinks) >= MAX_PIPELINED:
+            # Requests are answered one at a time; a peer that runs ahead
+            # (two C-STOREs in one PDU) is fine, one that never waits is not.
+            raise ProtocolError(f"message ID {command.MessageID} reused, or too many requests ahead of their answers")
         if command.CommandField == cs.C_STORE_RQ:
             caller = self._caller()
             discard = not self.config.access.may_store(caller.ae_title, caller.address)
