@@ -191,28 +191,32 @@ def test_c_cancel_during_c_find_ends_it_with_fe00_and_the_association_goes_on(sh
     assert echo.Status == 0x0000
 
 
-def test_c_cancel_during_c_move_ends_it_with_fe00_and_counts(shared_scp, many_instances):
+@pytest.fixture
+def slow_destination(shared_scp, many_instances):
+    """DEST, a C-MOVE destination taking 20 ms a store, and the study-level
+    identifier of the 300 instances."""
     destination = CapturingScp(ae_title="DEST", delay=0.02).start()
+    Peer.objects.create(name="dest", ae_title="DEST", host="127.0.0.1", port=destination.port, is_move_destination=True)
+    shared_scp.wait_for_peers()
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = many_instances.StudyInstanceUID
+    yield destination, query
+    destination.stop()
+
+
+def test_c_cancel_during_c_move_ends_it_with_fe00_and_counts(shared_scp, slow_destination):
+    destination, query = slow_destination
+    assoc = _associate(shared_scp.port, StudyRootQueryRetrieveInformationModelMove)
     try:
-        Peer.objects.create(
-            name="dest", ae_title="DEST", host="127.0.0.1", port=destination.port, is_move_destination=True
-        )
-        shared_scp.wait_for_peers()
-        query = Dataset()
-        query.QueryRetrieveLevel = "STUDY"
-        query.StudyInstanceUID = many_instances.StudyInstanceUID
-        assoc = _associate(shared_scp.port, StudyRootQueryRetrieveInformationModelMove)
-        try:
-            responses = []
-            for status, _ in assoc.send_c_move(query, "DEST", StudyRootQueryRetrieveInformationModelMove, msg_id=9):
-                responses.append(status)
-                if len(responses) == 1:
-                    assoc.send_c_cancel(9, _context_id(assoc, StudyRootQueryRetrieveInformationModelMove))
-            echo = assoc.send_c_echo()
-        finally:
-            assoc.release()
+        responses = []
+        for status, _ in assoc.send_c_move(query, "DEST", StudyRootQueryRetrieveInformationModelMove, msg_id=9):
+            responses.append(status)
+            if len(responses) == 1:
+                assoc.send_c_cancel(9, _context_id(assoc, StudyRootQueryRetrieveInformationModelMove))
+        echo = assoc.send_c_echo()
     finally:
-        destination.stop()
+        assoc.release()
     final = responses[-1]
     assert final.Status == 0xFE00, f"final status 0x{final.Status:04X}"
     completed = final.NumberOfCompletedSuboperations
@@ -222,26 +226,16 @@ def test_c_cancel_during_c_move_ends_it_with_fe00_and_counts(shared_scp, many_in
     assert echo.Status == 0x0000
 
 
-def test_an_abort_during_c_move_stops_the_sub_operations(shared_scp, many_instances):
-    destination = CapturingScp(ae_title="DEST", delay=0.02).start()
-    try:
-        Peer.objects.create(
-            name="dest", ae_title="DEST", host="127.0.0.1", port=destination.port, is_move_destination=True
-        )
-        shared_scp.wait_for_peers()
-        query = Dataset()
-        query.QueryRetrieveLevel = "STUDY"
-        query.StudyInstanceUID = many_instances.StudyInstanceUID
-        assoc = _associate(shared_scp.port, StudyRootQueryRetrieveInformationModelMove)
-        for _ in assoc.send_c_move(query, "DEST", StudyRootQueryRetrieveInformationModelMove):
-            assoc.abort()
-            break
-        assert destination.associations == 1
-        wait_until(lambda: destination.concurrent == 0, 10, message="runscp to end its association to DEST")
-        assert len(destination.received) < 50, "the sub-operations stopped with the association"
-        assert shared_scp.echo().returncode == 0
-    finally:
-        destination.stop()
+def test_an_abort_during_c_move_stops_the_sub_operations(shared_scp, slow_destination):
+    destination, query = slow_destination
+    assoc = _associate(shared_scp.port, StudyRootQueryRetrieveInformationModelMove)
+    for _ in assoc.send_c_move(query, "DEST", StudyRootQueryRetrieveInformationModelMove):
+        assoc.abort()
+        break
+    assert destination.associations == 1
+    wait_until(lambda: destination.concurrent == 0, 10, message="runscp to end its association to DEST")
+    assert len(destination.received) < 50, "the sub-operations stopped with the association"
+    assert shared_scp.echo().returncode == 0
 
 
 def test_c_cancel_during_c_get_ends_it_with_fe00_and_counts(shared_scp, many_instances):
