@@ -4,7 +4,6 @@ Raw bytes go out through pynetdicom (DCMTK will not send them): each case
 is followed by a good instance on the same association, which is stored.
 """
 
-import hashlib
 import struct
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from tests.support.rawdata import (
     nested_sequences,
     raw_association,
 )
+from tests.support.transfer import dataset_sha256
 
 
 def _quarantined(data_dir):
@@ -167,18 +167,6 @@ def test_a_deflate_bomb_is_refused_and_runscp_stays_small(start_scp, tmp_path):
     assert peak_rss_mb(scp.proc.pid) < 300
 
 
-def _sha256_after_meta(path):
-    from pydicom.filereader import _read_file_meta_info, read_preamble
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        read_preamble(f, False)
-        _read_file_meta_info(f)
-        while chunk := f.read(2**20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def test_a_256_mb_instance_arrives_into_a_file_not_into_memory(start_scp, tmp_path):
     """A dataset above 4 MB goes on arriving into a file: runscp's peak
     memory stays far below the dataset's size, and the stored dataset is
@@ -194,5 +182,5 @@ def test_a_256_mb_instance_arrives_into_a_file_not_into_memory(start_scp, tmp_pa
     with raw_association(scp.port) as assoc:
         assert assoc.send_c_store(path).Status == 0x0000
     stored = instance_path(uid, scp.data_dir / "storage")
-    assert _sha256_after_meta(stored) == _sha256_after_meta(path)
+    assert dataset_sha256(stored) == dataset_sha256(path)
     assert peak_rss_mb(scp.proc.pid) < 200, "the dataset did not go through runscp's memory"
