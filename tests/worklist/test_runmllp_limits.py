@@ -18,7 +18,11 @@ STRANGER_ADDRESS = "127.0.0.2"  # any 127/8 address reaches the loopback listene
 
 def closed_by_server(sock, *, trickle, limit):
     """Send one byte every 0.2 s until the server closes the connection;
-    seconds it took, or None if it was still open after `limit` seconds."""
+    seconds it took, or None if it was still open after `limit` seconds.
+
+    A server that closes while our last byte is still unread in its socket
+    makes the kernel answer with a reset instead of a FIN, so a reset on
+    either call means closed too."""
     sock.settimeout(0.2)
     started = time.monotonic()
     while time.monotonic() - started < limit:
@@ -27,6 +31,8 @@ def closed_by_server(sock, *, trickle, limit):
                 return time.monotonic() - started
         except TimeoutError:
             pass
+        except ConnectionResetError:
+            return time.monotonic() - started
         try:
             sock.sendall(trickle)
         except (BrokenPipeError, ConnectionResetError):
