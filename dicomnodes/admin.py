@@ -12,6 +12,8 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.http import url_has_allowed_host_and_scheme
 
+from dicomnodes.lifecycle.corrections_admin import CorrectionAdminMixin
+from dicomnodes.lifecycle.deletion_admin import DeletionAdminMixin
 from dicomnodes.models import (
     AssociationLog,
     DicomServerSettings,
@@ -172,7 +174,7 @@ def _children_link(model, field, pk, count, noun):
 
 
 @admin.register(Patient)
-class PatientAdmin(ReadOnlyAdmin):
+class PatientAdmin(CorrectionAdminMixin, DeletionAdminMixin, ReadOnlyAdmin):
     list_display = [
         "patient_name",
         "patient_id",
@@ -193,7 +195,7 @@ class PatientAdmin(ReadOnlyAdmin):
 
 
 @admin.register(Study)
-class StudyAdmin(ReadOnlyAdmin):
+class StudyAdmin(CorrectionAdminMixin, DeletionAdminMixin, ReadOnlyAdmin):
     list_display = [
         "study_date",
         "study_time",
@@ -262,7 +264,7 @@ def register_study_action(action, *, permission):
 
 
 @admin.register(Series)
-class SeriesAdmin(ReadOnlyAdmin):
+class SeriesAdmin(DeletionAdminMixin, ReadOnlyAdmin):
     list_display = [
         "series_number",
         "modality",
@@ -288,7 +290,7 @@ class SeriesAdmin(ReadOnlyAdmin):
 
 
 @admin.register(Instance)
-class InstanceAdmin(ReadOnlyAdmin):
+class InstanceAdmin(DeletionAdminMixin, ReadOnlyAdmin):
     list_display = [
         "instance_number",
         "sop_instance_uid",

@@ -201,6 +201,44 @@ class DicomServerSettings(SingletonModel):
         return {ours} | {ours + s for s in PUBLISHING_SUFFIXES}
 
 
+class ArchiveSettings(SingletonModel):
+    """The archive's life cycle: the disk guard and recycling
+    (dicomnodes/lifecycle/).  0 means no limit of that kind."""
+
+    min_free_mb = models.PositiveIntegerField(
+        "minimum free space (MB)",
+        default=2048,
+        help_text="Refuse C-STORE and STOW-RS (status A700, saying why) when the storage volume has less "
+        "free space than this or than the percentage below, whichever is larger, so the database "
+        "on the same volume keeps room. 0: no minimum in MB.",
+    )
+    min_free_percent = models.PositiveSmallIntegerField(
+        "minimum free space (%)",
+        default=5,
+        validators=[MaxValueValidator(90)],
+        help_text="The same minimum as a percentage of the volume's size. 0: no minimum in percent.",
+    )
+    max_storage_mb = models.PositiveBigIntegerField(
+        "maximum storage size (MB)",
+        default=0,
+        help_text="Recycling: when the stored instances take more than this, the studies received "
+        "longest ago that are not protected are deleted until they fit. 0: no maximum.",
+    )
+    max_patients = models.PositiveIntegerField(
+        "maximum number of patients",
+        default=0,
+        help_text="Recycling: when more patients than this are stored, the studies received longest "
+        "ago that are not protected are deleted until they fit. 0: no maximum.",
+    )
+
+    class Meta:
+        verbose_name = "archive settings"
+        verbose_name_plural = "archive settings"
+
+    def __str__(self):
+        return "Archive settings"
+
+
 class Peer(models.Model):
     """A known DICOM node and what it may do with us."""
 
@@ -247,6 +285,9 @@ class Patient(models.Model):
     patient_birth_date = models.CharField(max_length=8, blank=True, db_index=True)  # (0010,0030)
     patient_sex = models.CharField(max_length=16, blank=True)  # (0010,0040) CS
     num_studies = models.PositiveIntegerField(default=0)
+    protected = models.BooleanField(
+        default=False, help_text="Recycling and retention rules never delete this patient's studies."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -289,6 +330,7 @@ class Study(models.Model):
     )
     num_series = models.PositiveIntegerField(default=0)
     num_instances = models.PositiveIntegerField(default=0)
+    protected = models.BooleanField(default=False, help_text="Recycling and retention rules never delete this study.")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -346,6 +388,34 @@ class Instance(models.Model):
     @property
     def path(self):
         return instance_path(self.sop_instance_uid)
+
+
+class RetentionRule(models.Model):
+    """Delete studies older than N days, optionally only of one modality or
+    from one calling AE (dicomnodes/lifecycle/ runs the rules daily)."""
+
+    name = models.CharField(max_length=64, unique=True)
+    enabled = models.BooleanField(default=True)
+    older_than_days = models.PositiveIntegerField(
+        "older than (days)",
+        validators=[MinValueValidator(1)],
+        help_text="Delete a study when its last instance was received longer ago than this.",
+    )
+    modality = models.CharField(
+        max_length=16, blank=True, help_text="Only studies with this modality (e.g. CR); empty: any."
+    )
+    calling_ae = models.CharField(
+        "calling AE", max_length=16, blank=True, help_text="Only studies sent by this AE title; empty: any."
+    )
+    notes = models.TextField(blank=True)
+    last_run_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_deleted = models.PositiveIntegerField("studies deleted at the last run", default=0, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
 
 
 class AssociationResult(models.TextChoices):

@@ -7,6 +7,7 @@ the dashboard reads the rows newer than the last one it showed (see
 """
 
 from django.db import models
+from django.utils import timezone
 
 from pacs_site.singleton import SingletonModel
 
@@ -31,6 +32,38 @@ class Event(models.Model):
 
     def __str__(self):
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.message}"
+
+
+class AuditOutcome(models.IntegerChoices):
+    """PS3.15 A.5 EventOutcomeIndicator."""
+
+    SUCCESS = 0, "success"
+    MINOR_FAILURE = 4, "minor failure"
+    SERIOUS_FAILURE = 8, "serious failure"
+    MAJOR_FAILURE = 12, "major failure"
+
+
+class AuditEvent(models.Model):
+    """Who saw or changed what (pacs_site/audit.py writes them)."""
+
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    action = models.CharField(max_length=32, db_index=True)
+    outcome = models.PositiveSmallIntegerField(choices=AuditOutcome.choices, default=AuditOutcome.SUCCESS)
+    # user name, calling AE title, "link 42", "rule: old CR", "system"
+    actor = models.CharField(max_length=150, blank=True, db_index=True)
+    actor_kind = models.CharField(max_length=16, blank=True)  # user, ae, link, system
+    address = models.CharField(max_length=64, blank=True)
+    patient_id = models.CharField(max_length=64, blank=True, db_index=True)
+    study_instance_uid = models.CharField("Study Instance UID", max_length=64, blank=True, db_index=True)
+    description = models.CharField(max_length=255, blank=True)
+    details = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        verbose_name = "audit event"
+
+    def __str__(self):
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.action} {self.actor}"
 
 
 class RetentionSettings(SingletonModel):

@@ -18,6 +18,8 @@ from dicomnodes.transfers import jobs as transfers
 from dicomnodes.transfers.echo import echo
 from portal import tokens
 from portal.api import filters as f
+from portal.api.corrections import CorrectionMixin
+from portal.api.deletion import DeletionMixin
 from portal.api.permissions import StaffModelPermissions
 from portal.api.serializers import (
     BurnJobSerializer,
@@ -54,21 +56,21 @@ class DicomFileRenderer(BaseRenderer):
 # --- The archive (read-only) -----------------------------------------------------
 
 
-class StudyViewSet(viewsets.ReadOnlyModelViewSet):
+class StudyViewSet(CorrectionMixin, DeletionMixin, viewsets.ReadOnlyModelViewSet):
     permission_classes = [StaffModelPermissions]
     queryset = Study.objects.order_by("-study_date", "-study_time", "-id")
     serializer_class = StudySerializer
     filterset_class = f.StudyFilter
 
 
-class SeriesViewSet(viewsets.ReadOnlyModelViewSet):
+class SeriesViewSet(DeletionMixin, viewsets.ReadOnlyModelViewSet):
     permission_classes = [StaffModelPermissions]
     queryset = Series.objects.select_related("study").order_by("study_id", "series_number", "id")
     serializer_class = SeriesSerializer
     filterset_class = f.SeriesFilter
 
 
-class InstanceViewSet(viewsets.ReadOnlyModelViewSet):
+class InstanceViewSet(DeletionMixin, viewsets.ReadOnlyModelViewSet):
     permission_classes = [StaffModelPermissions]
     queryset = Instance.objects.select_related("series").order_by("series_id", "instance_number", "id")
     serializer_class = InstanceSerializer

@@ -1,0 +1,5 @@
+"""Admin: delete patients, studies, series and instances (with their files)."""
+
+
+class DeletionAdminMixin:
+    """Mixed into the archive's ModelAdmins (dicomnodes/admin.py)."""
