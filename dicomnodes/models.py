@@ -450,6 +450,22 @@ class AssociationLog(models.Model):
         return f"{self.calling_ae} → {self.called_ae} at {self.started_at:%Y-%m-%d %H:%M:%S}"
 
 
+class Tombstone(models.Model):
+    """The file of a deleted instance, until it is unlinked (dicomnodes/
+    archive/tombstones.py).  Written in the transaction that deletes the
+    rows, so that a crash before the unlink leaves a file that the start-up
+    reconciliation removes instead of indexing it again; kept a day after
+    the unlink, so that an index write racing the deletion can tell that the
+    file it was about to index is gone."""
+
+    sop_instance_uid = models.CharField("SOP Instance UID", max_length=64, unique=True)
+    deleted_at = models.DateTimeField(db_index=True)
+    unlinked_at = models.DateTimeField(null=True, blank=True, db_index=True)
+
+    def __str__(self):
+        return self.sop_instance_uid
+
+
 from dicomnodes.transfers.models import (  # noqa: E402,F401  (models of this app)
     FINISHED_STATES,
     TransferJob,

@@ -29,6 +29,7 @@ from dicomnodes.archive.hierarchy import (
     recount,
 )
 from dicomnodes.archive.rawsql import existing_instances, insert_instances
+from dicomnodes.archive.tombstones import check_new_rows
 from dicomnodes.models import AssociationLog, Instance
 
 logger = logging.getLogger(__name__)
@@ -117,6 +118,9 @@ def index_instances(items, cache=None, created=None):
     wanted = list(final.values())
     if not wanted:
         return outcomes
+    # An instance of a deleted study sent again: its tombstone goes (or the
+    # item fails while the deleted copy is still on disk).
+    check_new_rows([item for item in wanted if item.header.sop_instance_uid not in existing])
 
     created = created if created is not None else Created()
     headers = [item.header for item in wanted]

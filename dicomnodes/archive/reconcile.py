@@ -11,6 +11,11 @@ may run while runscp stores):
   indexed instance;
 * `upsert_items()` and `remove_missing()`, the whole archive, for
   `manage.py reindex`.
+
+A file without a row may also be what a deletion left when it was killed
+between its commit and the unlink: its tombstone says so
+(`archive.tombstones`), and both ways unlink such files instead of
+indexing them (the deleted study would come back).
 """
 
 import logging
@@ -28,6 +33,7 @@ from dicomnodes.archive.hierarchy import HierarchyCache, recount
 from dicomnodes.archive.index import IndexItem, index_instances
 from dicomnodes.archive.rawsql import existing_instances
 from dicomnodes.archive.storage import instance_path, storage_root
+from dicomnodes.archive.tombstones import forget_old, pending_uids, unlink_pending
 from dicomnodes.models import Instance, Patient, Series, Study
 
 logger = logging.getLogger(__name__)
@@ -91,11 +97,14 @@ class OrphanScan:
     indexed: int = 0  # rows created
     skipped: int = 0  # files that are not instances (logged)
     truncated: bool = False  # the limit was reached: run reindex
+    unlinked: int = 0  # files of deleted instances removed
 
 
 def index_orphans(*, root=None, margin=ORPHAN_MARGIN, limit=ORPHAN_LIMIT) -> OrphanScan:
-    """Index the recent files that have no row.
+    """Unlink the files of deleted instances that are still there, then
+    index the recent files that have no row.
 
+    0. tombstoned files without rows are unlinked (an interrupted deletion);
     1. cutoff = the newest indexed received_at minus `margin` (no rows at
        all: every file is a candidate);
     2. list the files newer than the cutoff: a folder not modified since
@@ -111,6 +120,10 @@ def index_orphans(*, root=None, margin=ORPHAN_MARGIN, limit=ORPHAN_LIMIT) -> Orp
     scan = OrphanScan()
     if not root.exists():
         return scan
+    scan.unlinked, _ = unlink_pending(root=root)
+    if scan.unlinked:
+        logger.warning("unlinked %d files of deleted instances (a deletion was interrupted)", scan.unlinked)
+    forget_old()
     newest = Instance.objects.aggregate(newest=Max("received_at"))["newest"]
     cutoff = (newest - margin).timestamp() if newest else None
     indexed = set()
@@ -207,12 +220,14 @@ class Upserted:
     created: int = 0
     updated: int = 0
     unchanged: int = 0
+    unlinked: int = 0  # files of deleted instances removed instead
 
 
 def upsert_items(items, cache, totals: Upserted) -> None:
     """Create the rows of `items` that are missing and bring the others up
     to date with their files, in one transaction.
 
+    0. files whose instance was deleted (tombstoned) are unlinked instead;
     1. new UIDs are indexed as runscp indexes them (patients, studies and
        series found or created, counters incremented);
     2. an instance whose file names another series than its row moves there
@@ -220,6 +235,11 @@ def upsert_items(items, cache, totals: Upserted) -> None:
     3. otherwise only the columns the file decides are updated, and only
        where they differ.
     """
+    buried = pending_uids(i.header.sop_instance_uid for i in items)
+    if buried:  # files of deleted instances: unlinked, not indexed
+        files, _ = unlink_pending(buried)
+        totals.unlinked += files
+        items = [i for i in items if i.header.sop_instance_uid not in buried]
     with transaction.atomic():
         existing = existing_instances({i.header.sop_instance_uid for i in items})
         new = [i for i in items if i.header.sop_instance_uid not in existing]
