@@ -1,7 +1,6 @@
 """Corrections and merge without a network (dicomnodes/lifecycle/corrections.py
 and rewrite.py): the stored files, the index rows and the audit events."""
 
-
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
@@ -53,7 +52,12 @@ def test_a_greek_name_goes_into_every_file_with_the_same_uids_and_pixel_bytes(a_
         instance.refresh_from_db()
         assert instance.file_size == instance_path(instance.sop_instance_uid).stat().st_size
     row = Patient.objects.get(patient_id="PAT001")
-    assert (row.patient_name, row.patient_name_upper, row.patient_sex, row.num_studies) == (GREEK, GREEK.upper(), "M", 2)
+    assert (row.patient_name, row.patient_name_upper, row.patient_sex, row.num_studies) == (
+        GREEK,
+        GREEK.upper(),
+        "M",
+        2,
+    )
     assert not Patient.objects.filter(pk=patient.pk).exists(), "a corrected patient gets a new row"
     for study in Study.objects.all():
         assert (study.patient_record_id, study.patient_name, study.patient_name_upper) == (row.pk, GREEK, GREEK.upper())
