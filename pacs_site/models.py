@@ -118,3 +118,60 @@ class RetentionSettings(SingletonModel):
 
     def __str__(self):
         return "Retention settings"
+
+
+class SyslogTransport(models.TextChoices):
+    TCP = "tcp", "TCP (RFC 6587, octet counting)"
+    TLS = "tls", "TLS (RFC 5425)"
+
+
+class AuditSettings(SingletonModel):
+    """What the audit trail records, how long it keeps it, and where it
+    forwards it (pacs_site/audit.py, pacs_site/syslog.py)."""
+
+    query_patient_keys = models.BooleanField(
+        "patient identifiers in query events",
+        default=False,
+        help_text="Record the PatientID, PatientName and PatientBirthDate keys of C-FIND and QIDO-RS requests "
+        "(off: the other keys only).",
+    )
+    retention_days = models.PositiveIntegerField(
+        "keep events: days", default=365, help_text="Delete audit events older than this. 0: keep them all."
+    )
+    syslog_enabled = models.BooleanField(
+        "forward to syslog",
+        default=False,
+        help_text="Send each event as an RFC 5424 message carrying the DICOM audit message (PS3.15 A.5).",
+    )
+    syslog_host = models.CharField("syslog host", max_length=255, blank=True)
+    syslog_port = models.PositiveIntegerField("syslog port", default=6514)
+    syslog_transport = models.CharField(
+        "syslog transport", max_length=8, choices=SyslogTransport.choices, default=SyslogTransport.TLS
+    )
+    syslog_ca_file = models.CharField(
+        "syslog CA file",
+        max_length=500,
+        blank=True,
+        help_text="TLS: the CA certificate(s) (PEM) the collector's certificate is checked against. "
+        "Empty: the system's CAs.",
+    )
+
+    class Meta:
+        verbose_name = "audit settings"
+        verbose_name_plural = "audit settings"
+
+    def __str__(self):
+        return "Audit settings"
+
+    def clean(self):
+        from django.core.exceptions import ValidationError
+
+        if self.syslog_enabled and not self.syslog_host:
+            raise ValidationError({"syslog_host": "Forwarding needs a host."})
+        if not 0 < self.syslog_port < 65536:
+            raise ValidationError({"syslog_port": "A port is 1 to 65535."})
+        if self.syslog_ca_file and self.syslog_transport == SyslogTransport.TLS:
+            from pathlib import Path
+
+            if not Path(self.syslog_ca_file).is_file():
+                raise ValidationError({"syslog_ca_file": "No such file."})

@@ -42,6 +42,7 @@ from dicomnodes.scp.handlers import (
 from dicomnodes.scp.qr import Refusal, answer_find, plan_get, plan_move
 from dicomnodes.scp.sending import UNCOMPRESSED, decode_budget
 from dicomnodes.scp.sinks import IdentifierSink, StoreSink
+from pacs_site import audit_dicom
 from pacs_site.listeners import peer_address
 
 logger = logging.getLogger(__name__)
@@ -251,6 +252,7 @@ class AcceptorSession:
         sink = self.sinks.pop(command.MessageID, None)
         try:
             if field == cs.C_ECHO_RQ:
+                audit_dicom.note_service(self.state, "echo")
                 self._respond(message, cs.C_ECHO_RSP, context.abstract_syntax, Status.SUCCESS)
             elif field == cs.C_STORE_RQ:
                 self._store(message, context, sink)
@@ -349,6 +351,7 @@ class AcceptorSession:
                 cancelled["seen"] = self._read_cancel(message_id)
             return cancelled["seen"]
 
+        noted = audit_dicom.note_find(self.state, identifier, model=model_of(sop_class))
         answers = answer_find(
             identifier,
             model=model_of(sop_class),
@@ -365,6 +368,7 @@ class AcceptorSession:
                     self._respond(message, cs.C_FIND_RSP, sop_class, code, comment, data_set_follows=True)
                     self.assoc.send_data(message.context_id, data)
                     continue
+                audit_dicom.find_answered(noted, code, comment)
                 self._respond(message, cs.C_FIND_RSP, sop_class, code, comment)
                 return
         finally:
@@ -397,6 +401,7 @@ class AcceptorSession:
             self._respond(message, cs.C_GET_RSP, sop_class, Status.UNABLE_TO_PROCESS, f"Cannot read identifier: {exc}")
             return
         plan = plan_get(identifier, model=model_of(sop_class), caller=caller, config=self.config)
+        audit_dicom.note_retrieve(self.state, "get", identifier, plan=plan)
         if isinstance(plan, Refusal):
             logger.info("C-GET from %s (%s) refused: %s", caller.ae_title, caller.address, plan.comment)
             self._respond(message, cs.C_GET_RSP, sop_class, plan.status, plan.comment, **_counts(0, 0, 0, 0))
@@ -416,6 +421,7 @@ class AcceptorSession:
         plan = plan_move(
             identifier, model=model_of(sop_class), destination_ae=destination_ae, caller=caller, config=self.config
         )
+        audit_dicom.note_retrieve(self.state, "move", identifier, plan=plan, destination=destination_ae)
         if isinstance(plan, Refusal):
             logger.info("C-MOVE from %s (%s) refused: %s", caller.ae_title, caller.address, plan.comment)
             self._respond(message, cs.C_MOVE_RSP, sop_class, plan.status, plan.comment)

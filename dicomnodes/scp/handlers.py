@@ -19,6 +19,7 @@ from dicomnodes.archive.ingest import store_received
 from dicomnodes.archive.spool import SpoolFile
 from dicomnodes.dimse import REJECT_CALLED_AE, REJECT_CALLING_AE, REJECT_LOCAL_LIMIT, Caller, Status, status
 from dicomnodes.models import AssociationLog, AssociationResult
+from pacs_site import audit_dicom
 from pacs_site.listeners import peer_address
 
 logger = logging.getLogger(__name__)
@@ -132,6 +133,7 @@ class Handlers:
 
     # --- services -------------------------------------------------------------
     def on_echo(self, event):
+        audit_dicom.note_service(getattr(event.assoc, "pacs_state", None), "echo")
         return Status.SUCCESS
 
     def on_store(self, event):
@@ -207,6 +209,7 @@ def log_close(writer, state, result, reason):
         state.bytes,
         duration,
     )
+    audit_dicom.association_ended(state)  # its audit events follow the close's commit (pacs_site/audit_dicom.py)
     writer.submit(
         AssociationClose(
             state.id,

@@ -33,6 +33,7 @@ from dicomnodes.query.registry import find_responder
 from dicomnodes.query.selection import RetrieveError, select_instances
 from dicomnodes.scp.compat import NODELAY_HANDLERS, answer_next_response, let_dul_read, send_files_raw
 from dicomnodes.scp.sending import contexts_for, dataset_for, decode_budget
+from pacs_site import audit_dicom
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +144,9 @@ class QueryRetrieveHandlers:
         ]
 
     def on_find(self, event):
+        noted = audit_dicom.note_find(
+            event.assoc.pacs_state, event.identifier, model=model_of(event.request.AffectedSOPClassUID)
+        )
         answers = answer_find(
             event.identifier,
             model=model_of(event.request.AffectedSOPClassUID),
@@ -155,6 +159,8 @@ class QueryRetrieveHandlers:
             for answer in answers:
                 if answer[0] == Status.PENDING and not event.assoc.is_established:
                     return
+                if answer[1] is None:
+                    audit_dicom.find_answered(noted, int(getattr(answer[0], "Status", answer[0])))
                 yield answer
         finally:
             answers.close()
@@ -166,6 +172,7 @@ class QueryRetrieveHandlers:
         plan = plan_get(
             event.identifier, model=model_of(event.request.AffectedSOPClassUID), caller=caller, config=self.config()
         )
+        audit_dicom.note_retrieve(event.assoc.pacs_state, "get", event.identifier, plan=plan)
         if isinstance(plan, Refusal):
             logger.info("C-GET from %s (%s) refused: %s", caller.ae_title, caller.address, plan.comment)
             answer_next_response(event.assoc, plan.status, plan.comment)
@@ -193,6 +200,9 @@ class QueryRetrieveHandlers:
             destination_ae=destination_ae,
             caller=caller,
             config=self.config(),
+        )
+        audit_dicom.note_retrieve(
+            event.assoc.pacs_state, "move", event.identifier, plan=plan, destination=destination_ae
         )
         if isinstance(plan, Refusal):
             logger.info("C-MOVE from %s (%s) refused: %s", caller.ae_title, caller.address, plan.comment)

@@ -60,6 +60,7 @@ def test_one_daily_schedule_runs_every_apps_pruner():
         "DICOMweb metadata cache",
         "HL7 message text",
         "dashboard events",
+        "audit events",
     }
 
 

@@ -1,0 +1,227 @@
+"""The audit events that come from signals, so that the code they audit
+needs no line of its own (connected in PacsSiteConfig.ready()):
+
+- logins and failed logins (django.contrib.auth's signals);
+- any add, change or delete in the admin (its LogEntry rows, post_save);
+- a burn job handed to its robot (publishing's BurnJob, post_save of the
+  save that records the job files written: once per submission);
+- a transfer job that ended (the runner ends jobs with queryset updates, so
+  no post_save: after each run of the transfer task, the jobs this worker
+  process ended are recorded, once each);
+- the end of an incoming association (dicomnodes' association_closed, see
+  pacs_site/audit_dicom.py).
+"""
+
+import datetime
+import logging
+import os
+import socket
+
+from django.contrib.admin.models import ADDITION, CHANGE, DELETION, LogEntry
+from django.contrib.auth.signals import user_logged_in, user_login_failed
+from django.db.models.signals import post_save
+from django.utils import timezone
+
+from pacs_site import audit
+from pacs_site.audit import Action
+from pacs_site.models import AuditEvent, AuditOutcome, AuditSettings
+
+logger = logging.getLogger(__name__)
+
+TRANSFER_TASK = "dicomnodes.transfers.jobs.run_next"
+
+
+def connect():
+    from django_q.signals import post_execute_in_worker
+
+    from dicomnodes.signals import association_closed
+    from pacs_site import audit_dicom
+    from publishing.models import BurnJob
+
+    user_logged_in.connect(on_login, dispatch_uid="audit.login")
+    user_login_failed.connect(on_login_failed, dispatch_uid="audit.login_failed")
+    post_save.connect(on_admin_log_entry, sender=LogEntry, dispatch_uid="audit.admin")
+    post_save.connect(audit.forget_settings, sender=AuditSettings, dispatch_uid="audit.settings")
+    post_save.connect(on_burn_job_saved, sender=BurnJob, dispatch_uid="audit.burn")
+    post_execute_in_worker.connect(on_task_done, dispatch_uid="audit.transfers")
+    association_closed.connect(audit_dicom.on_association_closed, dispatch_uid="audit.association")
+
+
+# --- logins ----------------------------------------------------------------------------------
+
+
+def on_login(sender, request, user, **kwargs):
+    audit.record(
+        Action.LOGIN,
+        actor=user.get_username(),
+        actor_kind="user",
+        address=audit.client_address(request) if request is not None else "",
+        description=f"{user.get_username()} logged in",
+    )
+
+
+def on_login_failed(sender, credentials, request=None, **kwargs):
+    # `credentials` has the password replaced by Django's cleansing; only the name is kept.
+    name = str(credentials.get("username", "") or "")[:150]
+    audit.record(
+        Action.LOGIN_FAILED,
+        actor=name,
+        actor_kind="user",
+        address=audit.client_address(request) if request is not None else "",
+        outcome=AuditOutcome.MINOR_FAILURE,
+        description=f"failed login as {name or '(no name)'}",
+    )
+
+
+# --- the admin -------------------------------------------------------------------------------
+
+_VERBS = {ADDITION: "added", CHANGE: "changed", DELETION: "deleted"}
+
+
+def on_admin_log_entry(sender, instance, created, **kwargs):
+    if not created:
+        return
+    entry = instance
+    verb = _VERBS.get(entry.action_flag, "changed")
+    what = f"{entry.content_type.app_label}.{entry.content_type.model}" if entry.content_type_id else "?"
+    user = entry.user.get_username() if entry.user_id else ""
+    audit.record(
+        Action.SETTINGS,
+        actor=user,
+        actor_kind="user",
+        description=f"{verb} {what} {entry.object_repr}",
+        details={
+            "object": what,
+            "object_id": entry.object_id or "",
+            "object_repr": entry.object_repr,
+            "action": verb,
+            "change": entry.get_change_message(),
+        },
+    )
+
+
+# --- burns -----------------------------------------------------------------------------------
+
+
+def on_burn_job_saved(sender, instance, created, update_fields=None, **kwargs):
+    """publishing.tasks.submit saves `files_written` and `robot_status`
+    once the job files are in the robot's folder: that save is the burn."""
+    from publishing.models import JobState
+
+    job = instance
+    if not update_fields or "files_written" not in update_fields or job.robot_status != "submitted":
+        return
+    if job.state not in (JobState.SUBMITTED, JobState.BURNING):
+        return
+    studies = list(job.studies.values_list("study_instance_uid", "patient_id")[:50])
+    if not studies:
+        studies = list(
+            job.instances.values_list("series__study__study_instance_uid", "series__study__patient_id").distinct()[:50]
+        )
+    patients = sorted({pid for _, pid in studies})
+    audit.record(
+        Action.BURN,
+        actor=f"burn job {job.pk}",
+        actor_kind="system",
+        patient_id=patients[0] if len(patients) == 1 else "",
+        study_uid=studies[0][0] if len(studies) == 1 else "",
+        description=f"burn job {job.pk} submitted to {job.publisher or '?'}: {len(job.files_written)} disc(s)",
+        details={
+            "job": job.pk,
+            "publisher": str(job.publisher or ""),
+            "trigger": job.trigger,
+            "discs": len(job.files_written),
+            "studies": [uid for uid, _ in studies],
+            "patients": patients,
+        },
+    )
+
+
+# --- transfers -------------------------------------------------------------------------------
+
+
+def on_task_done(sender, task=None, **kwargs):
+    if not task or task.get("func") != TRANSFER_TASK:
+        return
+    try:
+        transfers_ended(since=task.get("started") or timezone.now() - datetime.timedelta(hours=1))
+    except Exception:
+        logger.exception("audit events of ended transfer jobs could not be written")
+
+
+def _this_process():
+    # As dicomnodes.transfers.queue.worker_name() names the process running a job.
+    return f"{socket.gethostname()[:30]}:{os.getpid()}:"
+
+
+def transfers_ended(*, since, worker_prefix=None):
+    """Record the transfer jobs this process ended since `since` that have no
+    event yet; returns how many were recorded.  One worker process runs one
+    task at a time, so no other process records the same jobs."""
+    from dicomnodes.models import Study
+    from dicomnodes.transfers.models import FINISHED_STATES, TransferJob, TransferKind, TransferState
+
+    prefix = worker_prefix if worker_prefix is not None else _this_process()
+    jobs = list(
+        TransferJob.objects.filter(
+            state__in=FINISHED_STATES, finished_at__gte=since, worker__startswith=prefix
+        ).select_related("peer", "requested_by")
+    )
+    done = (
+        set(
+            AuditEvent.objects.filter(
+                action__in=(Action.SEND, Action.IMPORT), details__job__in=[j.pk for j in jobs]
+            ).values_list("details__job", flat=True)
+        )
+        if jobs
+        else set()
+    )
+    count = 0
+    for job in jobs:
+        if job.pk in done:
+            continue
+        sending = job.kind == TransferKind.SEND
+        study_uid = job.study_uid or (job.uids[0] if job.level == "STUDY" and job.uids else "")
+        outcome = {
+            TransferState.SUCCEEDED: AuditOutcome.SUCCESS,
+            TransferState.PARTLY_FAILED: AuditOutcome.MINOR_FAILURE,
+            TransferState.CANCELLED: AuditOutcome.MINOR_FAILURE,
+        }.get(job.state, AuditOutcome.SERIOUS_FAILURE)
+        patient = Study.objects.filter(study_instance_uid=study_uid).values_list("patient_id", flat=True).first()
+        audit.record(
+            Action.SEND if sending else Action.IMPORT,
+            actor=job.requested_by.get_username() if job.requested_by else "system",
+            actor_kind="user" if job.requested_by else "system",
+            address=job.peer.host if job.peer_id else "",
+            outcome=outcome,
+            patient_id=patient or "",
+            study_uid=study_uid,
+            description=f"transfer job {job.pk} {job.get_kind_display()} {job.peer.ae_title}: "
+            f"{job.get_state_display()}, {job.done} done, {job.failed} failed",
+            details={
+                "job": job.pk,
+                "kind": job.kind,
+                "peer": job.peer.ae_title,
+                "level": job.level,
+                "uids": list(job.uids)[:50],
+                "state": job.state,
+                "done": job.done,
+                "failed": job.failed,
+            },
+        )
+        count += 1
+    return count
+
+
+# --- retention -------------------------------------------------------------------------------
+
+
+def prune_audit_events(row):
+    """The daily pruner (pacs_site/retention.py): events older than the
+    audit settings' retention days."""
+    days = AuditSettings.load().retention_days
+    if not days:
+        return "kept"
+    cutoff = timezone.now() - datetime.timedelta(days=days)
+    deleted, _ = AuditEvent.objects.filter(at__lt=cutoff).delete()
+    return f"{deleted} audit events deleted"
