@@ -189,8 +189,19 @@ def _subfolders(folder: Path, cutoff: float | None):
     return found
 
 
+def without_buried(items, unlinked=0):
+    """(the items whose instance was not deleted, `unlinked` + files of
+    deleted instances unlinked instead of being indexed)."""
+    buried = pending_uids(i.header.sop_instance_uid for i in items)
+    if not buried:
+        return items, unlinked
+    files, _ = unlink_pending(buried)
+    return [i for i in items if i.header.sop_instance_uid not in buried], unlinked + files
+
+
 def _index_new(items, cache) -> int:
     """Index `items` whose UIDs have no row; returns the rows created."""
+    items, _ = without_buried(items)
     for attempt in (1, 2):
         try:
             with transaction.atomic():
@@ -235,11 +246,7 @@ def upsert_items(items, cache, totals: Upserted) -> None:
     3. otherwise only the columns the file decides are updated, and only
        where they differ.
     """
-    buried = pending_uids(i.header.sop_instance_uid for i in items)
-    if buried:  # files of deleted instances: unlinked, not indexed
-        files, _ = unlink_pending(buried)
-        totals.unlinked += files
-        items = [i for i in items if i.header.sop_instance_uid not in buried]
+    items, totals.unlinked = without_buried(items, totals.unlinked)
     with transaction.atomic():
         existing = existing_instances({i.header.sop_instance_uid for i in items})
         new = [i for i in items if i.header.sop_instance_uid not in existing]
