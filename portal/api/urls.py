@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 from rest_framework.routers import DefaultRouter
 
 from portal.api import views
+from portal.api.corrections import PatientMergeView
 
 app_name = "api"
 
@@ -23,5 +24,6 @@ urlpatterns = [
     path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
     path("redoc/", SpectacularRedocView.as_view(url_name="api:schema"), name="redoc"),
     path("instances/<int:pk>/file", views.InstanceFileView.as_view(), name="instance-file"),
+    path("patients/merge/", PatientMergeView.as_view(), name="patient-merge"),
     *router.urls,
 ]
