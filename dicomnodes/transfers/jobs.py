@@ -7,10 +7,14 @@ The queue is the TransferJob table.  django-q2 supplies the workers:
 - `run_next()` (a django-q2 task; also called by `manage.py dicom send|
   retrieve` and scheduled every minute as a safety net) claims queued jobs
   first come first served while fewer than "maximum outgoing connections"
-  jobs run, runs each claimed job in a thread of its own, and claims again
-  whenever one ends.  So the limit holds across every worker process and
-  does not depend on how many django-q2 workers there are, and a changed
-  setting applies at the next claim;
+  jobs run, runs each claimed job in a process of its own (forked:
+  `processes`), and claims again whenever one ends.  So the limit holds
+  across every worker process and does not depend on how many django-q2
+  workers there are, a changed setting applies at the next claim, and
+  jobs at once use every core;
+- a job whose process died goes back to the queue at once (its
+  dispatcher saw the child end); one whose dispatcher died too, after 60 s
+  without a heartbeat (`queue.requeue_stale`);
 - a job that fails for a network reason goes back to the queue with
   `next_attempt_at` set from the retry delays; runscp's main loop kicks
   `run_next` within its 2 s poll once that time passes, and a one-off
@@ -20,13 +24,13 @@ The queue is the TransferJob table.  django-q2 supplies the workers:
   its monitor thread sees the flag within a second and aborts the
   association.
 
-`run_job()` runs one claimed job: `runner.JobRun` holds its association,
-progress and monitor; `send` (C-STORE) and `retrieve` (C-MOVE/C-GET) do the
+`run_job()` runs one claimed job (in its process): `runner.JobRun` holds its
+association, progress and monitor; `send` (C-STORE) and `retrieve` (C-MOVE/C-GET) do the
 network work; `queue` holds the low-level claiming and waking.
 """
 
 import logging
-import threading
+import os
 
 from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
@@ -34,8 +38,9 @@ from pydicom.uid import UID
 
 from dicomnodes.models import Peer, Study, TransferJob, TransferKind, TransferLevel, TransferState
 from dicomnodes.query.levels import instances_at
+from dicomnodes.transfers.processes import JobProcesses, describe_exit, process_name
 from dicomnodes.transfers.queue import claim_next, kick, requeue_stale, retry_delay, wake_for_retries, worker_name
-from dicomnodes.transfers.retrieve import get, move, studies_retrieved
+from dicomnodes.transfers.retrieve import get, move, stop_index_writer, studies_retrieved
 from dicomnodes.transfers.runner import Cancelled, JobRun, Monitor, NetworkFailure, Refused
 from dicomnodes.transfers.send import send
 from dicomnodes.validators import is_valid_ae_title
@@ -172,40 +177,44 @@ def resubmit_job(job):
 def run_next(*, job_id=None):
     """Claim and run jobs until none can be claimed and none runs here.
 
-    Each claimed job runs in its own thread; whenever one ends, claiming
-    starts again (a slot came free).  With `job_id` only that job is run
-    (`manage.py dicom send|retrieve`).  Returns the number of jobs run.
+    1. claim jobs (first come, first served) while fewer than "maximum
+       outgoing connections" run, anywhere (`queue.claim_next`);
+    2. run each claimed job in a process of its own (`processes`: forked,
+       so several jobs use several cores);
+    3. wait until one ends, or a second passes (jobs queued meanwhile are
+       claimed then), and claim again;
+    4. a child that ended while its job still says "running" died: the job
+       goes back to the queue (`requeue_dead`).
+
+    With `job_id` only that job is run (`manage.py dicom send|retrieve`).
+    Returns the number of jobs run.
     """
     close_old_connections()
     requeue_stale()
-    running, ran = {}, 0
-    finished = threading.Event()
+    children, ran = JobProcesses(), 0
     while True:
         while True:
             job = claim_next(worker_name(), job_id=job_id)
             if job is None:
                 break
-            thread = threading.Thread(
-                target=_run_in_thread, args=(job, finished), name=f"transfer-{job.pk}", daemon=True
-            )
-            running[job.pk] = thread
-            thread.start()
+            children.start(job, _run_in_child)
             ran += 1
             if job_id is not None:
                 break
-        if not running:
+        if not len(children):
             break
-        finished.wait(1.0)
-        finished.clear()
-        for pk in [pk for pk, t in running.items() if not t.is_alive()]:
-            running.pop(pk).join()
-        if job_id is not None and not running:
+        for child, status in children.wait(1.0):
+            requeue_dead(child.job_pk, child.pid, status)
+        if job_id is not None and not len(children):
             break
     wake_for_retries()
     return ran
 
 
-def _run_in_thread(job, finished):
+def _run_in_child(job):
+    """A forked child's work (`processes.JobProcesses.start`)."""
+    # The row names the process that runs the job (the dispatcher claimed it).
+    TransferJob.objects.filter(pk=job.pk, state=TransferState.RUNNING).update(worker=process_name())
     try:
         run_job(job)
     except Exception:
@@ -214,8 +223,43 @@ def _run_in_thread(job, finished):
             state=TransferState.FAILED, finished_at=timezone.now(), last_error="internal error (see the log)"
         )
     finally:
+        stop_index_writer()
         connection.close()
-        finished.set()
+
+
+def requeue_dead(pk, pid, status):
+    """The process `pid` that ran job `pk` ended with wait `status`.  A job
+    still running there lost its process (killed, out of memory): it goes
+    back to the queue at once, as a job whose worker stopped does, and fails
+    when the retry delays are used up (a job that kills its process every
+    time must not loop).  Returns the job's new state, or None."""
+    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+        lost = TransferJob.objects.filter(pk=pk, state=TransferState.RUNNING, worker=process_name(pid))
+        if not lost.exists():
+            return None  # the usual end: the child saved the job's state
+    job = TransferJob.objects.filter(pk=pk, state=TransferState.RUNNING).first()
+    # Conditional on the worker: a dispatcher that found the row stale may
+    # have queued it again, and another child may be running it now.
+    if job is None or job.worker not in (process_name(pid), worker_name()):
+        return None
+    how = describe_exit(status)
+    if job.cancel_requested:
+        state, error = TransferState.CANCELLED, f"cancelled while running (its process {how})"
+        extra = dict(finished_at=timezone.now())
+    elif retry_delay(job.attempts) is None:
+        state = TransferState.FAILED
+        error = f"the process running this job {how} (gave up after {job.attempts} attempts)"
+        extra = dict(finished_at=timezone.now())
+    else:
+        state, error = TransferState.QUEUED, f"the process running this job {how}; the job was queued again"
+        extra = dict(next_attempt_at=timezone.now())
+    done = TransferJob.objects.filter(pk=pk, state=TransferState.RUNNING, worker=job.worker).update(
+        state=state, last_error=error, cancel_requested=False, **extra
+    )
+    if not done:
+        return None
+    logger.warning("transfer job %s: process %s %s; %s", pk, pid, how, TransferState(state).label)
+    return state
 
 
 def run_job(job):

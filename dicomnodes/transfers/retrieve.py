@@ -6,6 +6,7 @@ retrieves only the instances not stored here, series by series.  A C-GET
 always asks first, to learn the SOP classes to accept in the SCP role.
 """
 
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -271,3 +272,22 @@ def index_writer():
             # Its hooks send studies_created (worklist) as runscp's do.
             _writer = IndexWriter().start()
         return _writer
+
+
+def stop_index_writer():
+    """Finish and end this process's writer: a job's process does before it
+    exits, since the writer's hooks run after the stores were answered."""
+    global _writer
+    with _writer_lock:
+        writer, _writer = _writer, None
+    if writer is not None:
+        writer.stop()
+
+
+def _forget_index_writer():
+    # A forked job process has no writer thread, whatever its parent had.
+    global _writer, _writer_lock
+    _writer, _writer_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_index_writer)
