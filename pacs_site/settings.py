@@ -246,7 +246,9 @@ Q_CLUSTER = {
     "name": "pacs",
     "workers": envint("PACS_Q_WORKERS", 2, minimum=1),
     # A task may run a transfer runner that keeps draining the queue for a
-    # long time (see dicomnodes/transfers.py): allow a day.
+    # long time (dicomnodes/transfers/jobs.py: the jobs themselves run in
+    # processes it forks, so the number of workers does not limit them):
+    # allow a day.
     "timeout": envint("PACS_Q_TIMEOUT", 86400, minimum=60),
     "retry": envint("PACS_Q_TIMEOUT", 86400, minimum=60) + 600,
     "catch_up": False,

@@ -1,7 +1,7 @@
 """One transfer job over the network: the state of its run (`JobRun`: the
 association, progress, cancel), its monitor thread, and why it stopped.
-`jobs.run_job()` runs a claimed job (state RUNNING) in a thread of its own
-with `send.send` (C-STORE to the peer) or `retrieve.move`/`retrieve.get`.
+`jobs.run_job()` runs a claimed job (state RUNNING) in a process of its own
+(`processes`) with `send.send` (C-STORE to the peer) or `retrieve.move`/`retrieve.get`.
 
 1. A monitor thread writes progress and a heartbeat to the job's row every
    second and reads its "cancel requested" flag; when it is set, the
