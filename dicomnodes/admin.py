@@ -324,3 +324,7 @@ class AssociationLogAdmin(ReadOnlyAdmin):
     list_filter = ["result", "called_ae"]
     search_fields = ["calling_ae", "peer_address", "called_ae"]
     list_per_page = 100
+
+
+# Last: it registers protect/unprotect with register_study_action above.
+from dicomnodes.lifecycle import admin as lifecycle_admin  # noqa: E402,F401 (archive settings, retention rules)

@@ -11,7 +11,11 @@ write in their own processes:
 - transfer-job progress: TransferJob (the transfer runner), jobs queued or
   running, ids shown unfinished, id > cursor;
 - burn-job progress: publishing.BurnJob (publishing's worker), as transfer jobs;
-- HL7 messages: HL7Message (runmllp), id > cursor.
+- HL7 messages: HL7Message (runmllp), id > cursor;
+- the storage volume's free space (`lifecycle.diskguard`): the page is
+  rendered with it; measured again at most every DISK_EVERY seconds and
+  sent when its state changes or the free space moved by DISK_STEP of the
+  volume.
 
 Each is a query on an indexed column that answers a handful of rows.
 
@@ -21,6 +25,7 @@ with the same type and id, so an item sent twice does no harm.
 
 import datetime
 import logging
+import time
 
 from django.apps import apps
 from django.contrib import admin
@@ -30,6 +35,7 @@ from django.db.models import Q
 from django.shortcuts import render
 from django.utils import timezone
 
+from dicomnodes.lifecycle import diskguard
 from dicomnodes.models import AssociationLog, AssociationResult, TransferJob, TransferState
 from pacs_site.events import event_item
 from pacs_site.models import Event
@@ -45,6 +51,8 @@ RECENT = 20  # rows of each kind in the snapshot
 # association started (group commit): look back this far for new ones.
 ASSOCIATION_LOOKBACK = datetime.timedelta(seconds=60)
 ACTIVE_JOB_STATES = ("queued", "running")
+DISK_EVERY = 5.0  # seconds between two measures of the storage volume by one dashboard
+DISK_STEP = 0.01  # of the volume's size: a smaller move of the free space is not sent
 
 
 @staff_member_required
@@ -55,6 +63,7 @@ def dashboard(request):
         "title": "Dashboard",
         "is_nav_sidebar_enabled": False,  # the tables need the width
         "burn_jobs": burn_job_model() is not None,
+        "disk": disk_item(),
     }
     return render(request, "portal/dashboard.html", context)
 
@@ -93,6 +102,8 @@ class Feed:
         self.associations = {}  # id -> what was sent (a tuple that changes on close)
         self.jobs = {}  # id -> updated_at sent, for jobs not finished when sent
         self.burns = {}
+        self.disk_sent = None  # the disk item last sent
+        self.disk_at = None  # time.monotonic() of its measure
 
     # --- 1. the first screen -------------------------------------------------------
     def snapshot(self):
@@ -124,6 +135,7 @@ class Feed:
                 ~Q(state__in=_final_burn_states()) | Q(pk__in=burn.objects.order_by("-id").values("pk")[:RECENT])
             )
             items += self._jobs_changed(rows.order_by("id"), self.burns, burn_item)
+        self._disk_changed()  # the page was rendered with it: only changes are sent
         return items
 
     # --- 2. every poll ---------------------------------------------------------------
@@ -168,7 +180,7 @@ class Feed:
             changed = self._jobs_changed(rows.order_by("id"), self.burns, burn_item)
             self.burn_cursor = max([self.burn_cursor, *(item["id"] for item in changed)])
             items += changed
-        return items
+        return items + self._disk_changed()
 
     def is_new_event(self, event_id):
         """For an event pushed over the channel layer: not sent by a poll yet?
@@ -181,6 +193,19 @@ class Feed:
         return True
 
     # --- helpers -----------------------------------------------------------------------
+    def _disk_changed(self):
+        """[the disk item] when DISK_EVERY has passed and it changed enough."""
+        now = time.monotonic()
+        if self.disk_at is not None and now - self.disk_at < DISK_EVERY:
+            return []
+        self.disk_at = now
+        item, sent = disk_item(), self.disk_sent
+        if sent is not None and item["state"] == sent["state"]:
+            if abs(item.get("free", 0) - sent.get("free", 0)) < DISK_STEP * item.get("total", 0):
+                return []
+        self.disk_sent = item
+        return [item]
+
     @staticmethod
     def _max_id(model):
         row = model.objects.order_by("-id").values_list("id", flat=True).first()
@@ -282,6 +307,26 @@ def burn_item(job):
         "bad_discs": job.bad_discs,
         "message": job.message[:200],
         "finished": job.state in _final_burn_states(),
+    }
+
+
+def disk_item():
+    """The storage volume: free space, the guard's minimum, and a warning
+    near it (state "low": stores are refused; "near": within twice the minimum)."""
+    try:
+        status = diskguard.measure()
+    except (OSError, DatabaseError) as exc:
+        return {"type": "disk", "id": "storage", "state": "unknown", "text": f"cannot measure: {exc}", "warning": ""}
+    state = "low" if status.is_low() else "near" if status.is_near() else "ok"
+    return {
+        "type": "disk",
+        "id": "storage",
+        "state": state,
+        "text": status.summary(),
+        "warning": status.warning(),
+        "free": status.free,
+        "total": status.total,
+        "threshold": status.threshold,
     }
 
 

@@ -27,6 +27,7 @@ from dicomnodes.archive.storage import (
 )
 from dicomnodes.archive.structure import DEFLATED, EXPLICIT_VR_LITTLE_ENDIAN, check_structure, inflate_bounded
 from dicomnodes.dimse import Status
+from dicomnodes.lifecycle import diskguard
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ def store_received(
 ) -> StoreResult:
     """Store one received dataset as received and index it.
 
+    0. the disk guard: under the minimum free space -> A700 with the
+       reason, and nothing is written (`lifecycle.diskguard`);
     1. build the file meta group for the bytes as they came (no re-encoding);
     2. check the structure of the whole dataset (`archive.structure`; a
        deflated one is inflated at most to `max_inflated` bytes), then read
@@ -79,6 +82,10 @@ def store_received(
     meta = file_meta_bytes(
         sop_class_uid, sop_instance_uid, transfer_syntax_uid, source_ae=calling_ae, receiving_ae=called_ae
     )
+    too_full = diskguard.check(len(meta) + len(raw))
+    if too_full is not None:
+        logger.error("C-STORE from %s refused by the disk guard: %s", calling_ae, too_full)
+        return StoreResult(Status.OUT_OF_RESOURCES, too_full)
     try:
         header = read_checked_header(meta, raw, transfer_syntax_uid, sop_class_uid, sop_instance_uid, max_inflated)
     except UnreadableDataset as exc:

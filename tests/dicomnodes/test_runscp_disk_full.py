@@ -6,7 +6,7 @@ import pydicom
 import pytest
 
 from dicomnodes.archive.storage import instance_path
-from dicomnodes.models import Instance
+from dicomnodes.models import ArchiveSettings, Instance
 from tests.support.dicomdata import make_ct
 from tests.support.processes import stored_files, temp_files
 
@@ -26,6 +26,8 @@ def small_storage(data_dir):
 
 
 def test_a_full_disk_answers_a700_and_keeps_going(small_storage, start_scp, tmp_path):
+    # The disk guard off: this is the path of a disk that fills anyway (test_diskguard.py has the guard).
+    ArchiveSettings.objects.update_or_create(pk=1, defaults={"min_free_mb": 0, "min_free_percent": 0})
     scp = start_scp()
     too_big = make_ct(tmp_path / "big.dcm", size=1200)  # ≈ 2.9 MB
     fits = make_ct(tmp_path / "small.dcm")

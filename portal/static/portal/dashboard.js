@@ -100,7 +100,19 @@
     },
   };
 
+  // The storage volume's free space (one item, id "storage"): the header line.
+  function showDisk(item) {
+    var text = document.getElementById("dash-disk");
+    var warning = document.getElementById("dash-disk-warning");
+    if (!text || !warning) return;
+    text.dataset.state = item.state;
+    text.textContent = item.text;
+    warning.textContent = item.warning;
+    warning.hidden = !item.warning;
+  }
+
   function show(item, live) {
+    if (item.type === "disk") return showDisk(item);
     var view = views[item.type];
     var table = document.getElementById("dash-" + item.type);
     if (!view || !table) return;
