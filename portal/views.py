@@ -19,6 +19,8 @@ from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET
 
 from dicomnodes.models import Instance, Series
+from pacs_site import audit_web
+from pacs_site.audit import Action
 from portal import previews
 from portal.download import fileset_zip
 from portal.models import HttpSettings
@@ -110,6 +112,7 @@ def _person_name(pn: str) -> str:
 def token_page(request):
     token = _resolve(request)
     token.record_use()
+    audit_web.link(request, token, Action.LINK_OPEN)
     studies = token.studies().prefetch_related(
         Prefetch("series", queryset=Series.objects.order_by("series_number", "series_instance_uid"))
     )
@@ -158,6 +161,7 @@ def study_download(request, study_pk):
     token = _resolve(request)
     study = get_object_or_404(token.studies(), pk=study_pk)
     token.record_use()
+    audit_web.link(request, token, Action.LINK_DOWNLOAD, study=study)
     instances = Instance.objects.filter(series__study=study).order_by(
         "series_id", "instance_number", "sop_instance_uid"
     )

@@ -16,6 +16,7 @@ from rest_framework.response import Response
 from dicomnodes.models import Instance, Peer, Series, Study, TransferJob
 from dicomnodes.transfers import jobs as transfers
 from dicomnodes.transfers.echo import echo
+from pacs_site.audit_web import AuditedReads, api_read
 from portal import tokens
 from portal.api import filters as f
 from portal.api.corrections import CorrectionMixin
@@ -56,21 +57,24 @@ class DicomFileRenderer(BaseRenderer):
 # --- The archive (read-only) -----------------------------------------------------
 
 
-class StudyViewSet(CorrectionMixin, DeletionMixin, viewsets.ReadOnlyModelViewSet):
+class StudyViewSet(AuditedReads, CorrectionMixin, DeletionMixin, viewsets.ReadOnlyModelViewSet):
+    audit_what = "studies"
     permission_classes = [StaffModelPermissions]
     queryset = Study.objects.order_by("-study_date", "-study_time", "-id")
     serializer_class = StudySerializer
     filterset_class = f.StudyFilter
 
 
-class SeriesViewSet(DeletionMixin, viewsets.ReadOnlyModelViewSet):
+class SeriesViewSet(AuditedReads, DeletionMixin, viewsets.ReadOnlyModelViewSet):
+    audit_what = "series"
     permission_classes = [StaffModelPermissions]
     queryset = Series.objects.select_related("study").order_by("study_id", "series_number", "id")
     serializer_class = SeriesSerializer
     filterset_class = f.SeriesFilter
 
 
-class InstanceViewSet(DeletionMixin, viewsets.ReadOnlyModelViewSet):
+class InstanceViewSet(AuditedReads, DeletionMixin, viewsets.ReadOnlyModelViewSet):
+    audit_what = "instances"
     permission_classes = [StaffModelPermissions]
     queryset = Instance.objects.select_related("series").order_by("series_id", "instance_number", "id")
     serializer_class = InstanceSerializer
@@ -94,6 +98,7 @@ class InstanceFileView(generics.GenericAPIView):
             handle = open(instance.path, "rb")  # noqa: SIM115 - FileResponse closes it
         except FileNotFoundError:
             raise NotFound("The file of this instance is missing from the storage.") from None
+        api_read(request, "instance file", object_id=instance.pk, study_uid=instance.series.study.study_instance_uid)
         return FileResponse(
             handle, content_type="application/dicom", as_attachment=True, filename=f"{instance.sop_instance_uid}.dcm"
         )

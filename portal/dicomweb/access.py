@@ -30,6 +30,7 @@ from rest_framework.authentication import BasicAuthentication, TokenAuthenticati
 from rest_framework.exceptions import AuthenticationFailed
 
 from dicomnodes.models import Instance, Series, Study
+from pacs_site import audit_web
 from portal.ratelimit import over_limit
 from portal.tokens import lookup
 
@@ -44,6 +45,7 @@ class Scope:
     study_pks: frozenset | None = None
     may_store: bool = False
     token: object = None  # the StudyToken of a patient link, else None
+    user: object = None  # the staff user (the audit trail's actor)
 
     def studies(self):
         studies = Study.objects.all()
@@ -78,7 +80,7 @@ def staff_scope(request):
         return None, _unauthorised("log in, or send Authorization: Token <API token>")
     if not (user.is_active and user.is_staff and user.has_perms(READ_PERMISSIONS)):
         return None, error(403, "this account may not view the archive")
-    return Scope(may_store=user.has_perm(STORE_PERMISSION)), None
+    return Scope(may_store=user.has_perm(STORE_PERMISSION), user=user), None
 
 
 class BearerAuthentication(TokenAuthentication):
@@ -123,6 +125,8 @@ def dicomweb_view(view):
         if refusal is None and request.method not in ("GET", "HEAD") and not scope.may_store:
             refusal = error(403, "this link is read-only" if token is not None else "this account may not store")
         response = refusal if refusal is not None else view(request, scope, *args, **kwargs)
+        if refusal is None:
+            audit_web.dicomweb(request, view.__name__, scope, kwargs, response)
         if token is not None:
             response["Cache-Control"] = "no-store, private"
             response["Referrer-Policy"] = "no-referrer"

@@ -26,6 +26,7 @@ from django.urls import reverse
 from django.utils.http import http_date
 from django.views.decorators.http import require_GET
 
+from pacs_site import audit_web
 from portal.ratelimit import over_limit
 from portal.streaming import file_chunks, streamed
 from portal.tokens import lookup
@@ -122,6 +123,8 @@ def page(request, route=""):
     html = _index_html()
     if html is None:
         return _missing_viewer()
+    if "StudyInstanceUIDs" in request.GET:  # OHIF's route that opens studies (not its study list)
+        audit_web.viewer(request, ",".join(request.GET.getlist("StudyInstanceUIDs")).split(","))
     return _no_store(HttpResponse(html, content_type="text/html; charset=utf-8"))
 
 
@@ -161,6 +164,7 @@ def link_page(request):
         return _private(_missing_viewer())
     token.record_use()
     uids = list(token.studies().order_by("study_date", "pk").values_list("study_instance_uid", flat=True))
+    audit_web.viewer(request, uids, token=token)
     cfg = config.link_config(_origin(request), clear)
     route = config.LINK_BASENAME + config.study_route(uids)
     # json.dumps gives JS string literals; the token is URL-safe base64.
