@@ -132,8 +132,25 @@ def clean(fields, data):
     return cleaned
 
 
-def _changes(row, cleaned):
-    return {name: [getattr(row, name), value] for name, value in cleaned.items() if getattr(row, name) != value}
+def planned_changes(row, data):
+    """{field: [old, new]} that correcting `row` (a Patient or a Study) with
+    `data` would make: checked as DICOM, something to change, and a new
+    Patient ID that no other patient has (that would be a merge)."""
+    fields = PATIENT_FIELDS if isinstance(row, Patient) else STUDY_FIELDS
+    cleaned = clean(fields, data)
+    changes = {name: [getattr(row, name), value] for name, value in cleaned.items() if getattr(row, name) != value}
+    if not changes:
+        raise CorrectionError("Nothing to change: these are the current values.")
+    if "patient_id" in changes:
+        other = Patient.objects.filter(
+            patient_id=changes["patient_id"][1], issuer_of_patient_id=row.issuer_of_patient_id
+        ).first()
+        if other is not None:
+            raise CorrectionError(
+                "Another patient has this ID.",
+                errors={"patient_id": [f"Patient ID {other.patient_id} belongs to {other}: merge into it instead."]},
+            )
+    return changes
 
 
 def _row_values(values):
@@ -226,9 +243,7 @@ def _charset_columns(values):
 
 def correct_study(study, data, *, actor, address=""):
     """Give a study new StudyDescription / AccessionNumber / ReferringPhysicianName."""
-    changes = _changes(study, clean(STUDY_FIELDS, data))
-    if not changes:
-        raise CorrectionError("Nothing to change: these are the current values.")
+    changes = planned_changes(study, data)
     values = {STUDY_FIELDS[name][0]: new for name, (_, new) in changes.items()}
     columns = _row_values({name: new for name, (_, new) in changes.items()})
     columns.update(_charset_columns(values))
@@ -255,18 +270,7 @@ def correct_study(study, data, *, actor, address=""):
 def correct_patient(patient, data, *, actor, address=""):
     """Give a patient (all their studies) a new name, ID, birth date or sex;
     IssuerOfPatientID is kept.  A new ID that another patient has is a merge."""
-    changes = _changes(patient, clean(PATIENT_FIELDS, data))
-    if not changes:
-        raise CorrectionError("Nothing to change: these are the current values.")
-    if "patient_id" in changes:
-        other = Patient.objects.filter(
-            patient_id=changes["patient_id"][1], issuer_of_patient_id=patient.issuer_of_patient_id
-        ).first()
-        if other is not None:
-            raise CorrectionError(
-                "Another patient has this ID.",
-                errors={"patient_id": [f"Patient ID {other.patient_id} belongs to {other}: merge into it instead."]},
-            )
+    changes = planned_changes(patient, data)
     values = {PATIENT_FIELDS[name][0]: new for name, (_, new) in changes.items()}
     demographics = {name: getattr(patient, name) for name in PATIENT_FIELDS}
     demographics.update({name: new for name, (_, new) in changes.items()})
