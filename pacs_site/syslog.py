@@ -7,7 +7,8 @@ admin list and CSV export are the record of truth.  One thread per process
 connects (TCP, or TLS checked against the configured CA file), sends each
 event as an RFC 5424 message with octet-counting framing (pacs_site/atna.py),
 and after a failure reconnects with a back-off (1 s doubling to 60 s); the
-message that failed is sent again once connected.
+message that failed is sent again once connected (unless the settings
+name another collector by then: the old one's backlog is dropped).
 """
 
 import logging
@@ -59,8 +60,10 @@ class Forwarder:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.hostname = socket.gethostname()
+        self.latest = None  # the destination of the newest event queued
 
     def put(self, event, destination, source_id):
+        self.latest = destination
         self._ensure_thread()
         try:
             self.queue.put_nowait((event, destination, source_id))
@@ -91,10 +94,19 @@ class Forwarder:
                 event, destination, source_id = self.queue.get(timeout=0.5)
             except queue.Empty:
                 continue
+            if destination != self.latest:  # queued for a collector the settings no longer name
+                with self._lock:
+                    self.dropped += 1
+                continue
             message = atna.frame(
                 atna.syslog_message(event, source_id=source_id, hostname=self.hostname, procid=str(event.pk or "-"))
             )
             while not self._stop.is_set() and not self._send(message, destination):
+                if self.latest != destination:
+                    # The settings now name another collector: this one's backlog goes.
+                    with self._lock:
+                        self.dropped += 1
+                    break
                 self._stop.wait(self._backoff)
                 self._backoff = min(self._backoff * 2, MAX_BACKOFF)
 
