@@ -32,7 +32,7 @@ network work; `queue` holds the low-level claiming and waking.
 import logging
 import os
 
-from django.db import close_old_connections, connection, transaction
+from django.db import DatabaseError, close_old_connections, connection, transaction
 from django.utils import timezone
 from pydicom.uid import UID
 
@@ -194,7 +194,15 @@ def run_next(*, job_id=None):
     children, ran = JobProcesses(), 0
     while True:
         while True:
-            job = claim_next(worker_name(), job_id=job_id)
+            try:
+                job = claim_next(worker_name(), job_id=job_id)
+            except DatabaseError as exc:
+                if not len(children):
+                    raise
+                # Children are running: keep watching them (a child ends
+                # when this thread does: processes.py).
+                logger.warning("cannot claim transfer jobs now (%s); trying again in a second", exc)
+                job = None
             if job is None:
                 break
             children.start(job, _run_in_child)
@@ -204,7 +212,10 @@ def run_next(*, job_id=None):
         if not len(children):
             break
         for child, status in children.wait(1.0):
-            requeue_dead(child.job_pk, child.pid, status)
+            try:
+                requeue_dead(child.job_pk, child.pid, status)
+            except DatabaseError:  # its row goes stale; requeue_stale takes it back
+                logger.exception("transfer job %s: cannot look at it after its process ended", child.job_pk)
         if job_id is not None and not len(children):
             break
     wake_for_retries()

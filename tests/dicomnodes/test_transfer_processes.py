@@ -4,6 +4,7 @@ connections stays exact when dispatchers in several processes claim at once,
 and a job whose process is killed goes back to the queue.
 """
 
+import datetime
 import logging
 import multiprocessing
 import os
@@ -12,11 +13,12 @@ import threading
 
 import pytest
 from django.db import connections
+from django.utils import timezone
 from pydicom import dcmread
 
 from dicomnodes.models import DicomServerSettings, Peer, TransferJob, TransferState
 from dicomnodes.transfers.jobs import run_next, submit_job
-from dicomnodes.transfers.queue import claim_next
+from dicomnodes.transfers.queue import STALE_AFTER, claim_next
 from tests.support.dicomdata import make_ct_series
 from tests.support.processes import wait_until
 from tests.support.transfer import RecordingScp, store_to_us
@@ -44,12 +46,19 @@ def job_pid(job):
     return int(pid)
 
 
-def is_gone(pid):
+def proc_stat(pid):
+    """(state, parent pid) of a process, from /proc; None once it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie ran its course
+            fields = stat.read().rsplit(")", 1)[1].split()
     except FileNotFoundError:
-        return True
+        return None
+    return fields[0], int(fields[1])
+
+
+def is_gone(pid):
+    stat = proc_stat(pid)
+    return stat is None or stat[0] == "Z"  # a zombie ran its course
 
 
 def test_four_jobs_run_in_four_processes_and_never_hold_more_associations_than_the_limit(start_scp, qcluster, tmp_path):
@@ -135,3 +144,37 @@ def test_killing_a_job_process_queues_the_job_again_and_it_completes(shared_scp,
     assert set(recorder.received) == {
         str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in sorted((tmp_path / "s").iterdir())
     }
+
+
+def test_a_job_whose_dispatcher_is_killed_ends_with_it_and_is_queued_again(start_scp, qcluster, tmp_path):
+    """The django-q2 worker running the dispatcher is killed: the job's
+    process ends with it (PR_SET_PDEATHSIG), so nothing runs unwatched, and
+    the job's row goes stale and is queued again by the next dispatcher."""
+    scp = start_scp()
+    study_uid = a_study_here(scp, tmp_path, "s", 6)
+    recorder = RecordingScp(delay=0.4).start()
+    worker = qcluster()
+    try:
+        peer = Peer.objects.create(name="recorder", ae_title=recorder.ae_title, host="127.0.0.1", port=recorder.port)
+        job = submit_job(kind="send", peer=peer, uids=[study_uid])
+        wait_until(
+            lambda: TransferJob.objects.filter(pk=job.pk, state=TransferState.RUNNING, done__gte=1).exists(),
+            30,
+            message=f"the job's process to deliver an instance\n{worker.log()}",
+        )
+        child = job_pid(job)
+        _, dispatcher = proc_stat(child)
+        assert dispatcher != worker.proc.pid  # a django-q2 worker process, not its sentinel
+        os.kill(dispatcher, signal.SIGKILL)
+        wait_until(lambda: is_gone(child), 10, message="the job's process to end with its dispatcher")
+        worker.stop()
+        job.refresh_from_db()
+        assert job.state == TransferState.RUNNING and job.done < 6  # nobody saw it end
+        stale = timezone.now() - STALE_AFTER - datetime.timedelta(seconds=1)
+        TransferJob.objects.filter(pk=job.pk).update(heartbeat_at=stale)  # instead of waiting a minute
+        assert run_next() == 1
+    finally:
+        recorder.stop()
+    job.refresh_from_db()
+    assert (job.state, job.attempts, job.done) == (TransferState.SUCCEEDED, 2, 6), job.last_error
+    assert len(set(recorder.received)) == 6
