@@ -83,3 +83,22 @@ def test_strangers_cannot_delete(anonymous, a_staff_member, a_study):
     assert anonymous.delete(f"/api/studies/{study.pk}/").status_code in (401, 403)
     assert a_staff_member.delete(f"/api/studies/{study.pk}/").status_code == 403
     assert Study.objects.exists()
+
+
+def test_dicomweb_and_the_patient_link_see_the_deletion_at_once(an_api_admin, a_study):
+    from portal.tokens import create_token
+
+    study = a_study[0].series.study
+    uid = study.study_instance_uid
+    link = create_token(study)
+    before = an_api_admin.get(f"/dicomweb/studies?StudyInstanceUID={uid}")
+    assert before.status_code == 200 and len(before.json()) == 1
+    assert an_api_admin.get(f"/dicomweb/t/{link.clear}/studies/{uid}/metadata").status_code == 200
+
+    assert an_api_admin.delete(f"/api/studies/{study.pk}/").status_code == 204
+
+    assert an_api_admin.get(f"/dicomweb/studies?StudyInstanceUID={uid}").status_code == 204  # no match
+    assert an_api_admin.get(f"/dicomweb/studies/{uid}/metadata").status_code == 404
+    assert an_api_admin.get(f"/dicomweb/studies/{uid}").status_code == 404
+    assert an_api_admin.get(f"/dicomweb/t/{link.clear}/studies/{uid}/metadata").status_code == 404
+    assert an_api_admin.get(f"/token?{link.clear}").status_code == 404
