@@ -281,3 +281,26 @@ def test_uids_are_never_among_the_values(a_patient):
     with pytest.raises(CorrectionError) as refused:
         correct_patient(a_patient[0], {"study_instance_uid": generate_uid()}, actor="admin")
     assert list(refused.value.errors) == ["study_instance_uid"]
+
+
+def test_a_big_file_is_rewritten_without_its_pixel_data_in_memory(tmp_path):
+    """The pixel data goes from the old file to the new one in the kernel
+    (copy_file_range): Python allocates a few kB, not the 32 MB image."""
+    import tracemalloc
+
+    path = make_ct(tmp_path / "big.dcm", size=8)
+    ds = pydicom.dcmread(path)
+    ds.Rows = ds.Columns = 4096
+    ds.PixelData = b"\x01\x02" * (4096 * 4096)
+    ds.save_as(path)
+    del ds
+    tracemalloc.start()
+    try:
+        rewrite_file(path, {"PatientName": GREEK}, fsync=False, max_inflated=2**30)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000, peak
+    new = pydicom.dcmread(path, stop_before_pixels=True)
+    assert str(new.PatientName) == GREEK
+    assert pydicom.dcmread(path).PixelData == b"\x01\x02" * (4096 * 4096)
