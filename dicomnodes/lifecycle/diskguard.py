@@ -30,6 +30,8 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.db.models.signals import post_save
 
+from dicomnodes.models import ArchiveSettings
+
 logger = logging.getLogger(__name__)
 
 MEASURE_EVERY = 0.5  # seconds
@@ -98,8 +100,6 @@ def storage_volume() -> Path:
 
 
 def load_limits() -> Limits:
-    from dicomnodes.models import ArchiveSettings
-
     row = ArchiveSettings.load()
     return Limits(min_free_mb=row.min_free_mb, min_free_percent=row.min_free_percent)
 
@@ -193,4 +193,4 @@ def _on_settings_saved(sender, **kwargs):
     _guard.forget()
 
 
-post_save.connect(_on_settings_saved, sender="dicomnodes.ArchiveSettings", dispatch_uid="lifecycle.diskguard")
+post_save.connect(_on_settings_saved, sender=ArchiveSettings, dispatch_uid="lifecycle.diskguard")
