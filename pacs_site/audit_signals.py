@@ -6,25 +6,24 @@ needs no line of its own (connected in PacsSiteConfig.ready()):
 - a burn job handed to its robot (publishing's BurnJob, post_save of the
   save that records the job files written: once per submission);
 - a transfer job that ended (the runner ends jobs with queryset updates, so
-  no post_save: after each run of the transfer task, the jobs this worker
-  process ended are recorded, once each);
+  no post_save: after each run of the transfer task in a django-q2 worker,
+  the jobs that ended and have no event yet are recorded, once each);
 - the end of an incoming association (dicomnodes' association_closed, see
   pacs_site/audit_dicom.py).
 """
 
 import datetime
 import logging
-import os
-import socket
 
 from django.contrib.admin.models import ADDITION, CHANGE, DELETION, LogEntry
 from django.contrib.auth.signals import user_logged_in, user_login_failed
+from django.db import IntegrityError, transaction
 from django.db.models.signals import post_save
 from django.utils import timezone
 
 from pacs_site import audit
 from pacs_site.audit import Action
-from pacs_site.models import AuditEvent, AuditOutcome, AuditSettings
+from pacs_site.models import AuditEvent, AuditMark, AuditOutcome, AuditSettings
 
 logger = logging.getLogger(__name__)
 
@@ -140,77 +139,80 @@ def on_burn_job_saved(sender, instance, created, update_fields=None, **kwargs):
 # --- transfers -------------------------------------------------------------------------------
 
 
+SWEEP = datetime.timedelta(days=1)  # how far back a sweep looks for ended jobs
+
+
 def on_task_done(sender, task=None, **kwargs):
+    """After each run of the transfer task in a django-q2 worker."""
     if not task or task.get("func") != TRANSFER_TASK:
         return
     try:
-        transfers_ended(since=task.get("started") or timezone.now() - datetime.timedelta(hours=1))
+        transfers_ended()
     except Exception:
         logger.exception("audit events of ended transfer jobs could not be written")
 
 
-def _this_process():
-    # As dicomnodes.transfers.queue.worker_name() names the process running a job.
-    return f"{socket.gethostname()[:30]}:{os.getpid()}:"
+def transfers_ended(*, since=None):
+    """Record each transfer job that ended (since a day) and has no event
+    yet; returns how many were recorded.  Jobs may end in any process (a
+    worker's child, runscp's retry timer, `manage.py dicom`); the sweep runs
+    after every run of the transfer task, and an AuditMark per job is the
+    claim: a second worker sweeping at the same time gets an IntegrityError
+    and leaves the job to the first."""
+    from dicomnodes.transfers.models import FINISHED_STATES, TransferJob
 
-
-def transfers_ended(*, since, worker_prefix=None):
-    """Record the transfer jobs this process ended since `since` that have no
-    event yet; returns how many were recorded.  One worker process runs one
-    task at a time, so no other process records the same jobs."""
-    from dicomnodes.models import Study
-    from dicomnodes.transfers.models import FINISHED_STATES, TransferJob, TransferKind, TransferState
-
-    prefix = worker_prefix if worker_prefix is not None else _this_process()
-    jobs = list(
-        TransferJob.objects.filter(
-            state__in=FINISHED_STATES, finished_at__gte=since, worker__startswith=prefix
-        ).select_related("peer", "requested_by")
-    )
-    done = (
-        set(
-            AuditEvent.objects.filter(
-                action__in=(Action.SEND, Action.IMPORT), details__job__in=[j.pk for j in jobs]
-            ).values_list("details__job", flat=True)
-        )
-        if jobs
-        else set()
+    since = since or timezone.now() - SWEEP
+    marked = AuditMark.objects.filter(key__startswith="transfer:").values_list("key", flat=True)
+    jobs = (
+        TransferJob.objects.filter(state__in=FINISHED_STATES, finished_at__gte=since)
+        .exclude(pk__in=[int(key.partition(":")[2]) for key in marked.filter(at__gte=since - SWEEP)])
+        .select_related("peer", "requested_by")
     )
     count = 0
     for job in jobs:
-        if job.pk in done:
-            continue
-        sending = job.kind == TransferKind.SEND
-        study_uid = job.study_uid or (job.uids[0] if job.level == "STUDY" and job.uids else "")
-        outcome = {
-            TransferState.SUCCEEDED: AuditOutcome.SUCCESS,
-            TransferState.PARTLY_FAILED: AuditOutcome.MINOR_FAILURE,
-            TransferState.CANCELLED: AuditOutcome.MINOR_FAILURE,
-        }.get(job.state, AuditOutcome.SERIOUS_FAILURE)
-        patient = Study.objects.filter(study_instance_uid=study_uid).values_list("patient_id", flat=True).first()
-        audit.record(
-            Action.SEND if sending else Action.IMPORT,
-            actor=job.requested_by.get_username() if job.requested_by else "system",
-            actor_kind="user" if job.requested_by else "system",
-            address=job.peer.host if job.peer_id else "",
-            outcome=outcome,
-            patient_id=patient or "",
-            study_uid=study_uid,
-            description=f"transfer job {job.pk} {job.get_kind_display()} {job.peer.ae_title}: "
-            f"{job.get_state_display()}, {job.done} done, {job.failed} failed",
-            details={
-                "job": job.pk,
-                "kind": job.kind,
-                "peer": job.peer.ae_title,
-                "level": job.level,
-                "uids": list(job.uids)[:50],
-                "state": job.state,
-                "done": job.done,
-                "failed": job.failed,
-            },
-        )
+        try:
+            with transaction.atomic():
+                AuditMark.objects.create(key=f"transfer:{job.pk}")
+        except IntegrityError:
+            continue  # another worker process recorded it
+        _record_transfer(job)
         count += 1
     return count
+
+
+def _record_transfer(job):
+    from dicomnodes.models import Study
+    from dicomnodes.transfers.models import TransferKind, TransferState
+
+    sending = job.kind == TransferKind.SEND
+    study_uid = job.study_uid or (job.uids[0] if job.level == "STUDY" and job.uids else "")
+    outcome = {
+        TransferState.SUCCEEDED: AuditOutcome.SUCCESS,
+        TransferState.PARTLY_FAILED: AuditOutcome.MINOR_FAILURE,
+        TransferState.CANCELLED: AuditOutcome.MINOR_FAILURE,
+    }.get(job.state, AuditOutcome.SERIOUS_FAILURE)
+    patient = Study.objects.filter(study_instance_uid=study_uid).values_list("patient_id", flat=True).first()
+    audit.record(
+        Action.SEND if sending else Action.IMPORT,
+        actor=job.requested_by.get_username() if job.requested_by else "system",
+        actor_kind="user" if job.requested_by else "system",
+        address=job.peer.host,
+        outcome=outcome,
+        patient_id=patient or "",
+        study_uid=study_uid,
+        description=f"transfer job {job.pk} {job.get_kind_display()} {job.peer.ae_title}: "
+        f"{job.get_state_display()}, {job.done} done, {job.failed} failed",
+        details={
+            "job": job.pk,
+            "kind": job.kind,
+            "peer": job.peer.ae_title,
+            "level": job.level,
+            "uids": list(job.uids)[:50],
+            "state": job.state,
+            "done": job.done,
+            "failed": job.failed,
+        },
+    )
 
 
 # --- retention -------------------------------------------------------------------------------
@@ -219,6 +221,7 @@ def transfers_ended(*, since, worker_prefix=None):
 def prune_audit_events(row):
     """The daily pruner (pacs_site/retention.py): events older than the
     audit settings' retention days."""
+    AuditMark.objects.filter(at__lt=timezone.now() - 2 * SWEEP).delete()  # older than any sweep looks
     days = AuditSettings.load().retention_days
     if not days:
         return "kept"

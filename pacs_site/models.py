@@ -175,3 +175,15 @@ class AuditSettings(SingletonModel):
 
             if not Path(self.syslog_ca_file).is_file():
                 raise ValidationError({"syslog_ca_file": "No such file."})
+
+
+class AuditMark(models.Model):
+    """Work already audited, for events that a sweep finds rather than a
+    signal delivers (transfer jobs): the unique key is the claim that keeps
+    two worker processes from recording one job twice."""
+
+    key = models.CharField(max_length=64, unique=True)
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    def __str__(self):
+        return self.key
