@@ -180,3 +180,41 @@ def test_an_instance_whose_deleted_copy_is_still_on_disk_is_refused_until_it_is_
         apply_batch([item])
 
     assert Tombstone.objects.get().unlinked_at is None  # rolled back: still to be unlinked
+
+
+@pytest.mark.archive
+@pytest.mark.django_db(transaction=True)
+def test_reindex_unlinks_the_files_of_deleted_instances_instead_of_indexing_them(data_dir, tmp_path):
+    from django.core.management import call_command
+
+    kept = archive_files([make_ct(tmp_path / "kept.dcm", patient_id="P1")])
+    gone = archive_files([make_ct(tmp_path / "gone.dcm", patient_id="P2")])
+    tombstones.bury([gone[0].sop_instance_uid])  # deleted, killed before the unlink
+    Instance.objects.filter(pk=gone[0].pk).delete()
+
+    call_command("reindex")
+
+    assert list(Instance.objects.values_list("sop_instance_uid", flat=True)) == [kept[0].sop_instance_uid]
+    assert not paths_of(gone)[0].exists() and paths_of(kept)[0].exists()
+    assert list(Patient.objects.values_list("patient_id", flat=True)) == ["P1"]
+
+
+@pytest.mark.django_db
+def test_a_study_is_being_received_while_instances_arrive_or_its_association_is_open(data_dir, tmp_path):
+    import datetime as dt
+
+    from dicomnodes.models import AssociationLog, AssociationResult
+
+    rows = archive_files([make_ct(tmp_path / "a.dcm")])
+    study = rows[0].series.study
+    assert deletion.is_receiving(study)  # just received
+
+    later = timezone.now() + dt.timedelta(minutes=3)
+    assert not deletion.is_receiving(study, now=later)
+
+    open_association = AssociationLog.objects.create(started_at=timezone.now(), result=AssociationResult.OPEN)
+    Instance.objects.filter(pk=rows[0].pk).update(association=open_association)
+    assert deletion.is_receiving(study, now=later)
+    assert not deletion.is_receiving(study, now=later + dt.timedelta(hours=1))  # a crash left it open
+    AssociationLog.objects.filter(pk=open_association.pk).update(result=AssociationResult.RELEASED)
+    assert not deletion.is_receiving(study, now=later)

@@ -112,3 +112,27 @@ def test_only_users_with_the_delete_permission_see_the_action(client, db, data_d
     assert 'value="delete_with_files"' in page and "delete_selected" not in page
     series_page = client.get("/admin/dicomnodes/series/").content.decode()
     assert "delete_with_files" not in series_page
+
+
+@pytest.mark.archive
+def test_patients_and_instances_are_deleted_from_their_lists_too(client, transactional_db, data_dir, tmp_path):
+    from django.contrib.auth.models import User
+
+    client.force_login(User.objects.create_superuser("admin", "", PASSWORD))
+    one = store_study(tmp_path, series=1, per_series=2, patient_id="P1")
+    store_study(tmp_path, series=1, per_series=1, patient_id="P2")
+    first, second = Instance.objects.filter(series__study=one).order_by("instance_number")
+    action = {"action": "delete_with_files", "_selected_action": [first.pk]}
+
+    asked = client.post("/admin/dicomnodes/instance/", action)
+    assert asked.status_code == 200 and asked.context["summary"].instances == 1
+    assert asked.context["summary"].partial_studies == 1
+    done = client.post("/admin/dicomnodes/instance/", {**action, "post": "yes"}, follow=True)
+    assert "Deleted 0 patients, 0 studies, 0 series, 1 instances" in done.content.decode()
+    assert Study.objects.get(pk=one.pk).num_instances == 1 and not first.path.exists()
+
+    p2 = Patient.objects.get(patient_id="P2")
+    action = {"action": "delete_with_files", "_selected_action": [p2.pk], "post": "yes"}
+    client.post("/admin/dicomnodes/patient/", action)
+    assert list(Patient.objects.values_list("patient_id", flat=True)) == ["P1"]
+    assert list(Instance.objects.values_list("pk", flat=True)) == [second.pk]
