@@ -1,5 +1,6 @@
 """What dicomnodes prunes daily (see pacs_site/retention.py): the quarantine
-folder and the association log."""
+folder and the association log; lifecycle/rules.py adds the retention rules
+and recycling (and hooks recycling to runscp's stores)."""
 
 import datetime
 
@@ -7,6 +8,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from dicomnodes.archive import quarantine
+from dicomnodes.lifecycle import rules  # noqa: F401 (registers its pruner)
 from dicomnodes.models import AssociationLog
 from pacs_site.retention import prune_folder, register_pruner
 

@@ -61,6 +61,7 @@ def test_one_daily_schedule_runs_every_apps_pruner():
         "HL7 message text",
         "dashboard events",
         "audit events",
+        "retention rules and recycling",
     }
 
 
