@@ -168,7 +168,12 @@ def _forward(rows):
 
 
 def client_address(request) -> str:
-    return request.META.get("REMOTE_ADDR") or ""
+    """The peer's address as the association log shows one (an IPv4 peer of
+    a dual-stack socket without its ::ffff: prefix)."""
+    from pacs_site.listeners import peer_address
+
+    address = request.META.get("REMOTE_ADDR") or ""
+    return peer_address(address) if address else ""
 
 
 def web_actor(request, *, token=None, user=None):
