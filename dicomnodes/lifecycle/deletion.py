@@ -24,6 +24,7 @@ admin finds `admin` modules), so that dicomnodes imports none of them.
 """
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -153,9 +154,7 @@ def scope_of(sel: Selection) -> Scope:
     touched_studies = Study.objects.filter(
         Q(pk__in=touched_series.values("study_id")) | Q(pk__in=sel.whole_studies().values("pk"))
     )
-    going = {}
-    for study_id in whole_series_qs.values_list("study_id", flat=True):
-        going[study_id] = going.get(study_id, 0) + 1
+    going = Counter(whole_series_qs.values_list("study_id", flat=True))  # study pk -> its series that go
     study_totals = dict(touched_studies.values_list("pk", "num_series"))
     whole_studies = {pk for pk, n in going.items() if n >= study_totals.get(pk, 0)}
     whole_studies |= set(sel.whole_studies().values_list("pk", flat=True))
@@ -177,12 +176,14 @@ def summarize(sel: Selection) -> Summary:
     totals = scope.instances.aggregate(n=Count("pk"), size=Sum("file_size"))
     whole = list(scope.studies.values_list("pk", "patient_record_id"))
     whole_pks = {pk for pk, _ in whole}
-    patients = set()
-    for patient_pk, total in Patient.objects.filter(
-        Q(pk__in={p for _, p in whole}) | Q(pk__in=sel.patients)
-    ).values_list("pk", "num_studies"):
-        if sum(1 for _, p in whole if p == patient_pk) >= total:
-            patients.add(patient_pk)
+    going = Counter(patient for _, patient in whole)  # patient pk -> its studies that go
+    patients = {
+        pk
+        for pk, total in Patient.objects.filter(Q(pk__in=set(going)) | Q(pk__in=sel.patients)).values_list(
+            "pk", "num_studies"
+        )
+        if going[pk] >= total
+    }
     touched = list(scope.touched_studies.values_list("pk", "study_instance_uid"))
     result = Summary(
         patients=len(patients),
