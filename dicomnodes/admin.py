@@ -193,6 +193,10 @@ class PatientAdmin(CorrectionAdminMixin, DeletionAdminMixin, ReadOnlyAdmin):
     def get_search_results(self, request, queryset, search_term):
         return super().get_search_results(request, queryset, search_term.upper() if search_term else search_term)
 
+    def get_actions(self, request):
+        """Ours, then those other apps registered (`register_patient_action`)."""
+        return _with_registered(self, request, super().get_actions(request), _patient_actions)
+
 
 @admin.register(Study)
 class StudyAdmin(CorrectionAdminMixin, DeletionAdminMixin, ReadOnlyAdmin):
@@ -217,17 +221,7 @@ class StudyAdmin(CorrectionAdminMixin, DeletionAdminMixin, ReadOnlyAdmin):
 
     def get_actions(self, request):
         """Ours, then those other apps registered (`register_study_action`)."""
-        actions = super().get_actions(request)
-        if actions is None or self.actions is None:
-            return actions
-        for action, permission in _study_actions:
-            if request.user.has_perm(permission):
-                actions[action.__name__] = (
-                    action,
-                    action.__name__,
-                    self._get_action_description(action, action.__name__),
-                )
-        return actions
+        return _with_registered(self, request, super().get_actions(request), _study_actions)
 
     @admin.display(description="series")
     def series_link(self, obj):
@@ -261,6 +255,31 @@ def register_study_action(action, *, permission):
     if any(existing is action for existing, _ in _study_actions):
         raise ValueError(f"study action {action.__name__} is registered twice")
     _study_actions.append((action, permission))
+
+
+# Patient list actions of other modules (protect / unprotect: lifecycle/admin.py).
+_patient_actions = []
+
+
+def register_patient_action(action, *, permission):
+    """As `register_study_action`, for the patient list."""
+    if any(existing is action for existing, _ in _patient_actions):
+        raise ValueError(f"patient action {action.__name__} is registered twice")
+    _patient_actions.append((action, permission))
+
+
+def _with_registered(modeladmin, request, actions, registered):
+    """`actions` plus the registered ones the user has the permission for."""
+    if actions is None or modeladmin.actions is None:
+        return actions
+    for action, permission in registered:
+        if request.user.has_perm(permission):
+            actions[action.__name__] = (
+                action,
+                action.__name__,
+                modeladmin._get_action_description(action, action.__name__),
+            )
+    return actions
 
 
 @admin.register(Series)
