@@ -28,7 +28,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import Count, Max, Q, Sum
 from django.utils import timezone
 from django.utils.module_loading import autodiscover_modules
@@ -295,25 +295,32 @@ def delete(sel: Selection, *, actor, actor_kind="user", reason="", address="") -
             bytes=what.bytes,
             study_uids=what.study_uids,
         )
-        record(
-            Action.DELETE,
-            actor=actor,
-            actor_kind=actor_kind,
-            address=address,
-            patient_id=next(iter(touched_patient_ids)) if len(touched_patient_ids) == 1 else "",
-            study_uid=what.study_uids[0] if len(what.study_uids) == 1 else "",
-            description=f"deleted {result.describe()}"[:255],
-            details={
-                "patients": result.patients,
-                "studies": result.studies,
-                "series": result.series,
-                "instances": result.instances,
-                "bytes": result.bytes,
-                "partial_studies": what.partial_studies,
-                "study_uids": what.study_uids[:AUDIT_UIDS],
-                "reason": reason,
-            },
-        )
+        # In a savepoint: an audit row that cannot be written is logged
+        # (by record(), or here when the savepoint fails) and must not
+        # break the deletion's transaction.
+        try:
+            with transaction.atomic():
+                record(
+                    Action.DELETE,
+                    actor=actor,
+                    actor_kind=actor_kind,
+                    address=address,
+                    patient_id=next(iter(touched_patient_ids)) if len(touched_patient_ids) == 1 else "",
+                    study_uid=what.study_uids[0] if len(what.study_uids) == 1 else "",
+                    description=f"deleted {result.describe()}"[:255],
+                    details={
+                        "patients": result.patients,
+                        "studies": result.studies,
+                        "series": result.series,
+                        "instances": result.instances,
+                        "bytes": result.bytes,
+                        "partial_studies": what.partial_studies,
+                        "study_uids": what.study_uids[:AUDIT_UIDS],
+                        "reason": reason,
+                    },
+                )
+        except DatabaseError:
+            logger.exception("the audit event of a deletion by %s could not be written", actor)
         # Unlinked once the rows are gone for good (at the outermost commit).
         transaction.on_commit(lambda: _unlink(uids))
     logger.info("%s deleted %s", actor, result.describe())
