@@ -145,6 +145,8 @@ def recycle(row=None, *, now=None) -> list:
         return []
     done = []
     for study in todo.studies:
+        if not Study.objects.filter(pk=study.pk).exists():
+            continue  # deleted meanwhile (another runscp process, the daily task, an administrator)
         done.append(
             deletion.delete_studies(
                 [study.pk],
