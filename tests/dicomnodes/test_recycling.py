@@ -25,6 +25,7 @@ from dicomnodes.models import (
 )
 from pacs_site.models import AuditEvent
 from pacs_site.retention import pruners
+from publishing.models import BurnJob, JobState, PublisherKind, Trigger
 from tests.support.archive import archive_files
 from tests.support.dicomdata import make_ct
 from tests.support.processes import stored_files, wait_until
@@ -140,6 +141,19 @@ def test_a_study_in_a_queued_send_is_held_and_listed_as_such(data_dir, tmp_path)
     assert [(s.study_instance_uid, why) for s, why in dry_run.held] == [
         (sent.study_instance_uid, "in a queued or running send")
     ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_study_on_a_pending_burn_job_is_held_until_the_job_is_done(data_dir, tmp_path):
+    burning = study(tmp_path, days_old=40)
+    job = BurnJob.objects.create(kind=PublisherKind.EPSON, trigger=Trigger.IMMEDIATE, state=JobState.DUE)
+    job.studies.add(burning)
+
+    dry_run = rules.preview(rule())
+    assert dry_run.studies == [] and [why for _, why in dry_run.held] == ["on a pending burn job"]
+
+    BurnJob.objects.filter(pk=job.pk).update(state=JobState.DONE)
+    assert uids(rules.preview(RetentionRule.objects.get()).studies) == uids([burning])
 
 
 @pytest.mark.django_db(transaction=True)
