@@ -2,15 +2,32 @@
 transaction, files after the commit, counters right, tombstones that keep
 the start-up reconciliation from bringing a deleted instance back."""
 
+import datetime as dt
+
+import pydicom
 import pytest
+from django.core.management import call_command
 from django.utils import timezone
 from pydicom.uid import generate_uid
 
 from dicomnodes.archive import tombstones
+from dicomnodes.archive.header import read_header_file
+from dicomnodes.archive.index import IndexItem, apply_batch
 from dicomnodes.archive.reconcile import index_orphans
 from dicomnodes.archive.storage import instance_path
 from dicomnodes.lifecycle import deletion
-from dicomnodes.models import Instance, Patient, Series, Study, Tombstone, TransferJob, TransferLevel
+from dicomnodes.models import (
+    AssociationLog,
+    AssociationResult,
+    Instance,
+    Patient,
+    Peer,
+    Series,
+    Study,
+    Tombstone,
+    TransferJob,
+    TransferLevel,
+)
 from pacs_site.models import AuditEvent
 from portal.models import StudyToken, hash_token
 from tests.support.archive import archive_files
@@ -22,8 +39,6 @@ def two_modality_study(tmp_path, patient_id="P1"):
     study_uid = generate_uid()
     ct = archive_files(make_ct_series(tmp_path / "ct", 2, study_uid=study_uid, patient_id=patient_id))
     mr_path = make_ct(tmp_path / "mr.dcm", study_uid=study_uid, patient_id=patient_id, series_number=2)
-    import pydicom
-
     ds = pydicom.dcmread(mr_path)
     ds.Modality = "MR"
     ds.save_as(mr_path)
@@ -102,8 +117,6 @@ def test_the_summary_counts_links_transfers_and_partial_studies(data_dir, tmp_pa
     study = Study.objects.get()
     StudyToken.objects.create(token_hash=hash_token("open"), study=study)
     StudyToken.objects.create(token_hash=hash_token("revoked"), study=study, revoked_at=timezone.now())
-    from dicomnodes.models import Peer
-
     peer = Peer.objects.create(name="p", ae_title="P", host="127.0.0.1", port=104)
     TransferJob.objects.create(kind="send", peer=peer, level=TransferLevel.STUDY, uids=[study.study_instance_uid])
     TransferJob.objects.create(kind="send", peer=peer, level=TransferLevel.STUDY, uids=["1.2.3"])
@@ -167,9 +180,6 @@ def test_an_instance_stored_again_after_its_deletion_creates_its_study_afresh(da
 @pytest.mark.archive
 @pytest.mark.django_db(transaction=True)
 def test_an_instance_whose_deleted_copy_is_still_on_disk_is_refused_until_it_is_gone(data_dir, tmp_path):
-    from dicomnodes.archive.header import read_header_file
-    from dicomnodes.archive.index import IndexItem, apply_batch
-
     source = make_ct(tmp_path / "a.dcm")
     rows = archive_files([source])
     tombstones.bury([rows[0].sop_instance_uid])  # deleted, not yet unlinked
@@ -185,8 +195,6 @@ def test_an_instance_whose_deleted_copy_is_still_on_disk_is_refused_until_it_is_
 @pytest.mark.archive
 @pytest.mark.django_db(transaction=True)
 def test_reindex_unlinks_the_files_of_deleted_instances_instead_of_indexing_them(data_dir, tmp_path):
-    from django.core.management import call_command
-
     kept = archive_files([make_ct(tmp_path / "kept.dcm", patient_id="P1")])
     gone = archive_files([make_ct(tmp_path / "gone.dcm", patient_id="P2")])
     tombstones.bury([gone[0].sop_instance_uid])  # deleted, killed before the unlink
@@ -201,10 +209,6 @@ def test_reindex_unlinks_the_files_of_deleted_instances_instead_of_indexing_them
 
 @pytest.mark.django_db
 def test_a_study_is_being_received_while_instances_arrive_or_its_association_is_open(data_dir, tmp_path):
-    import datetime as dt
-
-    from dicomnodes.models import AssociationLog, AssociationResult
-
     rows = archive_files([make_ct(tmp_path / "a.dcm")])
     study = rows[0].series.study
     assert deletion.is_receiving(study)  # just received

@@ -4,7 +4,7 @@ goes, then rows and files go, and the patient link answers 404.  Who sees
 the action is checked with Django's test client."""
 
 import pytest
-from django.contrib.auth.models import Permission
+from django.contrib.auth.models import Permission, User
 
 from dicomnodes.models import Instance, Patient, Series, Study
 from pacs_site.models import AuditEvent
@@ -116,8 +116,6 @@ def test_only_users_with_the_delete_permission_see_the_action(client, db, data_d
 
 @pytest.mark.archive
 def test_patients_and_instances_are_deleted_from_their_lists_too(client, transactional_db, data_dir, tmp_path):
-    from django.contrib.auth.models import User
-
     client.force_login(User.objects.create_superuser("admin", "", PASSWORD))
     one = store_study(tmp_path, series=1, per_series=2, patient_id="P1")
     store_study(tmp_path, series=1, per_series=1, patient_id="P2")

@@ -8,6 +8,7 @@ from rest_framework.test import APIClient
 
 from dicomnodes.models import Instance, Series, Study
 from pacs_site.models import AuditEvent
+from portal.tokens import create_token
 from tests.support.api import archived
 
 pytestmark = [pytest.mark.archive, pytest.mark.django_db(transaction=True)]
@@ -86,8 +87,6 @@ def test_strangers_cannot_delete(anonymous, a_staff_member, a_study):
 
 
 def test_dicomweb_and_the_patient_link_see_the_deletion_at_once(an_api_admin, a_study):
-    from portal.tokens import create_token
-
     study = a_study[0].series.study
     uid = study.study_instance_uid
     link = create_token(study)
