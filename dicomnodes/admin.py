@@ -184,6 +184,7 @@ class PatientAdmin(CorrectionAdminMixin, DeletionAdminMixin, ReadOnlyAdmin):
         "studies",
     ]
     search_fields = ["patient_name_upper", "patient_id"]
+    list_filter = ["protected"]  # from recycling and retention rules (lifecycle/admin.py)
     list_per_page = 50
 
     @admin.display(description="studies")
@@ -212,7 +213,7 @@ class StudyAdmin(CorrectionAdminMixin, DeletionAdminMixin, ReadOnlyAdmin):
         "num_instances",
         viewer_link,
     ]
-    list_filter = ["study_date", "modalities_in_study"]
+    list_filter = ["study_date", "modalities_in_study", "protected"]
     search_fields = ["patient_name_upper", "patient_id", "accession_number", "study_instance_uid", "study_description"]
     date_hierarchy = None
     list_per_page = 50

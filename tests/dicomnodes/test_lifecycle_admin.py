@@ -49,6 +49,8 @@ def test_protect_and_unprotect_on_the_study_and_patient_lists(an_admin, data_dir
 
     an_admin.post("/admin/dicomnodes/study/", {"action": "protect_selected", "_selected_action": [one.pk]}, follow=True)
     assert list(Study.objects.filter(protected=True)) == [one]
+    listed = an_admin.get("/admin/dicomnodes/study/?protected__exact=1").context["cl"].result_list
+    assert list(listed) == [one]
     an_admin.post(
         "/admin/dicomnodes/patient/",
         {"action": "protect_selected", "_selected_action": [one.patient_record_id]},
