@@ -17,6 +17,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from dicomnodes.archive import quarantine
+from pacs_site import syslog
 from pacs_site.models import AuditEvent, AuditSettings, RetentionSettings
 from pacs_site.singleton import SingletonAdmin
 
@@ -129,8 +130,6 @@ class AuditSettingsAdmin(SingletonAdmin):
 
     @admin.display(description="this process")
     def syslog_now(self, obj):
-        from pacs_site import syslog
-
         return syslog.status_text()
 
 

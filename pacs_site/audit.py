@@ -18,6 +18,9 @@ import logging
 import threading
 import time
 
+from dicomnodes.models import Study
+from pacs_site import syslog
+from pacs_site.listeners import peer_address
 from pacs_site.models import AuditEvent, AuditOutcome, AuditSettings
 
 logger = logging.getLogger(__name__)
@@ -157,8 +160,6 @@ def _forward(rows):
     try:
         row = current_settings()
         if row.syslog_enabled and row.syslog_host:
-            from pacs_site import syslog
-
             syslog.forward(rows, row)
     except Exception:
         logger.exception("audit events could not be handed to syslog")
@@ -170,8 +171,6 @@ def _forward(rows):
 def client_address(request) -> str:
     """The peer's address as the association log shows one (an IPv4 peer of
     a dual-stack socket without its ::ffff: prefix)."""
-    from pacs_site.listeners import peer_address
-
     address = request.META.get("REMOTE_ADDR") or ""
     return peer_address(address) if address else ""
 
@@ -233,8 +232,6 @@ def _safe_path(request, token):
 
 
 def patient_of(study_uid) -> str:
-    from dicomnodes.models import Study
-
     found = Study.objects.filter(study_instance_uid=study_uid).values_list("patient_id", flat=True).first()
     return found or ""
 

@@ -21,6 +21,7 @@ import threading
 
 from django.utils import timezone
 
+from dicomnodes.models import AssociationResult, Study
 from pacs_site.audit import Action, current_settings, event, query_keys, record_many
 from pacs_site.models import AuditOutcome
 
@@ -166,8 +167,6 @@ def on_association_closed(sender, association, sop_instance_uids=(), **kwargs):
 
 def events_of(association, notes, sop_instance_uids):
     """The association's event, then one per request (unsaved rows)."""
-    from dicomnodes.models import AssociationResult, Study
-
     ae, address = association.calling_ae, association.peer_address
     include_patient = current_settings().query_patient_keys
     requests = notes["requests"]

@@ -20,10 +20,15 @@ from django.contrib.auth.signals import user_logged_in, user_login_failed
 from django.db import IntegrityError, transaction
 from django.db.models.signals import post_save
 from django.utils import timezone
+from django_q.signals import post_execute_in_worker
 
-from pacs_site import audit
+from dicomnodes.models import Study
+from dicomnodes.signals import association_closed
+from dicomnodes.transfers.models import FINISHED_STATES, TransferJob, TransferKind, TransferState
+from pacs_site import audit, audit_dicom
 from pacs_site.audit import Action
 from pacs_site.models import AuditEvent, AuditMark, AuditOutcome, AuditSettings
+from publishing.models import BurnJob, JobState
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +36,6 @@ TRANSFER_TASK = "dicomnodes.transfers.jobs.run_next"
 
 
 def connect():
-    from django_q.signals import post_execute_in_worker
-
-    from dicomnodes.signals import association_closed
-    from pacs_site import audit_dicom
-    from publishing.models import BurnJob
-
     user_logged_in.connect(on_login, dispatch_uid="audit.login")
     user_login_failed.connect(on_login_failed, dispatch_uid="audit.login_failed")
     post_save.connect(on_admin_log_entry, sender=LogEntry, dispatch_uid="audit.admin")
@@ -105,8 +104,6 @@ def on_admin_log_entry(sender, instance, created, **kwargs):
 def on_burn_job_saved(sender, instance, created, update_fields=None, **kwargs):
     """publishing.tasks.submit saves `files_written` and `robot_status`
     once the job files are in the robot's folder: that save is the burn."""
-    from publishing.models import JobState
-
     job = instance
     if not update_fields or "files_written" not in update_fields or job.robot_status != "submitted":
         return
@@ -159,8 +156,6 @@ def transfers_ended(*, since=None):
     after every run of the transfer task, and an AuditMark per job is the
     claim: a second worker sweeping at the same time gets an IntegrityError
     and leaves the job to the first."""
-    from dicomnodes.transfers.models import FINISHED_STATES, TransferJob
-
     since = since or timezone.now() - SWEEP
     marked = AuditMark.objects.filter(key__startswith="transfer:").values_list("key", flat=True)
     jobs = (
@@ -181,9 +176,6 @@ def transfers_ended(*, since=None):
 
 
 def _record_transfer(job):
-    from dicomnodes.models import Study
-    from dicomnodes.transfers.models import TransferKind, TransferState
-
     sending = job.kind == TransferKind.SEND
     study_uid = job.study_uid or (job.uids[0] if job.level == "STUDY" and job.uids else "")
     outcome = {

@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from dicomnodes.models import DicomServerSettings
 from pacs_site import atna
 
 logger = logging.getLogger(__name__)
@@ -170,8 +171,6 @@ def forwarder():
 def source_id():
     """AuditSourceID: our AE title (the DICOM server settings)."""
     try:
-        from dicomnodes.models import DicomServerSettings
-
         return DicomServerSettings.load().ae_title
     except Exception:
         return socket.gethostname()
