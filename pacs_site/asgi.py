@@ -40,6 +40,25 @@ class Handler(ASGIHandler):
         super().load_middleware(is_async=False)
         self._middleware_chain = sync_to_async(self._middleware_chain, thread_sensitive=True)
 
+    async def send_response(self, response, send):
+        """A `PiecesResponse` on a server that takes files (ZERO_COPY):
+        its bytes as body messages, its files as zero-copy sends."""
+        if not getattr(response, "zero_copy", False):
+            return await super().send_response(response, send)
+        headers = [(k.encode("ascii"), v.encode("latin1")) for k, v in response.items()]
+        headers += [(b"Set-Cookie", c.output(header="").encode("ascii").strip()) for c in response.cookies.values()]
+        await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+        for piece in response.pieces:
+            if not isinstance(piece, FileRange):
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+                continue
+            with open_range(piece) as f:
+                await send(
+                    {"type": ZERO_COPY, "file": f, "offset": piece.offset, "count": piece.length, "more_body": True}
+                )
+        await send({"type": "http.response.body"})
+        return None
+
     @classmethod
     def chunk_bytes(cls, data):
         if len(data) <= cls.WHOLE:
@@ -49,6 +68,8 @@ class Handler(ASGIHandler):
 
 
 django.setup(set_prefix=False)
+from portal.streaming import ZERO_COPY, FileRange, open_range  # noqa: E402
+
 django_asgi_app = Handler()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402

@@ -17,9 +17,12 @@ import re
 
 from daphne.cli import CommandLineInterface
 from daphne.server import Server
+from twisted.internet import tcp
 from twisted.internet.abstract import FileDescriptor
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from zope.interface import implementer
+
+from portal.streaming import ZERO_COPY
 
 
 def _escape(value: str) -> str:
@@ -125,6 +128,72 @@ class BodyQueue(asyncio.Queue):
         return {"type": "http.request", "body": chunk, "more_body": more and bool(chunk)}
 
 
+class _ZeroCopy:
+    """Sends a file's bytes with os.sendfile on an HTTP response's socket,
+    past Twisted's buffer (the ASGI `http.response.zerocopysend` extension,
+    which `create_application` offers on plain TCP connections).
+
+    Twisted's buffer is drained first (what went before, headers included,
+    is on the wire in order), then the file goes out as the socket takes it;
+    a client that stops reading is waited for, as long as it stays
+    connected."""
+
+    WAIT = 5.0  # s between checks that a client that reads nothing is still there
+
+    def __init__(self, protocol, transport, gate):
+        self.protocol, self.transport, self.gate = protocol, transport, gate
+
+    def _gone(self):
+        return self.protocol.finished or self.protocol._disconnected or self.protocol.channel is None
+
+    def _pending(self):
+        t = self.transport
+        return len(t.dataBuffer) - t.offset + t._tempDataLen
+
+    async def drain(self):
+        """Until Twisted has sent all it holds.  Its transport resumes its
+        producer (the channel, then our gate) when the buffer is empty, if
+        it was paused: mark it so."""
+        while self._pending() and not self._gone():
+            self.gate.open.clear()
+            self.transport.producerPaused = True
+            try:
+                await asyncio.wait_for(self.gate.open.wait(), self.WAIT)
+            except TimeoutError:
+                pass
+
+    async def _writable(self, fd):
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+        loop.add_writer(fd, lambda: ready.done() or ready.set_result(None))
+        try:
+            await asyncio.wait_for(ready, self.WAIT)
+        except TimeoutError:
+            pass
+        finally:
+            loop.remove_writer(fd)
+
+    async def send(self, f, offset, count):
+        await self.drain()
+        fd = self.transport.fileno()
+        while count > 0 and not self._gone():
+            try:
+                sent = os.sendfile(fd, f.fileno(), offset, count)
+            except BlockingIOError:
+                await self._writable(fd)
+                continue
+            except OSError:  # the client has gone: Twisted notices it too
+                self.transport.abortConnection()
+                return
+            if not sent:  # the file is shorter than said: the answer cannot be completed
+                self.transport.abortConnection()
+                return
+            offset += sent
+            count -= sent
+            self.protocol.sentLength += sent
+            self.protocol.channel.resetTimeout()
+
+
 class QuietServer(Server):
     def log_action(self, protocol, action, details):
         super().log_action(protocol, action, strip_query(details))
@@ -135,6 +204,8 @@ class QuietServer(Server):
         content = getattr(protocol, "content", None)
         input_queue = BodyQueue(content) if scope.get("type") == "http" and content is not None else asyncio.Queue()
         scope.setdefault("asgi", {"version": "3.0"})
+        if scope.get("type") == "http" and scope.get("scheme") == "http" and _plain_tcp(protocol):
+            scope.setdefault("extensions", {})[ZERO_COPY] = {}
         application_instance = self.application(
             scope=scope, receive=input_queue.get, send=functools.partial(self.handle_reply, protocol)
         )
@@ -148,6 +219,9 @@ class QuietServer(Server):
         the client has not read yet: a slow client downloading a study would
         have it all in memory.  Here a streamed response waits, after each
         chunk, until the connection can take more (backpressure)."""
+        if message.get("type") == ZERO_COPY:
+            await self._zero_copy(protocol, message)
+            return
         body = message.get("type") == "http.response.body"
         more = body and message.get("more_body", False)
         gate = getattr(protocol, "_pacs_send_gate", None)
@@ -164,6 +238,28 @@ class QuietServer(Server):
             gate = protocol._pacs_send_gate = _SendGate()
             protocol.registerProducer(gate, True)
         await gate.open.wait()
+
+
+    async def _zero_copy(self, protocol, message):
+        gone = protocol not in self.connections or self.connections[protocol].get("disconnected")
+        if gone or protocol.finished or protocol.channel is None or protocol.method == b"HEAD":
+            return
+        if not protocol.startedWriting:
+            raise ValueError(f"{ZERO_COPY} before the response's first body message")
+        gate = getattr(protocol, "_pacs_send_gate", None)
+        if gate is None:
+            gate = protocol._pacs_send_gate = _SendGate()
+            protocol.registerProducer(gate, True)
+        await _ZeroCopy(protocol, protocol.channel.transport, gate).send(
+            message["file"], message.get("offset", 0), message["count"]
+        )
+
+
+def _plain_tcp(protocol):
+    """Whether the request came on a TCP socket we may write to ourselves
+    (not TLS, whose bytes Twisted encrypts)."""
+    transport = getattr(getattr(protocol, "channel", None), "transport", None)
+    return isinstance(transport, tcp.Connection) and not ISSLTransport.providedBy(transport)
 
 
 class WebCommandLine(CommandLineInterface):

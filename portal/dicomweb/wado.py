@@ -20,6 +20,7 @@ from portal.dicomweb.metacache import instance_json_bytes
 from portal.dicomweb.rendering import rendering_answer
 from portal.dicomweb.retrieval import (
     OCTET_STREAM,
+    RETRIEVE_FIELDS,
     Budgets,
     conversion_refusal,
     dicom_parts,
@@ -32,9 +33,10 @@ from portal.dicomweb.retrieval import (
     native_value_parts,
     parse_frame_list,
     representative,
+    stored_pieces,
 )
 from portal.previews import PREVIEW_SIZE
-from portal.streaming import streamed
+from portal.streaming import PiecesResponse, streamed
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +46,7 @@ NOT_FOUND = "no such study, series or instance"
 @dicomweb_view
 def retrieve(request, scope, study, series=None, instance=None):
     """Whole instances as `multipart/related; type="application/dicom"`."""
-    instances = find_instances(scope, study, series, instance)
+    instances = find_instances(scope, study, series, instance, only=RETRIEVE_FIELDS)
     if not instances:
         return error(404, NOT_FOUND)
     default = Wanted("application/dicom", multipart=True)
@@ -62,6 +64,8 @@ def retrieve(request, scope, study, series=None, instance=None):
     if refusal:
         return error(406, refusal)
     multipart = Multipart("application/dicom")
+    if all(syntax == i.transfer_syntax_uid for i, syntax in plan):
+        return PiecesResponse(request, stored_pieces(plan, multipart), content_type=multipart.content_type())
     chunks = dicom_parts(plan, multipart, max_decoded_bytes=budgets.max_decoded_bytes)
     return streamed(request, chunks, content_type=multipart.content_type())
 

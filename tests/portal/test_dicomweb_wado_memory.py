@@ -6,6 +6,8 @@ its peak memory stays far below the image's size.
 Persona: a reader (staff with the view permissions, API token).
 """
 
+import hashlib
+
 import numpy as np
 import psutil
 import requests
@@ -51,11 +53,34 @@ def test_a_384_mib_image_goes_out_without_the_web_process_holding_it(
     web = start_runpacs_web(data_dir, tmp_path / "runpacs.log")
     try:
         wait_for_web(f"http://127.0.0.1:{http.web_port}/admin/login/", web)
+        stored = hashlib.sha256()
+        with open(instance.path, "rb") as f:
+            while chunk := f.read(1 << 22):
+                stored.update(chunk)
         for path in ("", "/bulkdata/7FE00010"):
             with session.get(url + path, stream=True, timeout=120) as response:
                 assert response.status_code == 200
                 received = sum(len(chunk) for chunk in response.iter_content(1 << 20))
             assert received > FRAMES * SIZE * SIZE * 2
+        # The whole-instance part is the stored file (sent by sendfile, the
+        # web process's zero-copy path): its bytes after the part's head
+        # hash as the file does, once the closing boundary is cut off.
+        with session.get(url, stream=True, timeout=120) as response:
+            length = int(response.headers["Content-Length"])
+            boundary = response.headers["Content-Type"].split("boundary=")[1].encode()
+            body = hashlib.sha256()
+            head = b""
+            tail = len(b"\r\n--" + boundary + b"--\r\n")
+            seen = 0
+            for chunk in response.iter_content(1 << 20):
+                seen += len(chunk)
+                if not head:
+                    head, _, chunk = chunk.partition(b"\r\n\r\n")
+                    assert head.startswith(b"--" + boundary)
+                keep = len(chunk) - max(0, tail - (length - seen))
+                body.update(chunk[:keep])
+        assert seen == length
+        assert body.hexdigest() == stored.hexdigest()
         middle = session.get(f"{url}/frames/{FRAMES // 2 + 1}", timeout=60)
         assert ramp.tobytes() in middle.content
         peak = peak_rss_mb(web_process(web).pid)
