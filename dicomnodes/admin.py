@@ -137,8 +137,9 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
     def has_delete_permission(self, request, obj=None):
-        # Deleting index rows would orphan their files; deletion with the
-        # files comes with its own issue.
+        # Django's own delete would drop index rows and orphan their files:
+        # deletion goes through the "Delete selected … with their files"
+        # action (dicomnodes/lifecycle/deletion_admin.py), rows and files.
         return False
 
 
@@ -345,6 +346,3 @@ class AssociationLogAdmin(ReadOnlyAdmin):
     search_fields = ["calling_ae", "peer_address", "called_ae"]
     list_per_page = 100
 
-
-# Last: it registers protect/unprotect with register_study_action above.
-from dicomnodes.lifecycle import admin as lifecycle_admin  # noqa: E402,F401 (archive settings, retention rules)

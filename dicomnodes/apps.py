@@ -6,6 +6,10 @@ class DicomnodesConfig(AppConfig):
     verbose_name = "DICOM node"
 
     def ready(self):
+        # The archive settings and retention rules admin, and the protect
+        # actions it adds to dicomnodes.admin's lists (as other apps' admin
+        # modules do; imported here, dicomnodes.admin cannot import it back).
+        from dicomnodes.lifecycle import admin as lifecycle_admin  # noqa: F401
         from dicomnodes.models import DicomServerSettings, Peer
         from pacs_site.config_io import ListSection, SingletonSection, register
 
