@@ -1,10 +1,10 @@
 """A received dataset too big for memory: kept in a file while it arrives.
 
-pynetdicom collects a C-STORE's dataset in a BytesIO, however large.  Once
-one passes `SPILL_AT`, `compat.spill_large_datasets` moves it into a
-`SpoolFile` (an anonymous temporary file in the storage folder, so on the
-disk the instance goes to), and the rest of the fragments are written
-there as they come.  A runscp therefore holds at most `SPILL_AT` bytes per
+runscp gathers a C-STORE's dataset in memory (`scp/sinks.StoreSink`), and
+STOW-RS a part (`portal/dicomweb/upload.py`).  Once one passes `SPILL_AT`,
+it moves into a `SpoolFile` (an anonymous temporary file in the storage
+folder, so on the disk the instance goes to), and the rest of the fragments
+are written there as they come.  A runscp therefore holds at most `SPILL_AT` bytes per
 association of any dataset, whatever its size; the file vanishes when it is
 closed, or when the process ends.
 
@@ -28,7 +28,7 @@ SPILL_AT = 4 * 2**20
 class SpoolFile(io.BytesIO):
     """Write-only while the dataset arrives; then `getbuffer()` and `fileno()`.
 
-    A BytesIO by type only (pynetdicom's primitives accept nothing else);
+    A BytesIO by type only (it stood in for pynetdicom's dataset buffer);
     every method used is answered from the file."""
 
     def __init__(self, head: bytes, folder=None):
@@ -56,7 +56,7 @@ class SpoolFile(io.BytesIO):
             self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
         return memoryview(self._map)
 
-    def getvalue(self) -> bytes:  # what pynetdicom's debug log asks of a dataset
+    def getvalue(self) -> bytes:  # as BytesIO's
         with self.getbuffer() as view:
             return bytes(view)
 

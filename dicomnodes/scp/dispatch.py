@@ -1,10 +1,11 @@
 """The runscp dispatcher: one listening socket, several worker processes.
 
-pynetdicom spends most of its time holding the GIL, so one process uses one
-core.  With `runscp --processes N` the parent accepts connections and hands
-each to a worker in turn over a UNIX socket (SCM_RIGHTS).  We chose this over
-SO_REUSEPORT, whose hash put all four associations of a benchmark run on one
-worker about one time in eight.
+An association's work is Python holding the GIL (the store path, the index,
+C-FIND answers), so one process uses one core.  With `runscp --processes N`
+the parent accepts connections and hands each to a worker in turn over a
+UNIX socket (SCM_RIGHTS), where a `server.Listener` receives it.  We chose
+this over SO_REUSEPORT, whose hash put all four associations of a benchmark
+run on one worker about one time in eight.
 
 runscp's loop drives a `Dispatcher` in small steps: `reap()` and
 `start_workers()` replace dead workers, `follow_settings()` keeps the socket

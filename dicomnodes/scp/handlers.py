@@ -1,8 +1,10 @@
-"""pynetdicom event handlers for `runscp`: association life cycle, C-ECHO, C-STORE.
+"""The association life cycle and C-STORE of `runscp`, as pure cores that
+`acceptor.AcceptorSession` calls: `check_association` (A-ASSOCIATE-RQ),
+`association_row`, `log_rejection` and `log_close` (the association log),
+`answer_store` (C-STORE, tested without a socket).
 
-Handlers get their dependencies (the current configuration, the index
-writer) passed in; they stay short and delegate to `answer_store` (the pure
-C-STORE core, tested without a socket), `archive.ingest` and `access`.
+They get their dependencies (the current configuration, the index writer)
+passed in, stay short and delegate to `archive.ingest` and `access`.
 """
 
 import logging
@@ -12,15 +14,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.utils import timezone
-from pynetdicom import evt
 
 from dicomnodes.archive.index import AssociationClose, AssociationOpen, SenderMarked
 from dicomnodes.archive.ingest import store_received
-from dicomnodes.archive.spool import SpoolFile
-from dicomnodes.dimse import REJECT_CALLED_AE, REJECT_CALLING_AE, REJECT_LOCAL_LIMIT, Caller, Status, status
+from dicomnodes.dimse import REJECT_CALLED_AE, REJECT_CALLING_AE, Status
 from dicomnodes.models import AssociationLog, AssociationResult
 from pacs_site import audit_dicom
-from pacs_site.listeners import peer_address
 
 logger = logging.getLogger(__name__)
 
@@ -45,132 +44,6 @@ class AssociationState:
     stored: list = field(default_factory=list)
 
 
-class Handlers:
-    """The handlers of one `runscp` process.
-
-    `config` is a callable returning the current ScpConfig (it changes when
-    the admin edits the settings); `writer` is the IndexWriter.
-    """
-
-    def __init__(self, config, writer, connections=None):
-        self.config = config
-        self.writer = writer
-        self.connections = connections  # limits.ConnectionTable of the server, if any
-
-    def bindings(self):
-        return [
-            (evt.EVT_REQUESTED, self.on_requested),
-            (evt.EVT_ACCEPTED, self.on_accepted),
-            (evt.EVT_C_ECHO, self.on_echo),
-            (evt.EVT_C_STORE, self.on_store),
-        ]
-
-    # --- association life cycle -------------------------------------------
-    def on_requested(self, event):
-        """Check the called and calling AE titles before negotiating."""
-        assoc = event.assoc
-        rq = assoc.requestor.primitive
-        state = AssociationState(
-            id=uuid.uuid4(),
-            calling_ae=(rq.calling_ae_title or "").strip(),
-            called_ae=(rq.called_ae_title or "").strip(),
-            address=peer_address(str(assoc.requestor.address)),
-            port=assoc.requestor.port,
-            started_at=timezone.now(),
-        )
-        assoc.pacs_state = state
-        config = self.config()
-        conn = getattr(assoc, "pacs_connection", None)
-        if conn is not None and self.connections is not None:
-            busy = self.connections.admit(
-                conn,
-                max_total=config.max_associations,
-                max_per_address=config.max_associations_per_address,
-            )
-            if busy:
-                logger.warning("association from %s (%s) refused for now: %s", state.calling_ae, state.address, busy)
-                self._reject(assoc, state, REJECT_LOCAL_LIMIT, f"local limit exceeded: {busy}")
-                return
-        refusal = check_association(
-            state.called_ae,
-            Caller(state.calling_ae, state.address),
-            [cx.abstract_syntax for cx in rq.presentation_context_definition_list],
-            config=config,
-        )
-        if refusal:
-            self._reject(assoc, state, *refusal)
-        else:
-            # Answer with the title we were called by (ours or a publishing variant).
-            assoc.acceptor.ae_title = state.called_ae
-
-    def _reject(self, assoc, state, reason, text):
-        assoc.acse.send_reject(*reason)
-        # As pynetdicom's own rejection does: wait until the DUL has sent the
-        # A-ASSOCIATE-RJ before the socket is closed.
-        assoc.kill()
-        log_rejection(self.writer, state, text)
-
-    def on_accepted(self, event):
-        state = event.assoc.pacs_state
-        logger.info(
-            "association %s from %s (%s) to %s accepted", state.id, state.calling_ae, state.address, state.called_ae
-        )
-        self.writer.submit(AssociationOpen(association_row(state, result=AssociationResult.OPEN)))
-
-    def finish(self, assoc):
-        """Called once the association thread has ended, whatever the reason."""
-        state = getattr(assoc, "pacs_state", None)
-        if state is None or state.finished:
-            return
-        if assoc.is_released:
-            result, reason = AssociationResult.RELEASED, ""
-        elif assoc.is_aborted:
-            result, reason = AssociationResult.ABORTED, "aborted"
-        else:
-            result, reason = AssociationResult.ABORTED, "connection closed without release"
-        log_close(self.writer, state, result, reason)
-
-
-    # --- services -------------------------------------------------------------
-    def on_echo(self, event):
-        audit_dicom.note_service(getattr(event.assoc, "pacs_state", None), "echo")
-        return Status.SUCCESS
-
-    def on_store(self, event):
-        state = event.assoc.pacs_state
-        req = event.request
-        try:
-            with req.DataSet.getbuffer() as raw:  # the received bytes, not a copy of them
-                code, comment, sop_instance_uid = self._store(event, state, raw)
-                size = len(raw)
-        finally:
-            if isinstance(req.DataSet, SpoolFile):
-                req.DataSet.close()
-        if code != Status.NOT_AUTHORISED:  # bytes of refused callers are not counted
-            state.bytes += size
-        if code != Status.SUCCESS:
-            state.failed += 1
-            return status(code, comment)
-        state.received += 1
-        state.stored.append(sop_instance_uid)
-        return Status.SUCCESS
-
-    def _store(self, event, state, raw):
-        req = event.request
-        return answer_store(
-            raw,
-            str(event.context.transfer_syntax),
-            sop_class_uid=str(req.AffectedSOPClassUID),
-            sop_instance_uid=str(req.AffectedSOPInstanceUID),
-            caller=Caller(state.calling_ae, state.address),
-            called_ae=state.called_ae,
-            association_id=state.id,
-            config=self.config(),
-            writer=self.writer,
-            spool=req.DataSet if isinstance(req.DataSet, SpoolFile) else None,
-        )
-
-
 def association_row(state, *, result, reason=""):
     """The *Associations* row of an association (opened, or rejected)."""
     return AssociationLog(
@@ -186,7 +59,7 @@ def association_row(state, *, result, reason=""):
 
 
 def log_rejection(writer, state, text):
-    """A rejected association: one line in the log and a row (both runtimes)."""
+    """A rejected association: one line in the log and a row."""
     logger.info("association from %s (%s) to %s rejected: %s", state.calling_ae, state.address, state.called_ae, text)
     state.finished = True
     row = association_row(state, result=AssociationResult.REJECTED, reason=text)
@@ -197,7 +70,7 @@ def log_rejection(writer, state, text):
 
 def log_close(writer, state, result, reason):
     """An association has ended: its line in the log and its row closed
-    with the counts (both runtimes)."""
+    with the counts."""
     state.finished = True
     duration = time.monotonic() - state.started_monotonic
     logger.info(

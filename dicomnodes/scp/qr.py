@@ -1,4 +1,4 @@
-"""C-FIND, C-MOVE and C-GET for `runscp`: pure cores and thin pynetdicom adapters.
+"""C-FIND, C-MOVE and C-GET for `runscp`: the pure cores.
 
 The cores take plain values and no socket, so the rules are tested without
 a network (tests/dicomnodes/test_handlers.py):
@@ -6,7 +6,7 @@ a network (tests/dicomnodes/test_handlers.py):
   dataset) pairs: pending results, then at most one final status;
 - `plan_get(…)` / `plan_move(…)` return a `Refusal` or a `Plan` (what to send,
   and for a C-MOVE where).
-`QueryRetrieveHandlers` adapts them to pynetdicom's event generators.
+`acceptor.AcceptorSession` calls them and sends what they say.
 
 Access (documented in README): a caller that may use none of the services it
 proposes is rejected at association time as "calling AE title not
@@ -24,16 +24,11 @@ goes to the responder that app registered (`dicomnodes.query.registry`).
 import logging
 from dataclasses import dataclass, field
 
-from pydicom.uid import UID
-from pynetdicom import evt
-
-from dicomnodes.dimse import Caller, Status, model_of, status
+from dicomnodes.dimse import Caller, Status, status
 from dicomnodes.query import matching
 from dicomnodes.query.registry import find_responder
 from dicomnodes.query.selection import RetrieveError, select_instances
-from dicomnodes.scp.compat import NODELAY_HANDLERS, answer_next_response, let_dul_read, send_files_raw
-from dicomnodes.scp.sending import contexts_for, dataset_for, decode_budget
-from pacs_site import audit_dicom
+from dicomnodes.scp.sending import contexts_for
 
 logger = logging.getLogger(__name__)
 
@@ -110,125 +105,3 @@ def plan_move(identifier, *, model, destination_ae, caller: Caller, config):
         return Plan(targets, destination, contexts_for(targets) if targets else [])
     except RetrieveError as exc:
         return Refusal(exc.status, exc.comment)
-
-
-def _cancel_seen(event):
-    """Whether the peer sent a C-CANCEL, once pynetdicom has read what the
-    peer sent meanwhile (compat.let_dul_read)."""
-    let_dul_read(event.assoc)
-    return event.is_cancelled
-
-
-def _caller(event):
-    state = event.assoc.pacs_state
-    return Caller(state.calling_ae, state.address)
-
-
-def _implicit_vr(transfer_syntax):
-    """Encoding of pre-encoded answers: known for the uncompressed little endian syntaxes only."""
-    syntax = UID(transfer_syntax)
-    return syntax.is_implicit_VR if syntax.is_little_endian and not syntax.is_deflated else None
-
-
-class QueryRetrieveHandlers:
-    """pynetdicom adapters of the cores; `config` returns the current ScpConfig."""
-
-    def __init__(self, config):
-        self.config = config
-
-    def bindings(self):
-        return [
-            (evt.EVT_C_FIND, self.on_find),
-            (evt.EVT_C_MOVE, self.on_move),
-            (evt.EVT_C_GET, self.on_get),
-        ]
-
-    def on_find(self, event):
-        noted = audit_dicom.note_find(
-            event.assoc.pacs_state, event.identifier, model=model_of(event.request.AffectedSOPClassUID)
-        )
-        answers = answer_find(
-            event.identifier,
-            model=model_of(event.request.AffectedSOPClassUID),
-            caller=_caller(event),
-            config=self.config(),
-            implicit_vr=_implicit_vr(event.context.transfer_syntax),
-            cancelled=lambda: _cancel_seen(event),
-        )
-        try:
-            for answer in answers:
-                if answer[0] == Status.PENDING and not event.assoc.is_established:
-                    return
-                if answer[1] is None:
-                    audit_dicom.find_answered(noted, int(getattr(answer[0], "Status", answer[0])))
-                yield answer
-        finally:
-            answers.close()
-
-    def on_get(self, event):
-        """pynetdicom wants the number of sub-operations first: a refusal
-        yields 0 and the response pynetdicom then sends gets our status."""
-        caller = _caller(event)
-        plan = plan_get(
-            event.identifier, model=model_of(event.request.AffectedSOPClassUID), caller=caller, config=self.config()
-        )
-        audit_dicom.note_retrieve(event.assoc.pacs_state, "get", event.identifier, plan=plan)
-        if isinstance(plan, Refusal):
-            logger.info("C-GET from %s (%s) refused: %s", caller.ae_title, caller.address, plan.comment)
-            answer_next_response(event.assoc, plan.status, plan.comment)
-            yield 0
-            return
-        yield len(plan.targets)
-        send_files_raw(event.assoc)
-        accepted = event.assoc.accepted_contexts
-        budget = decode_budget()
-        for target in plan.targets:
-            if event.is_cancelled:
-                yield Status.CANCEL, None
-                return
-            yield Status.PENDING, dataset_for(target, accepted, max_decoded_bytes=budget)
-
-    def on_move(self, event):
-        """pynetdicom wants the destination as the first yield, so a refusal
-        yields "no destination" and the response pynetdicom then sends is given
-        our status and comment (see compat.answer_next_response)."""
-        caller = _caller(event)
-        destination_ae = str(event.move_destination).strip()
-        plan = plan_move(
-            event.identifier,
-            model=model_of(event.request.AffectedSOPClassUID),
-            destination_ae=destination_ae,
-            caller=caller,
-            config=self.config(),
-        )
-        audit_dicom.note_retrieve(
-            event.assoc.pacs_state, "move", event.identifier, plan=plan, destination=destination_ae
-        )
-        if isinstance(plan, Refusal):
-            logger.info("C-MOVE from %s (%s) refused: %s", caller.ae_title, caller.address, plan.comment)
-            answer_next_response(event.assoc, plan.status, plan.comment)
-            yield None, None
-            return
-        sub = {}
-
-        def remember(ev):
-            sub["assoc"] = ev.assoc
-            send_files_raw(ev.assoc)
-
-        yield (
-            plan.destination.host,
-            plan.destination.port,
-            {
-                "ae_title": destination_ae,
-                "contexts": plan.contexts or None,
-                "evt_handlers": [(evt.EVT_ESTABLISHED, remember), *NODELAY_HANDLERS],
-                "max_pdu": 0,
-            },
-        )
-        yield len(plan.targets)
-        budget = decode_budget()
-        for target in plan.targets:
-            if event.is_cancelled:
-                yield Status.CANCEL, None
-                return
-            yield Status.PENDING, dataset_for(target, sub["assoc"].accepted_contexts, max_decoded_bytes=budget)

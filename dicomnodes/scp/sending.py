@@ -47,23 +47,6 @@ def contexts_for(targets):
     return contexts
 
 
-class StoredFile(Dataset):
-    """A stored instance that goes over the wire as it is on disk.
-
-    pynetdicom's C-MOVE/C-GET service wants a Dataset for every sub-operation
-    and would decode and re-encode it (36 instances/s for 512×512 CT here);
-    `send_files_raw()` makes the association send this one from its file,
-    bytes as stored, with pynetdicom's own chunked file sending."""
-
-    def __init__(self, target, path):
-        super().__init__()
-        self.SOPClassUID = target.sop_class_uid
-        self.SOPInstanceUID = target.sop_instance_uid
-        self.file_meta = pydicom.dataset.FileMetaDataset()
-        self.file_meta.TransferSyntaxUID = target.transfer_syntax_uid
-        self._stored_path = str(path)
-
-
 def decode_budget() -> int:
     """Bytes a converted instance may decode to (read once per request)."""
     return DicomServerSettings.load().max_decoded_mb * 2**20
@@ -71,10 +54,13 @@ def decode_budget() -> int:
 
 def dataset_for(target, accepted_contexts, *, max_decoded_bytes):
     """The Dataset to send for `target` over an association with these
-    accepted contexts; a placeholder that fails the sub-operation (its SOP
-    Instance UID lands in the Failed SOP Instance UID List) when it cannot go.
+    accepted contexts (pynetdicom PresentationContexts); a placeholder that
+    fails the sub-operation (its SOP Instance UID lands in the Failed SOP
+    Instance UID List) when it cannot go.  Callers send a file the peer
+    takes as stored from the file itself (`outgoing.Sender`, WADO-RS), and
+    ask here for the others.
 
-    1. the peer accepted the stored syntax: the file goes as it is;
+    1. the peer accepted the stored syntax: the file read as it is;
     2. else little endian, when the peer accepted it: a compressed file is
        decoded, unless its header says the pixel data would take more than
        `max_decoded_bytes` (nothing is decoded then);
@@ -86,10 +72,11 @@ def dataset_for(target, accepted_contexts, *, max_decoded_bytes):
     syntaxes = accepted.get(target.sop_class_uid, set())
     path = instance_path(target.sop_instance_uid)
     if target.transfer_syntax_uid in syntaxes:
-        if not path.is_file():
-            logger.error("cannot read stored instance %s: the file is missing", path.name[:12])
+        try:
+            return pydicom.dcmread(path)
+        except (OSError, pydicom.errors.InvalidDicomError) as exc:
+            logger.error("cannot read stored instance %s: %s", path.name[:12], exc)
             return _failure(target)
-        return StoredFile(target, path)
     usable = [ts for ts in UNCOMPRESSED if ts in syntaxes]
     if not usable:
         logger.error(
@@ -131,8 +118,9 @@ def dataset_for(target, accepted_contexts, *, max_decoded_bytes):
             )
             return _failure(target)
     ds.file_meta.TransferSyntaxUID = usable[0]
-    # Encoded by pynetdicom in the syntax the peer accepted (it refuses a
-    # dataset whose original encoding differs from the file meta's).
+    # Encoded in the syntax the peer accepted (pynetdicom's dsutils.encode,
+    # in outgoing.Sender, refuses a dataset whose original encoding differs
+    # from the file meta's).
     ds.set_original_encoding(usable[0].is_implicit_VR, usable[0].is_little_endian)
     return ds
 

@@ -1,14 +1,17 @@
-"""The DICOM server of `manage.py runscp`: AE set-up, socket, settings reload.
+"""The DICOM server of `manage.py runscp`: listener, settings reload.
 
 `ScpService.step()` is one unit of work: re-read the settings and make the
 listener match them (bind, rebind on a new port or AE title, idle on port 0:
 `pacs_site.listeners.SettingsFollower`).  The management command only loops
-over it.
+over it.  A `Listener` accepts connections (or receives them from the runscp
+dispatcher) and runs each as an `AcceptorSession` (`acceptor.py`, on our own
+runtime `dicomnodes.net`) in a thread of its own.
 """
 
+import itertools
 import logging
 import logging.handlers
-import os
+import select
 import socket
 import threading
 import time
@@ -16,29 +19,14 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import close_old_connections
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
-from pynetdicom._handlers import (
-    standard_dimse_recv_handler,
-    standard_dimse_sent_handler,
-    standard_pdu_recv_handler,
-    standard_pdu_sent_handler,
-)
-from pynetdicom.association import Association
-from pynetdicom.sop_class import Verification
-from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from dicomnodes.archive.index import IndexWriter
 from dicomnodes.archive.reconcile import index_orphans
-from dicomnodes.archive.storage import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, remove_stale_temporaries
-from dicomnodes.dimse import QUERY_RETRIEVE
+from dicomnodes.archive.storage import remove_stale_temporaries
 from dicomnodes.models import PUBLISHING_SUFFIXES, DicomServerSettings, DuplicatePolicy
 from dicomnodes.scp.acceptor import AcceptorSession
 from dicomnodes.scp.access import AccessPolicy
-from dicomnodes.scp.compat import configure_scp
-from dicomnodes.scp.handlers import Handlers
 from dicomnodes.scp.limits import Connection, ConnectionTable
-from dicomnodes.scp.qr import QueryRetrieveHandlers
-from dicomnodes.scp.sending import UNCOMPRESSED
 from dicomnodes.scp.tls import server_context
 from dicomnodes.signals import scp_started, send_logged
 from pacs_site.listeners import SettingsFollower, listening_socket, peer_address
@@ -48,15 +36,6 @@ logger = logging.getLogger(__name__)
 # Said once on port 0, by the one process that owns the port (this one or the dispatcher).
 DISABLED = "DICOM server disabled (port 0 in the DICOM server settings)"
 TLS_OFF = "DICOM over TLS off (TLS port 0 in the DICOM server settings)"
-
-configure_scp()
-
-_DEBUG_BINDINGS = [
-    (evt.EVT_PDU_RECV, standard_pdu_recv_handler),
-    (evt.EVT_PDU_SENT, standard_pdu_sent_handler),
-    (evt.EVT_DIMSE_RECV, standard_dimse_recv_handler),
-    (evt.EVT_DIMSE_SENT, standard_dimse_sent_handler),
-]
 
 
 @dataclass(frozen=True)
@@ -106,53 +85,6 @@ def load_config(*, port=None, ae_title=None) -> ScpConfig:
     )
 
 
-# Our own runtime (dicomnodes.net, issue 14) unless PACS_SCP_RUNTIME=pynetdicom:
-# the old one stays for one release, for comparison (bench/ingest.py) and as
-# a fallback.
-OWN_RUNTIME = os.environ.get("PACS_SCP_RUNTIME", "own") != "pynetdicom"
-
-
-class _RequestHandler(RequestHandler):
-    """Runs each association to its end, then lets the handlers log it."""
-
-    def handle(self):
-        conn = self.server.connection_of(self.request)
-        try:
-            tls = self.server.tls_context_for(self.request)
-        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-            logger.error("DICOM over TLS: cannot use the certificate and key of the settings: %s", exc)
-            self.server.connections.close(conn)
-            shut(self.request)
-            return
-        if OWN_RUNTIME or tls is not None:
-            session = AcceptorSession(
-                self.request,
-                conn,
-                config=self.server.limits,
-                writer=self.server.writer,
-                connections=self.server.connections,
-                tls=tls,
-            )
-            try:
-                with self.server.sessions_lock:
-                    self.server.sessions.add(session)
-                session.run()
-            finally:
-                with self.server.sessions_lock:
-                    self.server.sessions.discard(session)
-                self.server.connections.close(conn)
-            return
-        try:
-            assoc = self._create_association()
-            assoc.pacs_connection = conn  # Handlers.on_requested admits it (limits.py)
-            evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
-            assoc.start()
-            assoc.join()
-            self.server.on_association_end(assoc)
-        finally:
-            self.server.connections.close(conn)
-
-
 # Dead peers on idle connections are found by the kernel (Linux's
 # defaults wait two hours before the first probe).
 _KEEPALIVE = [("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 6)]
@@ -176,97 +108,118 @@ def shut(sock):
         pass  # closed already
 
 
-class PacsServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server on our listening socket (`listening_socket`:
-    every IPv4 and IPv6 address), with TCP_NODELAY on every connection.  With
-    `channel`, it listens on nothing itself: connections accepted by the
-    runscp dispatcher arrive over that UNIX socket.
+POLL_INTERVAL = 0.2  # how soon a stopped listener notices (seconds)
+_numbers = itertools.count(1)
+
+
+class Listener:
+    """Accepts connections on a listening socket (`listening_socket`: every
+    IPv4 and IPv6 address) or, with `channel`, receives those the runscp
+    dispatcher accepted over that UNIX socket; each runs as an
+    `AcceptorSession` in a daemon thread of its own.
+
+    1. An accepted connection gets TCP_NODELAY, keep-alive and the service
+       time-out, and counts as waiting in the `ConnectionTable`; making room
+       for it may shut the socket of an older waiting one (limits.py).
+    2. Its thread wraps it in TLS when it came to the TLS port (`tls`, or
+       the dispatcher's tag), then runs the session to its end; the session
+       admits it as an association (or rejects it) and logs it.
+    3. `shutdown()` stops accepting and closes the socket; associations
+       under way go on (`ScpService.close()` ends them).
     """
 
-    daemon_threads = True
-    block_on_close = False
-
-    def __init__(
-        self,
-        ae,
-        port,
-        ae_title,
-        contexts,
-        *,
-        evt_handlers,
-        on_end,
-        connections,
-        limits,
-        writer=None,
-        channel=None,
-        tls=False,
-    ):
-        self.on_association_end = on_end
+    def __init__(self, port, *, config, writer, connections, channel=None, tls=False):
+        self.config = config  # () -> ScpConfig
         self.writer = writer
-        # TLS: this listener's connections (tls=True), or those the
-        # dispatcher tagged as coming from its TLS port (a worker's channel).
-        self.tls = tls
-        self._tls_clients = set()
-        self.sessions = set()  # AcceptorSessions running (our runtime)
-        self.sessions_lock = threading.Lock()
-        self.channel = channel
         self.connections = connections  # limits.ConnectionTable
-        self.limits = limits  # () -> ScpConfig
-        self._accepted = {}  # client socket -> limits.Connection, until its handler takes it
-        self._accepted_lock = threading.Lock()
+        self.channel = channel
+        self.tls = tls  # this listener's connections come to the TLS port
+        self.socket = channel if channel is not None else listening_socket(port)
+        self.sessions = set()  # AcceptorSessions running
+        self.sessions_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._done = threading.Event()
         self._evicted_since_log = 0
         self._eviction_logged = 0.0
-        # The address only sets the family of socketserver's placeholder
-        # socket, which server_bind() replaces.
-        super().__init__(
-            ae, ("0.0.0.0", port), ae_title, contexts, evt_handlers=evt_handlers, request_handler=_RequestHandler
-        )
 
-    def server_bind(self):
-        placeholder = self.socket
-        if self.channel is not None:
-            self.socket = self.channel
-        else:
-            self.socket = listening_socket(self.server_address[1], backlog=self.request_queue_size)
-            if self.ae.network_timeout is not None:  # as pynetdicom's own server_bind()
-                self.socket.settimeout(self.ae.network_timeout)
-            self.server_address = self.socket.getsockname()
-        placeholder.close()
+    @property
+    def port(self):
+        return self.socket.getsockname()[1] if self.channel is None else None
 
-    def server_activate(self):
-        pass  # listening_socket() listens already; a channel is not listened on
+    def serve_forever(self):
+        try:
+            while not self._stop.is_set():
+                readable, _, _ = select.select([self.socket], [], [], POLL_INTERVAL)
+                if readable and not self._stop.is_set() and not self.accept_one():
+                    break
+        finally:
+            self._done.set()
 
-    def get_request(self):
-        """Accept a connection, give it its time-outs, and make room for it
-        among the connections still waiting to ask for an association."""
-        if self.channel is None:
-            client, address = super().get_request()
-            tls = self.tls
-        else:
-            client, address, tls = receive_connection(self.channel)
-        cfg = self.limits()
-        _tune(client, cfg.service_timeout)
+    def shutdown(self):
+        """Stop accepting (within POLL_INTERVAL) and close the socket."""
+        self._stop.set()
+        self._done.wait(2 * POLL_INTERVAL + 1)
+        self.socket.close()
+
+    def accept_one(self) -> bool:
+        """Take one waiting connection and start its thread; False once the
+        dispatcher's channel is closed (nothing more will come)."""
+        try:
+            if self.channel is None:
+                client, address = self.socket.accept()
+                tls = self.tls
+            else:
+                received = receive_connection(self.channel)
+                if received is None:
+                    logger.error("runscp worker: the dispatcher closed the channel")
+                    return False
+                client, tls = received
+        except OSError as exc:
+            # EMFILE and the like: the connection waits in the backlog; try again shortly.
+            logger.warning("cannot accept a DICOM connection: %s", exc)
+            self._stop.wait(POLL_INTERVAL)
+            return True
+        try:
+            if self.channel is not None:
+                address = client.getpeername()
+            _tune(client, self.config().service_timeout)
+        except OSError:  # the peer has gone already
+            client.close()
+            return True
         conn = Connection(peer_address(str(address[0])), client)
-        with self._accepted_lock:
-            self._accepted[client] = conn
-            if tls:
-                self._tls_clients.add(client)
-        for evicted in self.connections.accept(conn, max_waiting=cfg.max_associations):
+        for evicted in self.connections.accept(conn, max_waiting=self.config().max_associations):
             shut(evicted.sock)
             self._log_eviction(evicted)
-        return client, address
+        threading.Thread(
+            target=self._run, args=(client, conn, tls), name=f"scp-association-{next(_numbers)}", daemon=True
+        ).start()
+        return True
 
-    def connection_of(self, client):
-        with self._accepted_lock:
-            return self._accepted.pop(client)
+    def _run(self, client, conn, tls):
+        try:
+            try:
+                context = self.config().tls_context() if tls else None
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                logger.error("DICOM over TLS: cannot use the certificate and key of the settings: %s", exc)
+                shut(client)
+                return
+            session = AcceptorSession(
+                client, conn, config=self.config, writer=self.writer, connections=self.connections, tls=context
+            )
+            with self.sessions_lock:
+                self.sessions.add(session)
+            try:
+                session.run()
+            finally:
+                with self.sessions_lock:
+                    self.sessions.discard(session)
+        finally:
+            self.connections.close(conn)
+            client.close()  # a no-op when TLS took the socket over (it closes its own)
 
-    def tls_context_for(self, client):
-        """The SSLContext to wrap `client` in, or None for a plain connection."""
-        with self._accepted_lock:
-            if client not in self._tls_clients:
-                return None
-            self._tls_clients.discard(client)
-        return self.limits().tls_context()
+    def running(self):
+        with self.sessions_lock:
+            return list(self.sessions)
 
     def _log_eviction(self, conn):
         """One line per 10 s at most: a flood of idle connections must not
@@ -285,39 +238,14 @@ class PacsServer(ThreadedAssociationServer):
 
 def receive_connection(channel):
     """A connection handed over by the dispatcher (SCM_RIGHTS): (socket,
-    address, came to the TLS port)."""
+    came to the TLS port), or None once the dispatcher closed the channel."""
     tag, fds, _, _ = socket.recv_fds(channel, 16, 1)
     if not fds:
-        raise OSError("the runscp dispatcher closed the channel")
-    client = socket.socket(fileno=fds[0])
-    return client, client.getpeername(), tag == TLS_TAG
+        return None
+    return socket.socket(fileno=fds[0]), tag == TLS_TAG
 
 
 TLS_TAG = b"t"  # the dispatcher's message with a connection to the TLS port (else b"c")
-
-
-MAXIMUM_PDU_RECEIVED = 2**20
-
-
-def build_ae() -> AE:
-    ae = AE()
-    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
-    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
-    # Incoming associations are limited by ConnectionTable (settings), not
-    # by pynetdicom, whose count would include associations still being torn down.
-    ae.maximum_associations = 1_000_000
-    # What we ask peers to send at most (compat.bounded_recv refuses twice
-    # as much).  Bigger PDUs gain nothing measurable (bench/ingest.py).
-    ae.maximum_pdu_size = MAXIMUM_PDU_RECEIVED
-    ae.require_called_aet = False  # checked in Handlers.on_requested (we answer to several)
-    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
-    for sop_class in QUERY_RETRIEVE:
-        ae.add_supported_context(sop_class, UNCOMPRESSED)
-    # No storage contexts here: with UNRESTRICTED_STORAGE_SERVICE every
-    # storage-like context is accepted whatever this list says, and pynetdicom
-    # deep-copies the list for every association (≈50 ms with all ~130
-    # storage SOP classes × every transfer syntax).
-    return ae
 
 
 class ScpService:
@@ -327,19 +255,15 @@ class ScpService:
         self.port_override = port
         self.ae_title_override = ae_title
         self.channel = channel
-        self.ae = build_ae()
         # The index writer's hooks send studies_created / association_closed.
         self.writer = IndexWriter().start()
         # Publishing starts its clock here (delayed burns, robot status).
         send_logged(scp_started, ScpService)
         self._config = None
         self.connections = ConnectionTable()
-        self.handlers = Handlers(lambda: self._config, self.writer, self.connections)
-        self.qr_handlers = QueryRetrieveHandlers(lambda: self._config)
         self.server = None
         self._last_server = None
         self._last_tls_server = None
-        self._server_thread = None
         self.follower = SettingsFollower(
             start=self._start_listener,
             stop=self._stop_listener,
@@ -365,11 +289,6 @@ class ScpService:
             logger.warning("cannot read the DICOM settings (%s); keeping the current ones", exc)
             return False
         self._config = cfg
-        self.ae.ae_title = cfg.ae_title  # calling AE of C-MOVE sub-associations
-        self.ae.connection_timeout = cfg.service_timeout  # C-MOVE sub-associations
-        self.ae.acse_timeout = cfg.service_timeout
-        self.ae.dimse_timeout = cfg.service_timeout
-        self.ae.network_timeout = cfg.service_timeout
         self._apply_debug(cfg.debug)
         if self.channel is not None:
             # A worker: the dispatcher owns the ports and follows their changes.
@@ -378,45 +297,26 @@ class ScpService:
         return self.tls_follower.follow(cfg.tls_port, cfg.ae_title) or changed
 
     def _start_listener(self, port, ae_title):
-        self.server = self._new_server(port, ae_title, channel=self.channel)
-        self.ae._servers.append(self.server)
-        self._last_server = self.server
-        self._server_thread = threading.Thread(
-            target=self.server.serve_forever,
-            kwargs={"poll_interval": 0.2},
-            name=f"scp-listener-{port}",
-            daemon=True,
-        )
-        self._server_thread.start()
+        self.server = self._last_server = self._new_server(port, channel=self.channel)
         if self.channel is None:
             logger.info("DICOM server %s listening on port %d (all addresses)", ae_title, port)
 
-    def _new_server(self, port, ae_title, *, tls=False, channel=None):
-        return PacsServer(
-            self.ae,
+    def _new_server(self, port, *, tls=False, channel=None):
+        server = Listener(
             port,
-            ae_title,
-            self.ae.supported_contexts,
-            evt_handlers=self.handlers.bindings()
-            + self.qr_handlers.bindings()
-            + (_DEBUG_BINDINGS if self._config.debug else []),
-            on_end=self.handlers.finish,
-            connections=self.connections,
-            limits=lambda: self._config,
+            config=lambda: self._config,
             writer=self.writer,
+            connections=self.connections,
             channel=channel,
             tls=tls,
         )
+        name = "scp-worker-listener" if channel is not None else f"scp-{'tls-' if tls else ''}listener-{port}"
+        threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
+        return server
 
     def _start_tls_listener(self, port, ae_title):
         """The TLS port (one process; with workers the dispatcher owns it)."""
-        self.tls_server = self._last_tls_server = self._new_server(port, ae_title, tls=True)
-        threading.Thread(
-            target=self.tls_server.serve_forever,
-            kwargs={"poll_interval": 0.2},
-            name=f"scp-tls-listener-{port}",
-            daemon=True,
-        ).start()
+        self.tls_server = self._last_tls_server = self._new_server(port, tls=True)
         logger.info("DICOM server %s listening for TLS on port %d (all addresses)", ae_title, port)
 
     def _stop_tls_listener(self):
@@ -426,10 +326,11 @@ class ScpService:
     def _stop_listener(self):
         self.server.shutdown()  # stops accepting; running associations go on
         self.server = None
-        self._server_thread = None
 
     def _apply_debug(self, debug):
-        pn_logger = logging.getLogger("pynetdicom")
+        """Debug mode: our runtime's PDU and DIMSE lines (dicomnodes.net,
+        scp/acceptor.py log them at DEBUG) go to logs/dicom-debug.log."""
+        ours = logging.getLogger("dicomnodes")
         if debug and self._debug_handler is None:
             settings.PACS_LOG_DIR.mkdir(parents=True, exist_ok=True)
             handler = logging.handlers.RotatingFileHandler(
@@ -437,36 +338,24 @@ class ScpService:
             )
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"))
             handler.setLevel(logging.DEBUG)
-            for name in ("pynetdicom", "dicomnodes"):
-                logging.getLogger(name).addHandler(handler)
-            pn_logger.setLevel(logging.DEBUG)
-            logging.getLogger("dicomnodes").setLevel(logging.DEBUG)
-            if self.server is not None:
-                for event, handler_fn in _DEBUG_BINDINGS:
-                    self.server.bind(event, handler_fn)
+            ours.addHandler(handler)
+            ours.setLevel(logging.DEBUG)
             self._debug_handler = handler
             logger.info("DICOM debug log on: %s", settings.PACS_LOG_DIR / "dicom-debug.log")
         elif not debug and self._debug_handler is not None:
-            for name in ("pynetdicom", "dicomnodes"):
-                logging.getLogger(name).removeHandler(self._debug_handler)
+            ours.removeHandler(self._debug_handler)
             self._debug_handler.close()
             self._debug_handler = None
-            pn_logger.setLevel(logging.WARNING)
-            logging.getLogger("dicomnodes").setLevel(logging.NOTSET)
-            if self.server is not None:
-                for event, handler_fn in _DEBUG_BINDINGS:
-                    self.server.unbind(event, handler_fn)
+            ours.setLevel(logging.NOTSET)
             logger.info("DICOM debug log off")
 
     def _close_sessions(self, deadline):
-        """Our runtime's associations: up to `deadline` to end, then their
-        sockets are shut (each thread sees the end at once and logs it)."""
+        """The associations: up to `deadline` to end, then they are aborted
+        and their sockets shut (each thread sees the end at once and logs it)."""
         for server in (self._last_server, self._last_tls_server):
             if server is None or _wait_sessions(server, deadline):
                 continue
-            with server.sessions_lock:
-                running = list(server.sessions)
-            for session in running:
+            for session in server.running():
                 if session.assoc is not None:
                     session.assoc.abort()
                 shut(session.sock)
@@ -482,36 +371,17 @@ class ScpService:
         for conn in self.connections.stuck():
             if not conn.associated:
                 shut(conn.sock)
-        deadline = time.monotonic() + timeout
-        # Only associations are waited for: the thread of a connection that
-        # never became one may sit in pynetdicom's ACSE wait for its request
-        # (acse_timeout) though its socket is shut; it is a daemon thread.
-        self._close_sessions(deadline)
-        running = [t for t in threading.enumerate() if isinstance(t, Association) and t.is_established]
-        for assoc in running:
-            assoc.join(max(0.0, deadline - time.monotonic()))
-        for assoc in running:
-            if assoc.is_alive() and assoc.is_established:
-                try:
-                    assoc.abort(block=False)  # queue an A-ABORT for the peer; its socket is shut below
-                except Exception as exc:  # the peer is gone: nothing left to tell it
-                    logger.debug("abort of %s failed: %s", assoc.name, exc)
-        if any(assoc.is_alive() for assoc in running):
-            time.sleep(0.2)  # let the DUL threads send the A-ABORTs queued above
+        self._close_sessions(time.monotonic() + timeout)
         for conn in self.connections.stuck():
             shut(conn.sock)
-        end = time.monotonic() + 2.0
-        for assoc in running:
-            assoc.join(max(0.0, end - time.monotonic()))
         self.writer.stop()
 
 
 def _wait_sessions(server, deadline):
     """True once no session of `server` runs, False at `deadline`."""
     while time.monotonic() < deadline:
-        with server.sessions_lock:
-            if not server.sessions:
-                return True
+        if not server.running():
+            return True
         time.sleep(0.05)
     return False
 

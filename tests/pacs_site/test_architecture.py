@@ -1,19 +1,10 @@
 """The shape of the code: no import cycles between our modules (imports
-inside functions included), dicomnodes imports no other app, and every
-pynetdicom attribute we patch or rely on exists in the pinned version."""
+inside functions included), dicomnodes imports no other app, and of
+pynetdicom only the codec and tables (issue 14: its AE, Association,
+transport and event machinery left runscp and the job runner)."""
 
 import ast
-import socket
 from pathlib import Path
-
-import pynetdicom
-import pytest
-from pynetdicom import AE
-from pynetdicom.association import Association
-from pynetdicom.dimse_messages import C_STORE_RQ
-from pynetdicom.transport import AssociationSocket
-
-from dicomnodes.scp.compat import PATCHED, USED_ON_INSTANCES
 
 BASE_DIR = Path(__file__).resolve().parents[2]  # the project, above tests/pacs_site/
 APPS = ("pacs_site", "dicomnodes", "worklist", "portal", "publishing")
@@ -147,24 +138,51 @@ def test_imports_inside_functions_are_only_in_app_ready():
     assert inner == []
 
 
-@pytest.mark.parametrize("owner, attribute", PATCHED)
-def test_every_pynetdicom_attribute_we_patch_exists_in_the_pinned_version(owner, attribute):
-    assert hasattr(owner, attribute), f"pynetdicom {pynetdicom.__version__}: {owner.__name__}.{attribute} is gone"
+# What our apps may use of pynetdicom: the PDU codec and its primitives,
+# presentation-context negotiation, the dataset codec, SOP class and status
+# tables.  Not AE, Association, transport, DUL/DIMSE providers, evt, _config.
+PYNETDICOM_ALLOWED = {
+    "pynetdicom._globals",
+    "pynetdicom.dsutils",
+    "pynetdicom.pdu",
+    "pynetdicom.pdu_items",
+    "pynetdicom.pdu_primitives",
+    "pynetdicom.presentation",
+    "pynetdicom.sop_class",
+    "pynetdicom.status",
+}
 
 
-def test_every_pynetdicom_instance_attribute_we_use_exists_in_the_pinned_version():
-    ae = AE()
-    assoc = Association(ae, mode="requestor")
-    objects = {
-        "AE": ae,
-        "Association": assoc,
-        "DIMSEServiceProvider": assoc.dimse,
-        "AssociationSocket": AssociationSocket(assoc, client_socket=socket.socket()),
-        "ServiceUser": assoc.requestor,
-        "C_STORE_RQ": C_STORE_RQ(),
-        "DULServiceProvider": assoc.dul,
-    }
-    missing = [
-        f"{cls}.{name}" for cls, names in USED_ON_INSTANCES.items() for name in names if not hasattr(objects[cls], name)
-    ]
-    assert missing == [], f"pynetdicom {pynetdicom.__version__} lacks {missing}"
+def _pynetdicom_imports(path):
+    """(module imported, line) for each pynetdicom import of one file."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "pynetdicom":
+                    yield alias.name, node.lineno
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "pynetdicom":
+            if node.module == "pynetdicom":  # from pynetdicom import AE, evt, ...
+                for alias in node.names:
+                    yield f"pynetdicom.{alias.name}", node.lineno
+            else:
+                yield node.module, node.lineno
+
+
+def test_our_apps_use_only_pynetdicoms_codec_and_tables():
+    used = sorted(
+        f"{name} → {module} (line {line})"
+        for name, path in _modules().items()
+        for module, line in _pynetdicom_imports(path)
+        if module not in PYNETDICOM_ALLOWED
+    )
+    assert used == []
+
+
+def test_the_pynetdicom_import_finder_sees_every_form(tmp_path):
+    path = tmp_path / "sample.py"
+    path.write_text(
+        "import pynetdicom\nfrom pynetdicom import AE, evt\nfrom pynetdicom.association import Association\n"
+        "def f():\n    from pynetdicom.pdu import A_ASSOCIATE_RQ\n"
+    )
+    found = [module for module, _ in _pynetdicom_imports(path)]
+    assert found == ["pynetdicom", "pynetdicom.AE", "pynetdicom.evt", "pynetdicom.association", "pynetdicom.pdu"]
