@@ -281,10 +281,9 @@ class Pacs(Target):
 
     def version(self):
         fsync = "on" if self.fsync else "off"
-        runtime = os.environ.get("PACS_SCP_RUNTIME", "own")
         sync = "FULL" if self.fsync else "NORMAL"
         return (
-            f"git {git_commit()}, runscp --processes {self.processes} ({runtime} runtime), "
+            f"git {git_commit()}, runscp --processes {self.processes}, "
             f"fsync on store {fsync}, SQLite synchronous={sync}"
         )
 
