@@ -1,6 +1,6 @@
 """The DICOM vocabulary every part of dicomnodes shares (and worklist's MWL
-responder): DIMSE statuses, the Q/R SOP classes and what they ask for, the
-association time-outs, and who is calling.
+responder): DIMSE statuses, the Q/R SOP classes and what they ask for,
+A-ASSOCIATE-RJ reasons, and who is calling.
 
 Statuses start from `pynetdicom.status.Status` (SUCCESS, CANCEL, PENDING,
 MOVE_DESTINATION_UNKNOWN) and add, under our own names, the codes it has no
@@ -36,8 +36,6 @@ class Status(enum.IntEnum):
 
 PENDING_STATUSES = (Status.PENDING, Status.PENDING_WARNING)
 
-# The four time-outs of a pynetdicom AE that the service time-out sets.
-TIMEOUT_ATTRIBUTES = ("connection_timeout", "acse_timeout", "dimse_timeout", "network_timeout")
 # A-ASSOCIATE-RJ (PS3.8 9.3.4): result 2 is rejected-transient (try later).
 REJECTED_TRANSIENT = 2
 # A-ASSOCIATE-RJ (result, source, reason) we send: rejected-permanent, by the service user.

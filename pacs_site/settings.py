@@ -293,7 +293,7 @@ LOGGING = {
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
-        # pynetdicom is chatty at INFO; the DICOM debug mode turns it up.
+        # pynetdicom (its PDU codec and negotiation, which we use) is chatty at INFO.
         "pynetdicom": {"level": "WARNING"},
         "daphne": {"level": "WARNING"},
         # django-q2 logs two lines for every task, schedules included (several

@@ -65,7 +65,7 @@ MODALITY = {"calling_ae": "CT_SCANNER", "called_ae": "PACS"}
 
 
 def supported_contexts():
-    """What runscp supports besides unrestricted storage (as build_ae)."""
+    """What runscp supports besides unrestricted storage (as acceptor.SUPPORTED)."""
     return [build_context(Verification, [IMPLICIT, EXPLICIT, BIG_ENDIAN])] + [
         build_context(uid, UNCOMPRESSED)
         for uid in (
