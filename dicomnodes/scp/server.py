@@ -135,6 +135,9 @@ class Listener:
         self.channel = channel
         self.tls = tls  # this listener's connections come to the TLS port
         self.socket = channel if channel is not None else listening_socket(port)
+        if channel is None:
+            # accept() after select() must not block: a peer may be gone by then.
+            self.socket.settimeout(POLL_INTERVAL)
         self.sessions = set()  # AcceptorSessions running
         self.sessions_lock = threading.Lock()
         self._stop = threading.Event()
@@ -150,8 +153,8 @@ class Listener:
         try:
             while not self._stop.is_set():
                 readable, _, _ = select.select([self.socket], [], [], POLL_INTERVAL)
-                if readable and not self._stop.is_set() and not self.accept_one():
-                    break
+                if readable and not self._stop.is_set():
+                    self.accept_one()
         finally:
             self._done.set()
 
@@ -162,8 +165,8 @@ class Listener:
         self.socket.close()
 
     def accept_one(self) -> bool:
-        """Take one waiting connection and start its thread; False once the
-        dispatcher's channel is closed (nothing more will come)."""
+        """Take one waiting connection and start its thread; False if none
+        came (gone before it was accepted, an error: logged)."""
         try:
             if self.channel is None:
                 client, address = self.socket.accept()
@@ -171,21 +174,23 @@ class Listener:
             else:
                 received = receive_connection(self.channel)
                 if received is None:
-                    logger.error("runscp worker: the dispatcher closed the channel")
+                    logger.warning("runscp worker: a message from the dispatcher without a connection")
                     return False
                 client, tls = received
+        except (TimeoutError, BlockingIOError, InterruptedError):
+            return False
         except OSError as exc:
             # EMFILE and the like: the connection waits in the backlog; try again shortly.
             logger.warning("cannot accept a DICOM connection: %s", exc)
             self._stop.wait(POLL_INTERVAL)
-            return True
+            return False
         try:
             if self.channel is not None:
                 address = client.getpeername()
             _tune(client, self.config().service_timeout)
         except OSError:  # the peer has gone already
             client.close()
-            return True
+            return False
         conn = Connection(peer_address(str(address[0])), client)
         for evicted in self.connections.accept(conn, max_waiting=self.config().max_associations):
             shut(evicted.sock)
@@ -238,7 +243,9 @@ class Listener:
 
 def receive_connection(channel):
     """A connection handed over by the dispatcher (SCM_RIGHTS): (socket,
-    came to the TLS port), or None once the dispatcher closed the channel."""
+    came to the TLS port), or None for a message that holds none.  (The
+    channel is a datagram socket: a dispatcher that dies does not end it;
+    runscp's worker loop watches its parent instead.)"""
     tag, fds, _, _ = socket.recv_fds(channel, 16, 1)
     if not fds:
         return None
