@@ -180,7 +180,8 @@ def run_next(*, job_id=None):
     1. claim jobs (first come, first served) while fewer than "maximum
        outgoing connections" run, anywhere (`queue.claim_next`);
     2. run each claimed job in a process of its own (`processes`: forked,
-       so several jobs use several cores);
+       so several jobs use several cores), a C-GET job in a thread (see
+       below);
     3. wait until one ends, or a second passes (jobs queued meanwhile are
        claimed then), and claim again;
     4. a child that ended while its job still says "running" died: the job
@@ -192,32 +193,44 @@ def run_next(*, job_id=None):
     close_old_connections()
     requeue_stale()
     children, ran = JobProcesses(), 0
-    while True:
+    try:
         while True:
-            try:
-                job = claim_next(worker_name(), job_id=job_id)
-            except DatabaseError as exc:
-                if not len(children):
-                    raise
-                # Children are running: keep watching them (a child ends
-                # when this thread does: processes.py).
-                logger.warning("cannot claim transfer jobs now (%s); trying again in a second", exc)
-                job = None
-            if job is None:
+            while True:
+                try:
+                    job = claim_next(worker_name(), job_id=job_id)
+                except DatabaseError as exc:
+                    if not len(children):
+                        raise
+                    # Children are running: keep watching them (a child ends
+                    # when this thread does: processes.py).
+                    logger.warning("cannot claim transfer jobs now (%s); trying again in a second", exc)
+                    job = None
+                if job is None:
+                    break
+                if job.kind == TransferKind.GET:
+                    # A C-GET job stores and indexes every instance: its cost
+                    # is the commit's fsync, which one index writer per process
+                    # groups across the jobs of its threads; four jobs in four
+                    # processes committed one by one, and ×4 got slower.
+                    children.start_thread(job, _run_in_thread)
+                else:
+                    children.start(job, _run_in_child)
+                ran += 1
+                if job_id is not None:
+                    break
+            if not len(children):
                 break
-            children.start(job, _run_in_child)
-            ran += 1
-            if job_id is not None:
+            for child, status in children.wait(1.0):
+                if child.pid is None:
+                    continue  # a thread: `_run_in_thread` saved the job's end
+                try:
+                    requeue_dead(child.job_pk, child.pid, status)
+                except DatabaseError:  # its row goes stale; requeue_stale takes it back
+                    logger.exception("transfer job %s: cannot look at it after its process ended", child.job_pk)
+            if job_id is not None and not len(children):
                 break
-        if not len(children):
-            break
-        for child, status in children.wait(1.0):
-            try:
-                requeue_dead(child.job_pk, child.pid, status)
-            except DatabaseError:  # its row goes stale; requeue_stale takes it back
-                logger.exception("transfer job %s: cannot look at it after its process ended", child.job_pk)
-        if job_id is not None and not len(children):
-            break
+    finally:
+        children.close()
     wake_for_retries()
     return ran
 
@@ -227,6 +240,13 @@ def _run_in_child(job):
     # The row names the process that runs the job (the dispatcher claimed it).
     TransferJob.objects.filter(pk=job.pk, state=TransferState.RUNNING).update(worker=process_name())
     try:
+        _run_in_thread(job)
+    finally:
+        stop_index_writer()
+
+
+def _run_in_thread(job):
+    try:
         run_job(job)
     except Exception:
         logger.exception("transfer job %s crashed", job.pk)
@@ -234,7 +254,6 @@ def _run_in_child(job):
             state=TransferState.FAILED, finished_at=timezone.now(), last_error="internal error (see the log)"
         )
     finally:
-        stop_index_writer()
         connection.close()
 
 

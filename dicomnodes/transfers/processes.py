@@ -21,6 +21,16 @@ and why fork:
   to "maximum outgoing connections" children, and `queue.claim_next` keeps
   that limit across every dispatcher of every process.
 
+C-GET jobs are the exception: they run in threads of the dispatcher, as
+every job did before.  A C-GET stores and indexes each instance it receives,
+and waits for the index commit before it answers; that commit's fsync is the
+cost, and one index writer per process groups the commits of all the jobs in
+it.  Four C-GET jobs in four processes had four writers committing one by
+one: in alternating runs of bench/transfer.py ("jobs" column, fsync on), get
+small×4 made 208 and 195 inst/s in processes against 342 and 270 as
+threads, get large×4 175 against 221 and 192; with fsync off both were even
+(224 / 221 and 156 / 143).  Sends gained (docs/architecture.md).
+
 A child asks the kernel to end it when its dispatcher ends (Linux
 PR_SET_PDEATHSIG), so stopping the worker does not leave jobs running
 unwatched: their rows go stale and are queued again.
@@ -33,7 +43,7 @@ import select
 import signal
 import socket
 import sys
-import time
+import threading
 from dataclasses import dataclass
 
 from django.db import connections
@@ -50,19 +60,47 @@ def process_name(pid=None):
 
 @dataclass
 class Child:
-    pid: int
+    pid: int | None  # None: a thread of the dispatcher
     job_pk: int
     pidfd: int | None
+    thread: threading.Thread | None = None
+    done: threading.Event | None = None
 
 
 class JobProcesses:
-    """The children of one dispatcher: start, wait for one to end, reap."""
+    """The children of one dispatcher: start, wait for one to end, reap.
+    C-GET jobs run in threads of the dispatcher instead (`start_thread`)."""
 
     def __init__(self):
         self.children: dict[int, Child] = {}
+        self.threads: list[Child] = []
+        self._wake_r, self._wake_w = os.pipe()  # a thread that ends writes a byte
+        os.set_blocking(self._wake_r, False)
 
     def __len__(self):
-        return len(self.children)
+        return len(self.children) + len(self.threads)
+
+    def close(self):
+        if any(not t.done.is_set() for t in self.threads):
+            return  # a thread still to write its byte keeps the pipe (a dispatcher that failed)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def start_thread(self, job, target):
+        """Run `target(job)` in a thread of this process."""
+
+        done = threading.Event()
+
+        def run():
+            try:
+                target(job)
+            finally:
+                done.set()
+                os.write(self._wake_w, b"x")
+
+        thread = threading.Thread(target=run, name=f"transfer-{job.pk}", daemon=True)
+        self.threads.append(Child(None, job.pk, None, thread, done))
+        thread.start()
 
     def start(self, job, target):
         """Fork a child that runs `target(job)` and exits (status 0, or 1
@@ -95,7 +133,8 @@ class JobProcesses:
         for child in self.children.values():  # the siblings' pidfds are the parent's business
             if child.pidfd is not None:
                 os.close(child.pidfd)
-        self.children = {}
+        self.children, self.threads = {}, []
+        self.close()
         signal.signal(signal.SIGALRM, signal.SIG_DFL)  # django-q2's task time-out is the dispatcher's
         signal.alarm(0)
         try:
@@ -113,13 +152,20 @@ class JobProcesses:
 
     def wait(self, timeout):
         """Wait up to `timeout` seconds for a child to end; the children
-        that ended, as (Child, wait status)."""
+        that ended, as (Child, wait status); a thread's status is None."""
         fds = [c.pidfd for c in self.children.values() if c.pidfd is not None]
-        if fds and len(fds) == len(self.children):
-            select.select(fds, [], [], timeout)
-        elif self.children:
-            time.sleep(min(timeout, 0.2))
+        if len(fds) < len(self.children):
+            timeout = min(timeout, 0.2)  # some children cannot be waited on: poll
+        select.select([*fds, self._wake_r], [], [], timeout)
+        try:
+            os.read(self._wake_r, 4096)  # every byte written so far: the flags below say who
+        except BlockingIOError:
+            pass
         ended = []
+        for child in [t for t in self.threads if t.done.is_set()]:
+            self.threads.remove(child)
+            child.thread.join()
+            ended.append((child, None))
         for pid, child in list(self.children.items()):
             try:
                 done, status = os.waitpid(pid, os.WNOHANG)
