@@ -36,6 +36,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from dicomnodes.models import Series
+from dicomnodes.net.elements import PADDING
 from dicomnodes.query.levels import IMAGE, LEVELS, MODELS, PATIENT, SERIES, STUDY, levels_above
 from dicomnodes.query.rules import (
     IDENTIFIER_DOES_NOT_MATCH,
@@ -266,8 +267,12 @@ def iter_results(query: Query, *, limit: int = 0, offset: int = 0, retrieve_ae_t
 def iter_rows(query: Query, *, limit: int = 0, offset: int = 0):
     """The matching rows themselves (dicts by `query.fields`' columns), lazily,
     for a caller that encodes answers its own way (QIDO-RS writes DICOM JSON)."""
-    rows = query.queryset[offset : offset + limit] if limit > 0 else query.queryset[offset:]
-    return rows.iterator(chunk_size=200)
+    return window(query.queryset, limit=limit, offset=offset).iterator(chunk_size=200)
+
+
+def window(rows, *, limit: int = 0, offset: int = 0):
+    """`rows` without the first `offset`, at most `limit` of them when it is above 0."""
+    return rows[offset : offset + limit] if limit > 0 else rows[offset:]
 
 
 def _response(query, row, retrieve_ae_title, implicit_vr=None):
@@ -287,9 +292,6 @@ def _response(query, row, retrieve_ae_title, implicit_vr=None):
     return ds
 
 
-# Text VRs and their padding (PS3.5 6.2); values of other VRs go through pydicom.
-_PAD = {vr: b" " for vr in ("AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UT")}
-_PAD["UI"] = b"\x00"
 _UTF8 = convert_encodings(["ISO_IR 192"])
 
 
@@ -306,14 +308,14 @@ def _raw_response(query, row, retrieve_ae_title, implicit_vr):
         values.append((0x00080056, "CS", "ONLINE"))
     for f in query.fields:
         value = row[f.column] if f.column else None
-        if f.vr not in _PAD:
+        if f.vr not in PADDING:  # text VRs; values of other VRs go through pydicom
             ds.add(DataElement(f.tag, f.vr, empty_value_for_VR(f.vr) if value in (None, "") else value))
             continue
         values.append((f.tag, f.vr, "" if value is None else str(value)))
     for tag, vr, text in values:
         raw = text.encode("utf-8")
         if len(raw) % 2:
-            raw += _PAD[vr]
+            raw += PADDING[vr]
         ds[tag] = RawDataElement(tag, vr, len(raw), raw, 0, implicit_vr, True, True, False)
     return ds
 
