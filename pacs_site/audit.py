@@ -64,7 +64,8 @@ def current_settings() -> AuditSettings:
     with _settings_lock:
         row, at = _settings["row"], _settings["at"]
     if row is None or time.monotonic() - at > SETTINGS_TTL:
-        row = AuditSettings.load()
+        # Read only (the defaults while there is no row): a read request must not write.
+        row = AuditSettings.objects.filter(pk=1).first() or AuditSettings(pk=1)
         with _settings_lock:
             _settings.update(row=row, at=time.monotonic())
     return row
