@@ -1,7 +1,8 @@
 """The audit trail of runscp: one event per association (who, which
 services, how many instances), per C-FIND (level, keys; patient keys only
 when the settings say so), per C-MOVE / C-GET (destination, studies,
-count) — driven by DCMTK storescu, findscu, movescu and getscu."""
+count) — driven by DCMTK storescu, findscu, movescu and getscu; and
+forwarded by runscp itself to a syslog collector."""
 
 import pytest
 from pydicom.uid import generate_uid
@@ -10,6 +11,7 @@ from dicomnodes.models import Peer
 from pacs_site.audit import Action
 from pacs_site.models import AuditEvent, AuditSettings
 from tests.dicomnodes.test_runscp_retrieve import move_destination
+from tests.pacs_site.test_audit_syslog import Collector, audit_message, code_of
 from tests.support.dicomdata import make_ct_series
 from tests.support.processes import MODALITY, wait_until
 
@@ -121,3 +123,29 @@ def test_a_c_get_leaves_one_retrieve_event_and_a_refused_move_a_failed_one(share
     assert refused.outcome == 4
     assert refused.details["destination"] == "NOWHERE"
     assert refused.details["instances"] == 0
+
+
+def test_runscp_forwards_its_events_to_the_syslog_collector(start_scp, tmp_path):
+    collector = Collector()
+    try:
+        AuditSettings.objects.update_or_create(
+            pk=1,
+            defaults=dict(
+                syslog_enabled=True, syslog_host="127.0.0.1", syslog_port=collector.port, syslog_transport="tcp"
+            ),
+        )
+        scp = start_scp()
+        Peer.objects.create(name="viewer", ae_title=VIEWER, host="127.0.0.1", may_query=True)
+        scp.wait_until_allowed(VIEWER, "find")
+        assert scp.qr("findscu", "QueryRetrieveLevel=STUDY", "StudyDate", calling=VIEWER).returncode == 0
+
+        def query_messages():
+            roots = [audit_message(m) for m in list(collector.messages)]
+            return [r for r in roots if code_of(r.find("EventIdentification/EventID"))[0] == "110112"]
+
+        wait_until(query_messages, 15, message="runscp's query message at the collector")
+        (query,) = query_messages()
+        assert query.find("ActiveParticipant").get("UserID") == VIEWER
+        assert query.find("AuditSourceIdentification").get("AuditSourceID") == scp.ae_title
+    finally:
+        collector.stop()
