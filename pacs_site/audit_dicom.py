@@ -22,7 +22,7 @@ import threading
 from django.utils import timezone
 
 from dicomnodes.models import AssociationResult, Study
-from pacs_site.audit import Action, current_settings, event, query_keys, record_many
+from pacs_site.audit import Action, Spool, current_settings, event, query_keys, record_many
 from pacs_site.models import AuditOutcome
 
 logger = logging.getLogger(__name__)
@@ -33,6 +33,9 @@ MAX_ENDED = 10_000  # associations ended but not yet committed (a bound should c
 
 _ended = {}
 _lock = threading.Lock()
+# A rejection's row is no close, so no association_closed follows it: its
+# event is written by a spool thread (bounded; never on the association's thread).
+_rejections = Spool()
 
 
 def _state_notes(state):
@@ -151,6 +154,28 @@ def association_ended(state):
         if len(_ended) >= MAX_ENDED:
             _ended.pop(next(iter(_ended)))
         _ended[state.id] = notes
+
+
+def association_rejected(state, reason):
+    """A rejected association (called AE title, calling AE title, local limit): one event."""
+    _rejections.put(
+        event(
+            Action.ASSOCIATION,
+            actor=state.calling_ae,
+            actor_kind="ae",
+            address=state.address,
+            outcome=AuditOutcome.MINOR_FAILURE,
+            description=f"{state.calling_ae} to {state.called_ae}: rejected: {reason}",
+            details={
+                "association": str(state.id),
+                "called_ae": state.called_ae,
+                "services": [],
+                "result": "rejected",
+                "reason": reason,
+            },
+            at=state.started_at,
+        )
+    )
 
 
 def on_association_closed(sender, association, sop_instance_uids=(), **kwargs):

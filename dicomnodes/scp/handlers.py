@@ -62,6 +62,7 @@ def log_rejection(writer, state, text):
     """A rejected association: one line in the log and a row."""
     logger.info("association from %s (%s) to %s rejected: %s", state.calling_ae, state.address, state.called_ae, text)
     state.finished = True
+    audit_dicom.association_rejected(state, text)
     row = association_row(state, result=AssociationResult.REJECTED, reason=text)
     row.ended_at = row.started_at
     row.duration = 0.0

@@ -13,7 +13,7 @@ from pacs_site.models import AuditEvent, AuditSettings
 from tests.dicomnodes.test_runscp_retrieve import move_destination
 from tests.pacs_site.test_audit_syslog import Collector, audit_message, code_of
 from tests.support.dicomdata import make_ct_series
-from tests.support.processes import MODALITY, wait_until
+from tests.support.processes import MODALITY, STRANGER, wait_until
 
 pytestmark = pytest.mark.archive
 
@@ -67,6 +67,15 @@ def test_a_c_find_leaves_one_query_event_without_patient_keys_by_default(shared_
     assert query.patient_id == ""
     # Its association: one event saying what it was used for (the allow-checks before opened none).
     wait_until(lambda: events(Action.ASSOCIATION, VIEWER).filter(details__services=["find"]).exists(), 10)
+
+
+def test_a_rejected_association_is_one_failed_event_with_the_reason(shared_scp):
+    result = shared_scp.qr("findscu", "QueryRetrieveLevel=STUDY", "StudyDate", calling=STRANGER)
+    assert result.returncode != 0
+    event = exactly_one(Action.ASSOCIATION, STRANGER)
+    assert (event.outcome, event.details["result"]) == (4, "rejected")
+    assert event.details["reason"] == "calling AE title not recognised"
+    assert not events(Action.QUERY, STRANGER).exists()
 
 
 def test_patient_keys_are_recorded_when_the_settings_say_so(start_scp, tmp_path):
