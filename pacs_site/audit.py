@@ -191,7 +191,7 @@ class Spool:
 
     def _start(self):
         with self._lock:
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():  # none yet, or a parent's before a fork
                 self._thread = threading.Thread(target=self._run, name="audit-spool", daemon=True)
                 self._thread.start()
                 atexit.register(self.flush)
