@@ -288,8 +288,10 @@ LOGGING = {
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"},
     },
+    # A patient link's token in a logged path becomes "…" (portal/logredact.py).
+    "filters": {"link_tokens": {"()": "portal.logredact.HideLinkTokens"}},
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["link_tokens"]},
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {

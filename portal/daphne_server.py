@@ -13,7 +13,6 @@ or TLS; `manage.py runpacs` passes it with `-e`.
 import asyncio
 import functools
 import os
-import re
 
 from daphne.cli import CommandLineInterface
 from daphne.server import Server
@@ -22,6 +21,7 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from zope.interface import implementer
 
+from portal.logredact import MARK, hide_tokens
 from portal.streaming import ZERO_COPY
 
 
@@ -39,17 +39,12 @@ def endpoint(port: int, *, certificate: str = "", key: str = "", interface: str 
     return f"tcp:{where}"
 
 
-# A patient link's DICOMweb root carries its token in the path (a viewer
-# appends resource paths to a root): the log shows "…" in its place.
-_LINK_ROOT = re.compile(r"^/dicomweb/t/[^/]*")
-
-
 def strip_query(details: dict) -> dict:
     """The access-log details with the path cut before '?', and a patient
     link's token in a DICOMweb path replaced by '…'."""
     path = details.get("path")
-    if isinstance(path, str) and ("?" in path or path.startswith("/dicomweb/t/")):
-        return {**details, "path": _LINK_ROOT.sub("/dicomweb/t/…", path.split("?", 1)[0])}
+    if isinstance(path, str) and ("?" in path or MARK in path):
+        return {**details, "path": hide_tokens(path.split("?", 1)[0])}
     return details
 
 

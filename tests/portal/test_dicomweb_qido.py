@@ -33,7 +33,7 @@ from tests.conftest import flush_database
 from tests.support.archive import archive_files
 from tests.support.dicomdata import make_ct_series
 from tests.support.portal import start_runpacs_web, wait_for_web
-from tests.support.processes import free_port
+from tests.support.processes import free_port, wait_until
 
 DOE, SMITH, MUELLER = "1.2.826.0.1.3680043.10.7.1", "1.2.826.0.1.3680043.10.7.2", "1.2.826.0.1.3680043.10.7.3"
 # The tests only read (over HTTP); the marker has the test database set up,
@@ -106,6 +106,7 @@ def site(django_db_setup, django_db_blocker, tmp_path_factory):
         try:
             wait_for_web(f"{base}/admin/login/", web)
             yield {
+                "log": root / "runpacs.log",
                 "base": base,
                 "reader": Token.objects.create(user=reader).key,
                 "nobody": Token.objects.create(user=nobody).key,
@@ -355,3 +356,19 @@ def test_who_may_search(site, root, api_token, status, resource):
     url = f"{site['base']}/{root.format(**site)}/{resource}"
     response = _session(site[api_token] if api_token else None).get(url)
     assert response.status_code == status
+
+
+def test_no_link_token_reaches_the_web_process_log(site):
+    """Neither the access log nor Django's request log ("Gone: <path>" for
+    an expired link, "Not Found: <path>") prints a link's token."""
+    tokens = [site["link"], site["expired"], site["revoked"], "x" * 43]
+    line = f"/dicomweb/t/…/studies/{DOE}/series"
+    before = site["log"].read_text(errors="replace").count(line)
+    urls = [f"{site['base']}/dicomweb/t/{t}/studies/{DOE}/series" for t in tokens]
+    codes = [requests.get(url, timeout=30).status_code for url in urls]
+    assert codes[0] == 200 and all(c in (404, 410) for c in codes[1:])
+    # one access line each, and a request-log line for each refusal
+    wanted = before + len(tokens) + len(tokens) - 1
+    wait_until(lambda: site["log"].read_text(errors="replace").count(line) >= wanted, 10, message="the log lines")
+    text = site["log"].read_text(errors="replace")
+    assert not [t for t in tokens if t in text]
