@@ -172,6 +172,7 @@ def test_a_login_and_a_failed_login_are_one_event_each_with_the_address(client, 
 
 
 def test_a_settings_change_in_the_admin_is_one_event_with_the_object_and_the_change(an_admin):
+    assert an_admin.get(reverse("admin:pacs_site_auditsettings_changelist")).status_code == 302  # to the one row
     url = reverse("admin:pacs_site_auditsettings_change", args=[1])
     form = {
         "query_patient_keys": "on",
