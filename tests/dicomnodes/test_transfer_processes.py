@@ -17,7 +17,8 @@ from django.utils import timezone
 from pydicom import dcmread
 
 from dicomnodes.models import DicomServerSettings, Peer, TransferJob, TransferState
-from dicomnodes.transfers.jobs import run_next, submit_job
+from dicomnodes.transfers.jobs import requeue_dead, run_next, submit_job
+from dicomnodes.transfers.processes import process_name
 from dicomnodes.transfers.queue import STALE_AFTER, claim_next
 from tests.support.dicomdata import make_ct_series
 from tests.support.processes import wait_until
@@ -178,3 +179,49 @@ def test_a_job_whose_dispatcher_is_killed_ends_with_it_and_is_queued_again(start
     job.refresh_from_db()
     assert (job.state, job.attempts, job.done) == (TransferState.SUCCEEDED, 2, 6), job.last_error
     assert len(set(recorder.received)) == 6
+
+
+# --- what the dispatcher does when a job's process ended (no network) ------------------------
+
+
+@pytest.fixture
+def running_job(db):
+    peer = Peer.objects.create(name="remote", ae_title="REMOTE", host="127.0.0.1", port=104)
+
+    def make(**fields):
+        values = dict(state=TransferState.RUNNING, attempts=1, worker=process_name(4242)) | fields
+        return TransferJob.objects.create(kind="send", peer=peer, uids=["1.2.3"], **values)
+
+    return make
+
+
+KILLED = signal.SIGKILL.value  # a wait status: killed by SIGKILL
+
+
+def test_a_job_whose_process_was_killed_is_queued_at_once(running_job):
+    job = running_job()
+    assert requeue_dead(job.pk, 4242, KILLED) == TransferState.QUEUED
+    job.refresh_from_db()
+    assert job.state == TransferState.QUEUED and job.next_attempt_at <= timezone.now()
+    assert job.last_error == "the process running this job killed by SIGKILL; the job was queued again"
+
+
+def test_a_job_that_kills_its_process_every_time_fails_when_the_retries_are_used_up(running_job):
+    settings(retry_delays="1s")
+    job = running_job(attempts=2)
+    assert requeue_dead(job.pk, 4242, KILLED) == TransferState.FAILED
+    job.refresh_from_db()
+    assert job.finished_at is not None and "(gave up after 2 attempts)" in job.last_error
+
+
+def test_a_job_cancelled_before_its_process_died_ends_cancelled(running_job):
+    job = running_job(cancel_requested=True)
+    assert requeue_dead(job.pk, 4242, KILLED) == TransferState.CANCELLED
+
+
+def test_a_job_its_process_finished_or_another_process_runs_is_left_alone(running_job):
+    finished = running_job(state=TransferState.SUCCEEDED)
+    assert requeue_dead(finished.pk, 4242, 0) is None
+    elsewhere = running_job(worker=process_name(5151))  # queued again as stale, then claimed
+    assert requeue_dead(elsewhere.pk, 4242, KILLED) is None
+    assert TransferJob.objects.get(pk=elsewhere.pk).state == TransferState.RUNNING
