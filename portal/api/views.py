@@ -172,8 +172,10 @@ class TransferJobViewSet(
 # --- Worklist ------------------------------------------------------------------------
 
 
-class WorklistItemViewSet(viewsets.ModelViewSet):
+class WorklistItemViewSet(AuditedReads, viewsets.ModelViewSet):
     """Modality worklist entries (from HL7 orders, or made here)."""
+
+    audit_what = "worklist items"
 
     queryset = WorklistItem.objects.order_by("scheduled_start_date", "scheduled_start_time", "id")
     serializer_class = WorklistItemSerializer

@@ -10,6 +10,7 @@ import csv
 import io
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.core.cache import cache
 from django.urls import reverse
 from rest_framework.test import APIClient
@@ -20,6 +21,7 @@ from pacs_site.models import AuditEvent, AuditSettings
 from portal.tokens import create_token
 from tests.support.dicomweb_site import VIEW, staff_with_token
 from tests.support.portal import store_study
+from worklist.models import WorklistItem
 
 pytestmark = pytest.mark.django_db
 
@@ -155,6 +157,16 @@ def test_api_reads_of_studies_are_one_event_per_request(a_reader, study):
         "WEB1",
         str(study.pk),
     )
+
+
+def test_api_reads_of_worklist_items_are_recorded_with_the_patient(a_reader, django_user_model):
+    django_user_model.objects.get(username="reader").user_permissions.add(
+        Permission.objects.get(codename="view_worklistitem")
+    )
+    item = WorklistItem.objects.create(patient_id="MWL1", patient_name="Doe^Jane", accession_number="A1")
+    assert a_reader.get(f"/api/worklist/{item.pk}/").status_code == 200
+    event = only(Action.WEB_READ)
+    assert (event.patient_id, event.details["resource"]) == ("MWL1", "worklist items")
 
 
 # --- logins and the admin ----------------------------------------------------------------------
