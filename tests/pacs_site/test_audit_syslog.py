@@ -16,7 +16,7 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from pacs_site import audit, syslog
+from pacs_site import atna, audit, syslog
 from pacs_site.audit import Action
 from pacs_site.models import AuditSettings
 from tests.support.portal import self_signed
@@ -244,3 +244,28 @@ def test_a_collector_that_is_down_costs_nothing_drops_are_counted_and_it_is_reac
             back.stop()
     finally:
         sender.stop()
+
+
+@pytest.mark.parametrize(
+    "action, details, code, action_code",
+    [
+        (Action.ASSOCIATION, {"instances_stored": 3}, "110107", "C"),
+        (Action.ASSOCIATION, {"instances_stored": 0}, "110100", "E"),
+        (Action.RETRIEVE, {}, "110106", "R"),
+        (Action.WEB_READ, {}, "110103", "R"),
+        (Action.WEB_STORE, {}, "110107", "C"),
+        (Action.BURN, {}, "110106", "R"),
+        (Action.SEND, {}, "110106", "R"),
+        (Action.IMPORT, {}, "110107", "C"),
+        (Action.DELETE, {}, "110105", "D"),
+        (Action.CORRECT, {}, "110110", "U"),
+        (Action.MERGE, {}, "110110", "U"),
+        (Action.SETTINGS, {}, "110113", "E"),
+        (Action.LOGIN, {}, "110114", "E"),
+    ],
+)
+def test_each_action_has_its_event_id(action, details, code, action_code):
+    row = audit.event(action, actor="someone", details=details)
+    root = ET.fromstring(atna.audit_message(row, "PACS"))
+    ident = root.find("EventIdentification")
+    assert (code_of(ident.find("EventID"))[0], ident.get("EventActionCode")) == (code, action_code)
