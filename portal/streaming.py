@@ -13,9 +13,11 @@ parts, a viewer file) so that:
 - the next batch is read while the current one is sent (two batches in
   memory at most per answer); the web process's send gate
   (portal/daphne_server.py) holds each batch until the client takes it.
-  8 MiB batches sent a WADO-RS series about 10 % faster, but a client that
-  reads nothing then held 34 MiB of the web process (test_web.py bounds it
-  at 20): 4 MiB it is.
+  a client that reads nothing holds about three batches of the web
+  process (the batch sent, Twisted's chunked-encoding copy of it, the next
+  one read): with 4 MiB that was 21 MiB, at or over test_web.py's bound of
+  20, with 2 MiB it is 9-11.  Stored instances of WADO-RS, the bulk of
+  what is sent, no longer come this way (`PiecesResponse`, sendfile).
 """
 
 import asyncio
@@ -26,7 +28,7 @@ from asgiref.sync import sync_to_async
 from django.core.handlers.asgi import ASGIRequest
 from django.http import StreamingHttpResponse
 
-BATCH = 4 * 2**20
+BATCH = 2 * 2**20
 FILE_CHUNK = 1 << 20  # bytes read from a file at a time
 # The ASGI extension of a server that sends a file's bytes itself
 # (portal/daphne_server.py advertises it on plain HTTP connections).
