@@ -29,6 +29,7 @@ from dicomnodes.models import AssociationResult
 from dicomnodes.net import UNEXPECTED_PDU, ProtocolError, negotiation
 from dicomnodes.net import commandset as cs
 from dicomnodes.net.association import RELEASE, Association, Link, PeerAborted, PeerGone
+from dicomnodes.net.outbox import Outbox
 from dicomnodes.net.pdata import A_ASSOCIATE_RQ, abort_pdu
 from dicomnodes.scp import outgoing
 from dicomnodes.scp.handlers import (
@@ -336,6 +337,9 @@ class AcceptorSession:
         return decode_dataset(io.BytesIO(bytes(sink.data)), syntax.is_implicit_VR, syntax.is_little_endian)
 
     def _find(self, message, context, sink):
+        """Answers go out 32 to a sendmsg (net.outbox); a C-CANCEL is looked
+        for after each send (a read of the socket per answer cost more than
+        the answer) and the answers stop at the next one."""
         syntax = UID(context.transfer_syntax)
         sop_class = context.abstract_syntax
         message_id = message.command.MessageID
@@ -345,11 +349,8 @@ class AcceptorSession:
             self._respond(message, cs.C_FIND_RSP, sop_class, Status.UNABLE_TO_PROCESS, f"Cannot read identifier: {exc}")
             return
         cancelled = {"seen": False}
-
-        def is_cancelled():
-            if not cancelled["seen"] and self.assoc.message_waiting():
-                cancelled["seen"] = self._read_cancel(message_id)
-            return cancelled["seen"]
+        outbox = Outbox(self.assoc)
+        pending = cs.response_template(cs.C_FIND_RSP, sop_class)
 
         noted = audit_dicom.note_find(self.state, identifier, model=model_of(sop_class))
         answers = answer_find(
@@ -358,21 +359,28 @@ class AcceptorSession:
             caller=self._caller(),
             config=self.config,
             implicit_vr=syntax.is_implicit_VR,
-            cancelled=is_cancelled,
+            cancelled=lambda: cancelled["seen"],
         )
         try:
             for code, result in answers:
                 code, comment = _status(code)
                 if code in (Status.PENDING, Status.PENDING_WARNING) and result is not None:
-                    data = encode_dataset(result, syntax.is_implicit_VR, syntax.is_little_endian)
-                    self._respond(message, cs.C_FIND_RSP, sop_class, code, comment, data_set_follows=True)
-                    self.assoc.send_data(message.context_id, data)
-                    continue
+                    if not isinstance(result, bytes):  # a Dataset (Modality Worklist)
+                        result = encode_dataset(result, syntax.is_implicit_VR, syntax.is_little_endian)
+                    if result is None:
+                        code, comment = Status.UNABLE_TO_PROCESS, "Cannot encode an answer"
+                    else:
+                        rsp = pending.render(message_id, int(code), error_comment=comment, data_set_follows=True)
+                        if outbox.add(message.context_id, rsp, result) and self.assoc.message_waiting():
+                            cancelled["seen"] = self._read_cancel(message_id)
+                        continue
+                outbox.flush()
                 audit_dicom.find_answered(noted, code, comment)
                 self._respond(message, cs.C_FIND_RSP, sop_class, code, comment)
                 return
         finally:
             answers.close()
+        outbox.flush()
         self._respond(message, cs.C_FIND_RSP, sop_class, Status.SUCCESS)
 
     def _read_cancel(self, message_id):

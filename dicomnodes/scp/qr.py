@@ -25,7 +25,7 @@ import logging
 from dataclasses import dataclass, field
 
 from dicomnodes.dimse import Caller, Status, status
-from dicomnodes.query import matching
+from dicomnodes.query import answers, matching
 from dicomnodes.query.registry import find_responder
 from dicomnodes.query.selection import RetrieveError, select_instances
 from dicomnodes.scp.sending import contexts_for
@@ -54,8 +54,10 @@ def answer_find(identifier, *, model, caller: Caller, config, implicit_vr=None, 
     """C-FIND: yields (status, identifier or None).
 
     `model` is PATIENT or STUDY (Q/R), or an information model with a
-    registered responder (WORKLIST).  `implicit_vr` (True/False/None) is the
-    encoding of the accepted transfer syntax, for pre-encoded answers.
+    registered responder (WORKLIST).  `implicit_vr` (True/False) is the
+    encoding of the accepted transfer syntax (little endian): Q/R answers
+    then come as the bytes of their identifier (`query.answers`); with None
+    as Datasets.  A responder's answers are Datasets.
     `cancelled()` says whether the peer sent a C-CANCEL.
     """
     if not config.access.may_query(caller.ae_title, caller.address):
@@ -71,9 +73,12 @@ def answer_find(identifier, *, model, caller: Caller, config, implicit_vr=None, 
         return
     try:
         query = matching.build_query(identifier, model=model, case_insensitive=config.case_insensitive_names)
-        for result in matching.iter_results(
-            query, limit=config.find_result_limit, retrieve_ae_title=config.ae_title, implicit_vr=implicit_vr
-        ):
+        window = dict(limit=config.find_result_limit, retrieve_ae_title=config.ae_title)
+        if implicit_vr is None:
+            results = matching.iter_results(query, **window)
+        else:
+            results = answers.iter_answers(query, implicit_vr=implicit_vr, **window)
+        for result in results:
             if cancelled():
                 yield Status.CANCEL, None
                 return

@@ -176,12 +176,20 @@ def test_c_cancel_during_c_find_ends_it_with_fe00_and_the_association_goes_on(sh
     query.SeriesInstanceUID = many_instances.SeriesInstanceUID
     query.SOPInstanceUID = ""
     assoc = _associate(shared_scp.port, StudyRootQueryRetrieveInformationModelFind)
+
+    def cancel_once_asked(event):
+        # Once the identifier (the only last data fragment we send) has gone;
+        # not after the first answer: runscp sends the 300 answers (tens of
+        # microseconds each) before pynetdicom has decoded the first.
+        items = getattr(event.pdu, "presentation_data_value_items", [])
+        if any(item.data[0] == LAST for item in items):
+            assoc.send_c_cancel(7, _context_id(assoc, StudyRootQueryRetrieveInformationModelFind))
+
+    assoc.bind(evt.EVT_PDU_SENT, cancel_once_asked)
     try:
         statuses = []
         for status, _ in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind, msg_id=7):
             statuses.append(status.Status)
-            if len(statuses) == 1:
-                assoc.send_c_cancel(7, _context_id(assoc, StudyRootQueryRetrieveInformationModelFind))
         echo = assoc.send_c_echo()
     finally:
         assoc.release()
