@@ -292,6 +292,8 @@ class AcceptorSession:
         if sop_class != context.abstract_syntax or service_of(sop_class) != "store":
             # PS3.4 B.2.3: refused, SOP class not supported (on this context).
             code, comment, stored = Status.SOP_CLASS_NOT_SUPPORTED, f"SOP class {sop_class} not the context's", ""
+        elif sink.refused:  # the disk guard, while the data set was spooled
+            code, comment, stored = Status.OUT_OF_RESOURCES, sink.refused, ""
         elif sink.discard:
             code, comment, stored = Status.NOT_AUTHORISED, f"{state.calling_ae} may not store here", ""
         else:

@@ -116,7 +116,10 @@ class Requestor:
             raise ProtocolError(f"presentation context {message.context_id} was not accepted")
         if sink is None:
             raise ProtocolError("C-STORE-RQ without a data set")
-        code, comment = on_store(command, context, sink)
+        if sink.refused:  # the disk guard, while the data set was spooled
+            code, comment = Status.OUT_OF_RESOURCES, sink.refused
+        else:
+            code, comment = on_store(command, context, sink)
         response = cs.response_template(cs.C_STORE_RSP, context.abstract_syntax).render(
             command.MessageID,
             int(code),

@@ -199,3 +199,26 @@ def test_the_dashboard_shows_the_free_space_and_sends_a_warning_when_it_runs_low
     [item] = feed.poll()
     assert item["type"] == "disk" and item["state"] == "low"
     assert item["warning"].startswith("Storage volume nearly full: ")
+
+
+def test_an_instance_too_big_for_the_room_left_is_refused_as_it_arrives_not_at_enospc(
+    storage_16m, start_scp, tmp_path
+):
+    """Above 4 MiB a data set is spooled to a file on the storage volume as
+    it arrives (dicomnodes/scp/sinks.py): the guard is asked before the
+    spool file is made and for each fragment, so a 20 MB image on a 16 MB
+    volume stops at the minimum, not when the disk is full."""
+    ArchiveSettings.objects.update_or_create(pk=1, defaults={"min_free_mb": 2, "min_free_percent": 0})
+    scp = start_scp()
+    folder = tmp_path / "big"
+    folder.mkdir()
+    make_ct(folder / "big.dcm", size=3200)  # 3200² × 2 bytes ≈ 20 MB
+
+    result = scp.store(folder, options=["-d"])
+
+    output = result.stdout + result.stderr
+    assert re.search(r"Out of resources: [0-9.]+ MB free on disk, the minimum is 2\.0 MB", output), output[-3000:]
+    assert Instance.objects.count() == 0
+    assert shutil.disk_usage(storage_16m).free >= 2 * MB
+    assert not [p for p in storage_16m.rglob("*") if p.is_file()], "no spool or stored file is left"
+    assert "out of disk space" not in scp.log()
