@@ -2,9 +2,11 @@
 
 `matching.iter_results()` builds one pydicom Dataset per matching row and
 the runtime then encodes it with pydicom; for a C-FIND with many answers
-that was three quarters of runscp's time (py-spy and cProfile on the
-10,000-instance bench index: 1.1 ms per answer, of which pydicom's
-write_dataset 0.75 ms).  `iter_answers()` yields the same answers as bytes:
+pydicom's write_dataset was three quarters of the time and building the
+Datasets most of the rest (cProfile on the bench index).  In-process on
+the 100,000-instance index of bench/query.py, PatientName=SMI* (242
+answers) took 535 ms that way, 37 ms this way, 13 of them SQL (a loaded
+2-core machine).  `iter_answers()` yields the same answers as bytes:
 
 1. once per query, an `AnswerLayout`: the elements of every answer in tag
    order, each either constant (SpecificCharacterSet, QueryRetrieveLevel,
