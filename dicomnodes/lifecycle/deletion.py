@@ -343,20 +343,49 @@ def _unlink(uids):
     logger.info("unlinked %d files (%.1f MB) of deleted instances", files, size / 2**20)
 
 
+# Rows chosen per transaction when a deletion names many (the command's
+# --older-than, recycling, retention rules, a long admin selection): one
+# list of 32,767 or more pks is past SQLite's limit of query parameters,
+# and one transaction of 100,000 instances held the write lock, and so
+# runscp's stores, for about 16 s.  Each batch is deleted as `delete`
+# deletes (its own transaction and audit event).
+CHOSEN_PER_TRANSACTION = 200
+
+
+def delete_chosen(kind, pks, **kwargs) -> Deleted:
+    """Delete the rows of `kind` ("patients", "studies", …) `pks`, in batches."""
+    pks = list(pks)
+    if len(pks) <= CHOSEN_PER_TRANSACTION:
+        return delete(selection(**{kind: pks}), **kwargs)
+    total = Deleted()
+    for start in range(0, len(pks), CHOSEN_PER_TRANSACTION):
+        add_counts(total, delete(selection(**{kind: pks[start : start + CHOSEN_PER_TRANSACTION]}), **kwargs))
+    return total
+
+
+def add_counts(total, part):
+    """Add a batch's counts (a Deleted or a Summary) to `total`, of the same kind."""
+    for name in ("patients", "studies", "series", "instances", "bytes"):
+        setattr(total, name, getattr(total, name) + getattr(part, name))
+    total.study_uids += part.study_uids
+    if isinstance(total, Summary):
+        total.partial_studies += part.partial_studies
+
+
 def delete_patients(pks, **kwargs) -> Deleted:
-    return delete(selection(patients=pks), **kwargs)
+    return delete_chosen("patients", pks, **kwargs)
 
 
 def delete_studies(pks, **kwargs) -> Deleted:
-    return delete(selection(studies=pks), **kwargs)
+    return delete_chosen("studies", pks, **kwargs)
 
 
 def delete_series(pks, **kwargs) -> Deleted:
-    return delete(selection(series=pks), **kwargs)
+    return delete_chosen("series", pks, **kwargs)
 
 
 def delete_instances(pks, **kwargs) -> Deleted:
-    return delete(selection(instances=pks), **kwargs)
+    return delete_chosen("instances", pks, **kwargs)
 
 
 # --- For recycling and retention -------------------------------------------------------------

@@ -34,8 +34,9 @@ def delete_with_files(modeladmin, request, queryset):
     pks = list(queryset.values_list("pk", flat=True))
     sel = deletion.selection(**{_KEYWORDS[opts.model_name]: pks})
     if request.POST.get("post") == "yes":
-        done = deletion.delete(
-            sel,
+        done = deletion.delete_chosen(
+            _KEYWORDS[opts.model_name],
+            pks,
             actor=request.user.get_username(),
             actor_kind="user",
             reason=request.POST.get("reason", "")[:255],

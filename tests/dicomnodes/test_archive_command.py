@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from dicomnodes.archive import tombstones
 from dicomnodes.archive.storage import instance_path
+from dicomnodes.lifecycle import deletion
 from dicomnodes.models import Instance, Patient, Study
 from pacs_site.models import AuditEvent
 from tests.support.archive import archive_files
@@ -103,3 +104,27 @@ def test_verify_removes_deleted_files_indexes_orphans_and_reports_rows_without_f
         "1 files: 0 files of deleted instances removed, 0 without a row (0 indexed now), "
         "0 not instances; 0 rows without their file"
     )
+
+
+@pytest.mark.archive
+@pytest.mark.django_db(transaction=True)
+def test_many_studies_go_in_transactions_of_a_bounded_number(data_dir, tmp_path, monkeypatch):
+    """--older-than names every old study: past CHOSEN_PER_TRANSACTION
+    (200; 2 here) they are listed and deleted batch by batch, one
+    transaction and one audit event each, and the totals come at the end."""
+    monkeypatch.setattr(deletion, "CHOSEN_PER_TRANSACTION", 2)
+    rows = [archive_files(make_ct_series(tmp_path / f"s{n}", 1, patient_id=f"P{n}"))[0] for n in range(5)]
+    Instance.objects.update(received_at=timezone.now() - dt.timedelta(days=40))
+
+    dry, said = run("delete", "--older-than", "30", "--dry-run")
+    assert said == "dry run: would delete 5 patients, 5 studies, 5 series, 5 instances (0.0 MB)"
+    real, said = run("delete", "--older-than", "30")
+
+    assert real.splitlines()[:-1] == dry.splitlines()[:-1]
+    assert said == "deleted 5 patients, 5 studies, 5 series, 5 instances (0.0 MB)"
+    assert not Study.objects.exists() and not any(r.path.exists() for r in rows)
+    assert sorted(e.details["studies"] for e in AuditEvent.objects.all()) == [1, 2, 2]
+
+    more = [archive_files(make_ct_series(tmp_path / f"t{n}", 1, patient_id=f"Q{n}"))[0] for n in range(3)]
+    done = deletion.delete_studies([r.series.study_id for r in more], actor="admin")
+    assert (done.studies, done.instances) == (3, 3) and not Study.objects.exists()

@@ -51,17 +51,34 @@ class Command(BaseCommand):
     # --- delete ---------------------------------------------------------------------------
 
     def delete(self, options):
-        sel = self.selection(options)
-        what = deletion.summarize(sel)
-        self.list(sel, what)
-        if what.is_empty():
+        """In batches of deletion.CHOSEN_PER_TRANSACTION studies (or series):
+        each listed, then deleted in a transaction of its own; the totals
+        at the end."""
+        listed, done = deletion.Summary(), deletion.Deleted()
+        for sel in self.selections(options):
+            what = deletion.summarize(sel)
+            if what.is_empty():
+                continue
+            self.list(sel, what)
+            deletion.add_counts(listed, what)
+            if not options["dry_run"]:
+                actor = f"{getpass.getuser()} (manage.py archive)"
+                gone = deletion.delete(sel, actor=actor, actor_kind="user", reason=options["reason"])
+                deletion.add_counts(done, gone)
+        if listed.is_empty():
             return "nothing to delete"
         if options["dry_run"]:
-            return f"dry run: would delete {what.describe()}"
-        done = deletion.delete(
-            sel, actor=f"{getpass.getuser()} (manage.py archive)", actor_kind="user", reason=options["reason"]
-        )
+            return f"dry run: would delete {listed.describe()}"
         return f"deleted {done.describe()}"
+
+    def selections(self, options):
+        sel = self.selection(options)
+        for kind in ("studies", "series"):
+            pks = getattr(sel, kind)
+            if len(pks) > deletion.CHOSEN_PER_TRANSACTION:
+                step = deletion.CHOSEN_PER_TRANSACTION
+                return [deletion.selection(**{kind: pks[i : i + step]}) for i in range(0, len(pks), step)]
+        return [sel]
 
     def selection(self, options):
         if options["issuer"] is not None and not options["patient"]:
