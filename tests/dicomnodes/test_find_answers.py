@@ -9,6 +9,7 @@ import dataclasses
 import warnings
 
 import pytest
+from django.db import connection
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -18,6 +19,7 @@ from pynetdicom.dsutils import encode
 
 from dicomnodes.archive.header import InstanceHeader, read_header_file
 from dicomnodes.archive.index import IndexItem, apply_batch
+from dicomnodes.models import Study
 from dicomnodes.net.elements import ElementCoder, ValueTooLong, pad
 from dicomnodes.query import answers
 from dicomnodes.query.matching import KEYS, UNSTORED_KEYS, build_query, iter_results
@@ -192,9 +194,10 @@ def test_a_query_returning_only_unstored_keys_reads_no_column(archive):
 
 
 def test_a_value_too_long_for_an_explicit_vr_header_goes_through_pydicom(archive):
-    """pydicom writes such a value as UN (PS3.5 6.2.2); so do we, through it."""
-    from dicomnodes.models import Study
-
+    """pydicom writes such a value as UN (PS3.5 6.2.2); so do we, through it.
+    Only SQLite can hold one: it does not enforce the column's 128 characters."""
+    if connection.vendor != "sqlite":
+        pytest.skip(f"{connection.vendor} keeps StudyDescription to its 128 characters: no such value")
     Study.objects.filter(study_instance_uid=archive).update(study_description="y" * 70_001)
     ds = _identifier("STUDY", ["StudyInstanceUID", "StudyDescription"], StudyInstanceUID=archive)
     query = build_query(ds, model="STUDY", case_insensitive=True)
