@@ -267,6 +267,8 @@ if __name__ == "__main__":
     os.environ.setdefault("PACS_DB_CONN_MAX_AGE", "60")
     # Audit events of requests are written by a thread in batches (pacs_site/audit.py Spool).
     os.environ.setdefault("PACS_AUDIT_SPOOL", "1")
+    # WADO-RS metadata cache entries too, after the answer (portal/dicomweb/metacache.py).
+    os.environ.setdefault("PACS_METADATA_CACHE_THREAD", "1")
     # Twisted sends at most 128 KiB per write-ready event: a 300 MB WADO-RS
     # series took 2,400 turns of the event loop.  With 8 MiB the kernel's
     # send buffer, not the loop, sets the pace (/tmp WADO series loop, same load: 370 -> 650 MB/s).
