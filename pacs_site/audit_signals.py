@@ -15,6 +15,8 @@ needs no line of its own (connected in PacsSiteConfig.ready()):
 import datetime
 import logging
 
+from django.contrib import admin
+from django.contrib.admin.actions import delete_selected
 from django.contrib.admin.models import ADDITION, CHANGE, DELETION, LogEntry
 from django.contrib.auth.signals import user_logged_in, user_login_failed
 from django.db import IntegrityError, transaction
@@ -39,6 +41,7 @@ def connect():
     user_logged_in.connect(on_login, dispatch_uid="audit.login")
     user_login_failed.connect(on_login_failed, dispatch_uid="audit.login_failed")
     post_save.connect(on_admin_log_entry, sender=LogEntry, dispatch_uid="audit.admin")
+    admin.site.add_action(delete_selected_audited, "delete_selected")
     post_save.connect(audit.forget_settings, sender=AuditSettings, dispatch_uid="audit.settings")
     post_save.connect(on_burn_job_saved, sender=BurnJob, dispatch_uid="audit.burn")
     post_execute_in_worker.connect(on_task_done, dispatch_uid="audit.transfers")
@@ -77,9 +80,31 @@ _VERBS = {ADDITION: "added", CHANGE: "changed", DELETION: "deleted"}
 
 
 def on_admin_log_entry(sender, instance, created, **kwargs):
-    if not created:
-        return
-    entry = instance
+    if created:
+        record_admin_entry(instance)
+
+
+def delete_selected_audited(modeladmin, request, queryset):
+    """Django's "Delete selected …" (every admin list's action), with an
+    event per object deleted: Django logs a deletion of several objects
+    with one bulk INSERT of LogEntry rows, which sends no post_save (one
+    object's row is saved, and on_admin_log_entry records it)."""
+    several = request.POST.get("post") == "yes" and queryset.count() > 1
+    last = LogEntry.objects.order_by("-pk").values_list("pk", flat=True).first() or 0 if several else 0
+    response = delete_selected(modeladmin, request, queryset)
+    if several and response is None:  # deleted (a refusal answers a page)
+        entries = LogEntry.objects.filter(pk__gt=last, action_flag=DELETION, user_id=request.user.pk)
+        for entry in entries.order_by("pk"):
+            record_admin_entry(entry)
+    return response
+
+
+delete_selected_audited.allowed_permissions = delete_selected.allowed_permissions
+delete_selected_audited.short_description = delete_selected.short_description
+
+
+def record_admin_entry(entry):
+    """One audit event for an admin LogEntry (add, change or delete)."""
     verb = _VERBS.get(entry.action_flag, "changed")
     what = f"{entry.content_type.app_label}.{entry.content_type.model}" if entry.content_type_id else "?"
     user = entry.user.get_username() if entry.user_id else ""

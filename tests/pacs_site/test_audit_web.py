@@ -15,6 +15,7 @@ from django.core.cache import cache
 from django.urls import reverse
 from rest_framework.test import APIClient
 
+from dicomnodes.models import Peer
 from pacs_site import audit
 from pacs_site.audit import Action
 from pacs_site.models import AuditEvent, AuditSettings
@@ -201,6 +202,25 @@ def test_a_settings_change_in_the_admin_is_one_event_with_the_object_and_the_cha
     assert event.details["object"] == "pacs_site.auditsettings"
     assert event.details["action"] == "changed"
     assert "Keep events: days" in event.details["change"]
+
+
+def test_deleting_several_peers_at_once_in_the_admin_is_one_event_each(an_admin):
+    """Django logs a bulk deletion with one bulk INSERT (no post_save)."""
+    peers = [Peer.objects.create(name=f"old {n}", ae_title=f"OLD{n}", host="192.0.2.1", port=104) for n in range(3)]
+    url = reverse("admin:dicomnodes_peer_changelist")
+    chosen = [str(p.pk) for p in peers[:2]]
+    asked = an_admin.post(url, {"action": "delete_selected", "_selected_action": chosen})
+    assert asked.status_code == 200  # the confirmation page
+    assert not AuditEvent.objects.filter(action=Action.SETTINGS).exists()
+    done = an_admin.post(url, {"action": "delete_selected", "_selected_action": chosen, "post": "yes"})
+    assert done.status_code == 302
+    events = AuditEvent.objects.filter(action=Action.SETTINGS).order_by("id")
+    assert [(e.actor, e.details["action"], e.details["object"]) for e in events] == [
+        ("admin", "deleted", "dicomnodes.peer")
+    ] * 2
+    assert {e.details["object_repr"] for e in events} == {str(p) for p in peers[:2]}
+    an_admin.post(url, {"action": "delete_selected", "_selected_action": [str(peers[2].pk)], "post": "yes"})
+    assert AuditEvent.objects.filter(action=Action.SETTINGS).count() == 3  # one alone: one event too
 
 
 def test_the_audit_list_is_read_only(an_admin):
