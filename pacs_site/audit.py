@@ -113,35 +113,14 @@ def event(
     return AuditEvent(**values)
 
 
-def record(
-    action,
-    *,
-    actor="",
-    actor_kind="system",
-    address="",
-    outcome=AuditOutcome.SUCCESS,
-    patient_id="",
-    study_uid="",
-    description="",
-    details=None,
-):
-    """Write one audit event; returns it (None if it could not be written:
-    the failure is logged, the audited work goes on)."""
+def record(action, **values):
+    """Write one audit event (the keywords of `event`); returns it (None if
+    it could not be written: the failure is logged, the audited work goes on)."""
     try:
-        row = event(
-            action,
-            actor=actor,
-            actor_kind=actor_kind,
-            address=address,
-            outcome=outcome,
-            patient_id=patient_id,
-            study_uid=study_uid,
-            description=description,
-            details=details,
-        )
+        row = event(action, **values)
         row.save(force_insert=True)
     except Exception:
-        logger.exception("audit event %s by %s could not be written", action, actor)
+        logger.exception("audit event %s by %s could not be written", action, values.get("actor", ""))
         return None
     _forward([row])
     return row
