@@ -92,28 +92,39 @@ class Scope:
 
 
 @dataclass
-class Summary:
+class Deleted:
+    """What a deletion took (and the counts a Summary shares)."""
+
     patients: int = 0
     studies: int = 0
     series: int = 0
     instances: int = 0
     bytes: int = 0
+    study_uids: list = field(default_factory=list)  # of the studies touched
+
+    def describe(self):
+        return (
+            f"{self.patients} patients, {self.studies} studies, {self.series} series, "
+            f"{self.instances} instances ({self.bytes / 2**20:.1f} MB)"
+        )
+
+
+@dataclass
+class Summary(Deleted):
+    """What a deletion would take, and what holds on to it."""
+
     partial_studies: int = 0  # studies that lose some of their series or instances
     open_links: int = 0
     pending_burns: int = 0
     active_transfers: int = 0
     # (label, count) of every registered impact, transfers included
     impacts: list = field(default_factory=list)
-    study_uids: list = field(default_factory=list)  # of the studies touched
 
     def is_empty(self):
         return self.instances == 0 and self.studies == 0 and self.patients == 0
 
     def describe(self):
-        text = (
-            f"{self.patients} patients, {self.studies} studies, {self.series} series, "
-            f"{self.instances} instances ({self.bytes / 2**20:.1f} MB)"
-        )
+        text = super().describe()
         if self.partial_studies:
             text += f"; {self.partial_studies} studies lose part of their images"
         return text
@@ -242,22 +253,6 @@ def _active_transfers(scope) -> int:
 
 
 # --- Deleting --------------------------------------------------------------------------------
-
-
-@dataclass
-class Deleted:
-    patients: int = 0
-    studies: int = 0
-    series: int = 0
-    instances: int = 0
-    bytes: int = 0
-    study_uids: list = field(default_factory=list)
-
-    def describe(self):
-        return (
-            f"{self.patients} patients, {self.studies} studies, {self.series} series, "
-            f"{self.instances} instances ({self.bytes / 2**20:.1f} MB)"
-        )
 
 
 def delete(sel: Selection, *, actor, actor_kind="user", reason="", address="") -> Deleted:
