@@ -1,13 +1,23 @@
-"""Hand-written SQL for the three statements of the ingest hot path.
+"""Hand-written SQL for the statements of the ingest hot path.
 
-Measured: through the ORM, a steady-state commit of one instance (find
-existing, insert, two counter updates) cost 2.6 ms of Python on these
-machines, mostly query compilation; these few statements cost ~0.3 ms.  Table
-and column names come from the models and values are adapted by the model
-fields, so SQLite and PostgreSQL both work.  Everything else uses the ORM.
+Measured on these machines: through the ORM, a steady-state commit of one
+instance (find existing, insert, two counter updates) cost 2.6 ms of Python,
+mostly query compilation; the same statements through Django's cursor
+wrapper, 0.60 ms for the whole group commit of one instance; through the
+driver's own cursor (`execute` below: no CursorWrapper, no "%s" -> "?"
+rewrite, statements built once, values adapted only where a field needs it)
+0.34-0.49 ms, of which SQLite's COMMIT is 0.14 ms (1000 single-instance
+commits, `apply_batch` timed in-process, three runs).  Table and column
+names come from the models and values are adapted by the model fields, so
+SQLite and PostgreSQL both work.  Everything else uses the ORM.
+
+These statements run inside Django's transaction (`transaction.atomic`) on
+the thread's connection, and bypass Django's query log.
 """
 
-from django.db import connection
+from functools import cache
+
+from django.db import DEFAULT_DB_ALIAS, connection, connections, models
 
 from dicomnodes.models import Instance
 
@@ -25,6 +35,40 @@ _INSTANCE_FIELDS = [
 ]
 _fields = [Instance._meta.get_field(name) for name in _INSTANCE_FIELDS]
 _qn = connection.ops.quote_name
+# Fields whose Python value the driver cannot take as it is (a datetime for
+# SQLite, a UUID key): adapted by the model field; the others pass through.
+_PLAIN = (models.CharField, models.IntegerField)
+
+
+def _needs_prep(field) -> bool:
+    target = field.target_field if field.is_relation else field
+    return not isinstance(target, _PLAIN)
+
+
+_prep = [_needs_prep(f) for f in _fields]
+
+
+@cache
+def marks(n: int) -> str:
+    """n placeholders in the driver's parameter style."""
+    mark = "?" if connection.vendor == "sqlite" else "%s"
+    return ", ".join([mark] * n)
+
+
+def execute(sql: str, params=(), *, many=False):
+    """Run `sql` (placeholders from `marks`) on the driver's cursor of the
+    thread's connection; the rows for a SELECT."""
+    wrapper = connections[DEFAULT_DB_ALIAS]  # one look-up of the thread's connection
+    wrapper.ensure_connection()
+    cursor = wrapper.connection.cursor()
+    try:
+        if many:
+            cursor.executemany(sql, params)
+            return None
+        cursor.execute(sql, params)
+        return cursor.fetchall() if cursor.description else None
+    finally:
+        cursor.close()
 
 
 def existing_instances(uids):
@@ -32,15 +76,17 @@ def existing_instances(uids):
     uids = list(uids)
     if not uids:
         return {}
-    sql = "SELECT {uid}, {series} FROM {table} WHERE {uid} IN ({marks})".format(
+    return dict(execute(_existing_sql(len(uids)), uids))
+
+
+@cache
+def _existing_sql(n):
+    return "SELECT {uid}, {series} FROM {table} WHERE {uid} IN ({marks})".format(
         uid=_qn("sop_instance_uid"),
         series=_qn(Instance._meta.get_field("series").column),
         table=_qn(Instance._meta.db_table),
-        marks=", ".join(["%s"] * len(uids)),
+        marks=marks(n),
     )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, uids)
-        return dict(cursor.fetchall())
 
 
 def insert_instances(rows):
@@ -48,14 +94,23 @@ def insert_instances(rows):
     (`series` and `association` hold primary keys)."""
     if not rows:
         return
-    sql = "INSERT INTO {table} ({columns}) VALUES ({marks})".format(
+    params = [
+        [
+            f.get_db_prep_save(row[name], connection) if prep else row[name]
+            for f, name, prep in zip(_fields, _INSTANCE_FIELDS, _prep)
+        ]
+        for row in rows
+    ]
+    execute(_insert_sql(), params, many=True)
+
+
+@cache
+def _insert_sql():
+    return "INSERT INTO {table} ({columns}) VALUES ({marks})".format(
         table=_qn(Instance._meta.db_table),
         columns=", ".join(_qn(f.column) for f in _fields),
-        marks=", ".join(["%s"] * len(_fields)),
+        marks=marks(len(_fields)),
     )
-    params = [[f.get_db_prep_save(row[name], connection) for f, name in zip(_fields, _INSTANCE_FIELDS)] for row in rows]
-    with connection.cursor() as cursor:
-        cursor.executemany(sql, params)
 
 
 def increment(model, pk, **deltas):
@@ -63,9 +118,12 @@ def increment(model, pk, **deltas):
     deltas = {k: v for k, v in deltas.items() if v}
     if not deltas:
         return
-    sets = ", ".join(
-        f"{_qn(model._meta.get_field(k).column)} = {_qn(model._meta.get_field(k).column)} + %s" for k in deltas
-    )
-    sql = f"UPDATE {_qn(model._meta.db_table)} SET {sets} WHERE {_qn(model._meta.pk.column)} = %s"
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [*deltas.values(), pk])
+    execute(_increment_sql(model, tuple(deltas)), [*deltas.values(), pk])
+
+
+@cache
+def _increment_sql(model, names):
+    mark = marks(1)
+    columns = [_qn(model._meta.get_field(name).column) for name in names]
+    sets = ", ".join(f"{column} = {column} + {mark}" for column in columns)
+    return f"UPDATE {_qn(model._meta.db_table)} SET {sets} WHERE {_qn(model._meta.pk.column)} = {mark}"

@@ -23,6 +23,7 @@ deleted file still there (keep-first: "a file is already there") and whose
 row is committed after the unlink must learn that the file is gone.
 """
 
+import functools
 import logging
 import os
 from datetime import timedelta
@@ -30,6 +31,7 @@ from datetime import timedelta
 from django.db import connection, transaction
 from django.utils import timezone
 
+from dicomnodes.archive import rawsql
 from dicomnodes.archive.rawsql import existing_instances
 from dicomnodes.archive.storage import instance_path
 from dicomnodes.models import Tombstone
@@ -89,19 +91,21 @@ def _tombstones_of(uids):
     """(pk, uid, unlinked) of the tombstones of `uids`, locked.  Hand-written
     SQL: this runs in every group commit of the index writer, where the
     ORM's query compilation costs more than the query (see rawsql.py)."""
+    return [(pk, uid, unlinked is not None) for pk, uid, unlinked in rawsql.execute(_tombstones_sql(len(uids)), uids)]
+
+
+@functools.cache
+def _tombstones_sql(n):
     qn = connection.ops.quote_name
     table = Tombstone._meta
-    sql = "SELECT {pk}, {uid}, {unlinked} FROM {table} WHERE {uid} IN ({marks}){lock}".format(
+    return "SELECT {pk}, {uid}, {unlinked} FROM {table} WHERE {uid} IN ({marks}){lock}".format(
         pk=qn(table.pk.column),
         uid=qn("sop_instance_uid"),
         unlinked=qn("unlinked_at"),
         table=qn(table.db_table),
-        marks=", ".join(["%s"] * len(uids)),
+        marks=rawsql.marks(n),
         lock=" FOR UPDATE" if connection.features.has_select_for_update else "",
     )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, uids)
-        return [(pk, uid, unlinked is not None) for pk, uid, unlinked in cursor.fetchall()]
 
 
 def unlink_pending(uids=None, *, root=None) -> tuple[int, int]:
