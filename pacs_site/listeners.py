@@ -9,6 +9,7 @@ a peer's address is shown and compared everywhere.
 """
 
 import errno
+import functools
 import ipaddress
 import socket
 
@@ -130,6 +131,7 @@ def peer_address(address) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+@functools.lru_cache(maxsize=1024)  # per C-STORE the access rules ask 2-3 times; ipaddress parsing is 8 µs
 def _host(host: str) -> str:
     try:
         ip = ipaddress.ip_address(host.split("%")[0])

@@ -73,8 +73,11 @@ class AccessPolicy:
 
     def peers_for(self, calling_ae: str, address: str):
         """The peer rows that match this caller (AE title, and host if checked)."""
+        named = [p for p in self.peers if p.ae_title == calling_ae]
+        if not named:
+            return named
         address = peer_address(address)
-        return [p for p in self.peers if p.ae_title == calling_ae and (not p.check_host or address in resolve(p.host))]
+        return [p for p in named if not p.check_host or address in resolve(p.host)]
 
     def is_known(self, calling_ae: str, address: str) -> bool:
         return bool(self.peers_for(calling_ae, address))
