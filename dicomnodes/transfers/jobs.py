@@ -39,7 +39,7 @@ from pydicom.uid import UID
 from dicomnodes.models import Peer, Study, TransferJob, TransferKind, TransferLevel, TransferState
 from dicomnodes.query.levels import instances_at
 from dicomnodes.transfers.processes import JobProcesses, describe_exit, process_name
-from dicomnodes.transfers.queue import claim_next, kick, requeue_stale, retry_delay, wake_for_retries, worker_name
+from dicomnodes.transfers.queue import claim_due, kick, requeue_stale, retry_delay, wake_for_retries, worker_name
 from dicomnodes.transfers.retrieve import get, move, stop_index_writer, studies_retrieved
 from dicomnodes.transfers.runner import Cancelled, JobRun, Monitor, NetworkFailure, Refused
 from dicomnodes.transfers.send import send
@@ -178,7 +178,8 @@ def run_next(*, job_id=None):
     """Claim and run jobs until none can be claimed and none runs here.
 
     1. claim jobs (first come, first served) while fewer than "maximum
-       outgoing connections" run, anywhere (`queue.claim_next`);
+       outgoing connections" run, anywhere, in one transaction
+       (`queue.claim_due`);
     2. run each claimed job in a process of its own (`processes`: forked,
        so several jobs use several cores), a C-GET job in a thread (see
        below);
@@ -197,26 +198,27 @@ def run_next(*, job_id=None):
         while True:
             while True:
                 try:
-                    job = claim_next(worker_name(), job_id=job_id)
+                    claimed = claim_due(worker_name(), job_id=job_id)
                 except DatabaseError as exc:
                     if not len(children):
                         raise
                     # Children are running: keep watching them (a child ends
                     # when this thread does: processes.py).
                     logger.warning("cannot claim transfer jobs now (%s); trying again in a second", exc)
-                    job = None
-                if job is None:
-                    break
-                if job.kind == TransferKind.GET:
-                    # A C-GET job stores and indexes every instance: its cost
-                    # is the commit's fsync, which one index writer per process
-                    # groups across the jobs of its threads; four jobs in four
-                    # processes committed one by one, and ×4 got slower.
-                    children.start_thread(job, _run_in_thread)
-                else:
-                    children.start(job, _run_in_child)
-                ran += 1
-                if job_id is not None:
+                    claimed = []
+                forked = []
+                for job in claimed:
+                    if job.kind == TransferKind.GET:
+                        # A C-GET job stores and indexes every instance: its cost
+                        # is the commit's fsync, which one index writer per process
+                        # groups across the jobs of its threads; four jobs in four
+                        # processes committed one by one, and ×4 got slower.
+                        children.start_thread(job, _run_in_thread)
+                    else:
+                        forked.append((job.pk, children.start(job, _run_in_child)))
+                    ran += 1
+                _name_processes(forked)
+                if not claimed or job_id is not None:
                     break
             if not len(children):
                 break
@@ -235,10 +237,28 @@ def run_next(*, job_id=None):
     return ran
 
 
+def _name_processes(forked):
+    """Each row of a forked job names the process that runs it, all in one
+    transaction once the children of a claim run (`forked`: (job pk, pid)).
+    Each child named itself before, a commit of its own that collided with
+    the dispatcher's next claim.  Conditional on the dispatcher's name: a
+    child may have finished already, and until then `requeue_dead` takes
+    either name."""
+    if not forked:
+        return
+    claimer = worker_name()[:64]
+    try:
+        with transaction.atomic():
+            for pk, pid in forked:
+                TransferJob.objects.filter(pk=pk, state=TransferState.RUNNING, worker=claimer).update(
+                    worker=process_name(pid)
+                )
+    except DatabaseError as exc:  # the rows keep the dispatcher's name, which requeue_dead also takes
+        logger.warning("cannot name the processes of transfer jobs %s (%s)", [pk for pk, _ in forked], exc)
+
+
 def _run_in_child(job):
     """A forked child's work (`processes.JobProcesses.start`)."""
-    # The row names the process that runs the job (the dispatcher claimed it).
-    TransferJob.objects.filter(pk=job.pk, state=TransferState.RUNNING).update(worker=process_name())
     try:
         _run_in_thread(job)
     finally:
@@ -264,7 +284,9 @@ def requeue_dead(pk, pid, status):
     when the retry delays are used up (a job that kills its process every
     time must not loop).  Returns the job's new state, or None."""
     if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
-        lost = TransferJob.objects.filter(pk=pk, state=TransferState.RUNNING, worker=process_name(pid))
+        lost = TransferJob.objects.filter(
+            pk=pk, state=TransferState.RUNNING, worker__in=[process_name(pid), worker_name()[:64]]
+        )
         if not lost.exists():
             return None  # the usual end: the child saved the job's state
     job = TransferJob.objects.filter(pk=pk, state=TransferState.RUNNING).first()

@@ -18,7 +18,7 @@ and why fork:
   queue now, not after the 60 s heartbeat time-out (`queue.requeue_stale`
   still covers a dispatcher that died with its children);
 - the number of django-q2 workers does not matter: one dispatcher forks up
-  to "maximum outgoing connections" children, and `queue.claim_next` keeps
+  to "maximum outgoing connections" children, and `queue.claim_due` keeps
   that limit across every dispatcher of every process.
 
 C-GET jobs are the exception: they run in threads of the dispatcher, as

@@ -45,14 +45,27 @@ def worker_name():
 
 def claim_next(worker, *, job_id=None):
     """Claim the first due queued job if fewer than the maximum run; None
-    otherwise.  With `job_id`, claim only that job, and only when it is the
-    first in the queue (first come, first served).
+    otherwise (`claim_due` for one job)."""
+    claimed = claim_due(worker, job_id=job_id, most=1)
+    return claimed[0] if claimed else None
 
-    The limit check and the claim happen in one transaction that first
+
+def claim_due(worker, *, job_id=None, most=None):
+    """Claim the due queued jobs, first come first served, while fewer than
+    the maximum run (at most `most` of them); a list, maybe empty.  With
+    `job_id`, claim only that job, and only when it is the first in the
+    queue (first come, first served).
+
+    One transaction for all of them: a dispatcher that claimed four jobs
+    one by one committed four times, and each commit (an fsync) collided
+    with the first child's write, so four jobs started over 150-250 ms
+    (bench/transfer.py send small×4, TransferJob.started_at).
+
+    The limit check and the claims happen in one transaction that first
     locks the settings row (PostgreSQL; SQLite's write transactions are
     serial anyway), so two workers cannot both take the last free slot.  The
     conditional update on the state is what keeps two workers from running
-    the same job.
+    the same job (and a job cancelled meanwhile from starting).
     """
     now = timezone.now()
     with transaction.atomic():
@@ -63,27 +76,32 @@ def claim_next(worker, *, job_id=None):
             .first()
             or DicomServerSettings.load().max_outgoing_connections
         )
-        if TransferJob.objects.filter(state=TransferState.RUNNING).count() >= limit:
-            return None
-        head = (
+        free = limit - TransferJob.objects.filter(state=TransferState.RUNNING).count()
+        if most is not None:
+            free = min(free, most)
+        if free <= 0:
+            return []
+        heads = list(
             TransferJob.objects.filter(state=TransferState.QUEUED, next_attempt_at__lte=now)
             .order_by("id")
-            .values_list("pk", flat=True)
-            .first()
+            .values_list("pk", flat=True)[:free]
         )
-        if head is None or (job_id is not None and head != job_id):
-            return None
-        claimed = TransferJob.objects.filter(pk=head, state=TransferState.QUEUED).update(
-            state=TransferState.RUNNING,
-            worker=worker[:64],
-            heartbeat_at=now,
-            started_at=now,
-            cancel_requested=False,
-            attempts=F("attempts") + 1,
-        )
-        if claimed != 1:
-            return None
-    return TransferJob.objects.get(pk=head)
+        if job_id is not None:
+            heads = heads[:1] if heads and heads[0] == job_id else []
+        claimed = [
+            pk
+            for pk in heads
+            if TransferJob.objects.filter(pk=pk, state=TransferState.QUEUED).update(
+                state=TransferState.RUNNING,
+                worker=worker[:64],
+                heartbeat_at=now,
+                started_at=now,
+                cancel_requested=False,
+                attempts=F("attempts") + 1,
+            )
+            == 1
+        ]
+    return list(TransferJob.objects.filter(pk__in=claimed).order_by("id")) if claimed else []
 
 
 def requeue_stale():

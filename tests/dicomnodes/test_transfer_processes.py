@@ -19,7 +19,7 @@ from pydicom import dcmread
 from dicomnodes.models import DicomServerSettings, Peer, TransferJob, TransferState
 from dicomnodes.transfers.jobs import requeue_dead, run_next, submit_job
 from dicomnodes.transfers.processes import process_name
-from dicomnodes.transfers.queue import STALE_AFTER, claim_next
+from dicomnodes.transfers.queue import STALE_AFTER, claim_due, claim_next
 from tests.support.dicomdata import make_ct_series
 from tests.support.processes import wait_until
 from tests.support.transfer import RecordingScp, store_to_us
@@ -41,8 +41,8 @@ def a_study_here(scp, tmp_path, name, count):
 
 
 def job_pid(job):
-    """The process named in the job's row (`host:pid`, written by the job's
-    process as it starts)."""
+    """The process named in the job's row (`host:pid`, written by the
+    dispatcher once the children of a claim run)."""
     host, pid = TransferJob.objects.get(pk=job.pk).worker.split(":")
     return int(pid)
 
@@ -88,9 +88,12 @@ def test_four_jobs_run_in_four_processes_and_never_hold_more_associations_than_t
     assert all(is_gone(pid) for pid in pids)  # each process ended with its job
 
 
-def _claim_many(barrier, tries):
+def _claim_many(barrier, tries, batch):
     barrier.wait(10)
-    claimed = sum(claim_next(f"claimer-{os.getpid()}") is not None for _ in range(tries))
+    if batch:  # every free slot in one transaction
+        claimed = sum(len(claim_due(f"claimer-{os.getpid()}")) for _ in range(tries))
+    else:
+        claimed = sum(claim_next(f"claimer-{os.getpid()}") is not None for _ in range(tries))
     connections.close_all()
     os._exit(claimed)  # the number of jobs this process claimed
 
@@ -103,7 +106,7 @@ def test_dispatchers_in_six_processes_claiming_at_once_take_exactly_the_free_slo
     connections.close_all()  # the children open their own
     fork = multiprocessing.get_context("fork")
     barrier = fork.Barrier(6)
-    procs = [fork.Process(target=_claim_many, args=(barrier, 5)) for _ in range(6)]
+    procs = [fork.Process(target=_claim_many, args=(barrier, 5, i % 2)) for i in range(6)]
     for proc in procs:
         proc.start()
     for proc in procs:

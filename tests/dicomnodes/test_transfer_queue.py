@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from dicomnodes.models import DicomServerSettings, Peer, TransferJob, TransferState
 from dicomnodes.transfers.jobs import TransferError, cancel_job, resubmit_job, submit_job
-from dicomnodes.transfers.queue import claim_next, requeue_stale, retry_delay
+from dicomnodes.transfers.queue import claim_due, claim_next, requeue_stale, retry_delay
 
 pytestmark = [pytest.mark.django_db, pytest.mark.archive]
 
@@ -35,10 +35,24 @@ def test_jobs_are_claimed_first_come_first_served_up_to_the_limit(remote_peer):
     assert third.pk == jobs[2].pk and third.state == TransferState.RUNNING and third.attempts == 1
 
 
+def test_one_claim_takes_every_free_slot_in_queue_order(remote_peer):
+    row = DicomServerSettings.load()
+    row.max_outgoing_connections = 3
+    row.save()
+    jobs = queued(remote_peer, 5)
+    claim_next("w")  # one runs already
+    claimed = claim_due("w")
+    assert [job.pk for job in claimed] == [jobs[1].pk, jobs[2].pk]
+    assert all(job.state == TransferState.RUNNING and job.worker == "w" for job in claimed)
+    assert claim_due("w") == []  # three run: the limit
+    assert TransferJob.objects.filter(state=TransferState.QUEUED).count() == 2
+
+
 def test_a_job_is_claimed_by_itself_only_at_the_head_of_the_queue(remote_peer):
     first, second = queued(remote_peer, 2)
     assert claim_next("cli", job_id=second.pk) is None
     assert claim_next("cli", job_id=first.pk).pk == first.pk
+    assert [job.pk for job in claim_due("cli", job_id=second.pk)] == [second.pk]  # alone, though a slot is free
 
 
 def test_a_job_waiting_for_its_retry_is_not_claimed_but_does_not_block_the_others(remote_peer):
