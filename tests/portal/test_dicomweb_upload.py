@@ -56,6 +56,34 @@ def test_a_part_without_headers_is_read_whatever_the_chunks(instance, chunk):
     assert [(p, d) for _t, _m, p, d in parts_of(body, chunk=chunk)] == [("", dataset)] * 2
 
 
+@pytest.mark.parametrize("chunk", [*range(1, 30), 61, 1000, 4096])
+def test_a_delimiter_across_chunks_and_look_alikes_in_the_content_are_told_apart(instance, chunk):
+    raw, dataset = instance
+    # Bytes after the dataset that begin like the delimiter (CRLF--boundary7):
+    # only the whole delimiter ends a part, wherever the chunks are cut.
+    content = raw + b"\r\n--boundary\r\n--boundar\r\n-"
+    # Headers and padding too, so that every line of the framing is cut somewhere.
+    headers = b" \t\r\nContent-Type: application/dicom\r\nContent-Length: 12345\r\n\r\n"
+    body = b"--boundary7" + headers + content + b"\r\n--boundary7" + headers + raw + b"\r\n--boundary7--"
+    found = parts_of(body, boundary="boundary7", chunk=chunk)
+    assert [(t, p, d) for t, _m, p, d in found] == [
+        ("application/dicom", "", content[len(raw) - len(dataset) :]),
+        ("application/dicom", "", dataset),
+    ]
+
+
+def test_a_file_meta_group_longer_than_the_first_look_is_read_whole(tmp_path):
+    ds = pydicom.dcmread(make_ct(tmp_path / "ct.dcm"))
+    ds.file_meta.PrivateInformationCreatorUID = "1.2.3.4"
+    ds.file_meta.PrivateInformation = b"x" * (upload.META_FIRST + 10)
+    ds.save_as(tmp_path / "long.dcm", enforce_file_format=True)
+    raw = (tmp_path / "long.dcm").read_bytes()
+    meta = upload.read_file_meta(raw)
+    assert meta.offset > upload.META_FIRST
+    assert meta.sop_instance_uid == ds.SOPInstanceUID
+    assert pydicom.dcmread(io.BytesIO(raw[meta.offset :]), force=True).SOPInstanceUID == ds.SOPInstanceUID
+
+
 def test_the_first_boundary_may_open_the_body(instance):
     raw, dataset = instance
     assert [d for *_rest, d in parts_of(b"--b\r\n\r\n" + raw + b"\r\n--b--")] == [dataset]
