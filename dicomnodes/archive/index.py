@@ -7,7 +7,9 @@ C-STORE handler waits for its job, so the sender's success response always
 follows a committed row.
 """
 
+import fcntl
 import logging
+import os
 import queue
 import threading
 from collections import Counter
@@ -185,6 +187,45 @@ class SenderMarked:
         return self.writer.submit(job)
 
 
+class WriterLock:
+    """One group commit at a time across every process writing the same
+    SQLite file (runscp's workers, the web process's STOW, transfer jobs): a
+    `flock` on a file beside the database, held around each transaction.
+
+    SQLite alone makes a writer that finds the file locked sleep 1, 2, 5,
+    10 ... ms and try again, however soon the lock is free: with two runscp
+    workers, strace counted 1,121 such sleeps (3.4 s) in a run of 2000 small
+    instances over 4 associations, fsync off, and 1,916 (4.6 s) with fsync
+    on.  A process waiting in flock() is woken when the lock is let go.
+    SQLite's own locking still keeps the database right; this lock only
+    makes the wait short.  On PostgreSQL it does nothing."""
+
+    def __init__(self):
+        self._fd = None
+        self._pid = None
+
+    def __enter__(self):
+        fd = self._file()
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        if self._fd is not None and self._pid == os.getpid():
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _file(self):
+        if connection.vendor != "sqlite":
+            return None
+        if self._pid != os.getpid():  # a forked child gets a lock of its own
+            name = str(connection.settings_dict["NAME"])
+            if not name or name.startswith((":memory:", "file:")):
+                return None
+            self._fd = os.open(f"{name}-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._pid = os.getpid()
+        return self._fd
+
+
 class IndexUnavailable(RuntimeError):
     """The index could not be written (database down, locked too long)."""
 
@@ -239,6 +280,7 @@ class IndexWriter:
         self.batches = 0
         self.jobs = 0
         self.cache = HierarchyCache()
+        self.lock = WriterLock()
 
     def start(self):
         self._thread.start()
@@ -279,7 +321,8 @@ class IndexWriter:
         # retry below starts with a new one.
         created = Created()
         try:
-            results = apply_batch([p.job for p in batch], self.cache, created)
+            with self.lock:
+                results = apply_batch([p.job for p in batch], self.cache, created)
         except Exception as exc:
             # A concurrent writer, a row deleted under our cache, a lost
             # connection: start afresh and isolate the job that fails.
@@ -290,7 +333,8 @@ class IndexWriter:
             for pending in batch:
                 created = Created()  # a failed job's studies were rolled back
                 try:
-                    pending.result = apply_batch([pending.job], self.cache, created)[0]
+                    with self.lock:
+                        pending.result = apply_batch([pending.job], self.cache, created)[0]
                     new_studies += created.new_studies
                     closed += _closes([pending])
                 except Exception as exc1:

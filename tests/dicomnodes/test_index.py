@@ -2,10 +2,13 @@
 on headers read from generated files, and the IndexWriter thread."""
 
 import dataclasses
+import os
+import select
 import threading
 import uuid
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 from pydicom.uid import generate_uid
 
@@ -18,6 +21,7 @@ from dicomnodes.archive.index import (
     IndexUnavailable,
     IndexWriter,
     Outcome,
+    WriterLock,
     apply_batch,
 )
 from dicomnodes.models import AssociationLog, AssociationResult, Instance, Patient, Series, Study
@@ -293,3 +297,30 @@ def test_a_job_that_cannot_be_written_fails_alone(transactional_db, header, writ
         good.sop_instance_uid,
         also_good.sop_instance_uid,
     }
+
+
+def test_the_writer_lock_is_held_across_processes(db):
+    """A second process's index writer waits in flock() while one commits
+    (SQLite would make it sleep and poll), and goes on when it is let go."""
+    if connection.vendor != "sqlite":
+        pytest.skip("the writer lock is SQLite's; PostgreSQL locks rows")
+    lock = WriterLock()
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    with lock:
+        pid = os.fork()
+        if pid == 0:  # the other process: its own WriterLock, the same file
+            try:
+                os.write(ready_w, b"1")
+                with WriterLock():
+                    os.write(done_w, b"1")
+            finally:
+                os._exit(0)
+        assert os.read(ready_r, 1) == b"1"
+        # While we hold it, the child cannot take it.
+        assert select.select([done_r], [], [], 0.5)[0] == []
+    assert select.select([done_r], [], [], 10)[0] == [done_r]
+    assert os.read(done_r, 1) == b"1"
+    os.waitpid(pid, 0)
+    for fd in (ready_r, ready_w, done_r, done_w):
+        os.close(fd)
