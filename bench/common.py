@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,11 +64,13 @@ def port_open(port: int) -> bool:
         return False
 
 
-def http_json(url: str, data: dict | None = None, method: str | None = None, timeout: float = 10):
-    """GET `url` (POST `data` as JSON if given, or `method`); the decoded
-    JSON answer (None if empty)."""
+def http_json(
+    url: str, data: dict | None = None, method: str | None = None, timeout: float = 10, headers: dict | None = None
+):
+    """GET `url` (POST `data` as JSON if given, or `method`; `headers` added);
+    the decoded JSON answer (None if empty)."""
     body = json.dumps(data).encode() if data is not None else None
-    headers = {"Content-Type": "application/json"} if body else {}
+    headers = {**({"Content-Type": "application/json"} if body else {}), **(headers or {})}
     request = urllib.request.Request(url, data=body, headers=headers, method=method)
     with urllib.request.urlopen(request, timeout=timeout) as response:
         raw = response.read()
@@ -405,3 +408,52 @@ def print_aligned(headers: list[str], rows: list[list[str]]) -> None:
     print("  ".join("-" * w for w in widths))
     for cells in rows:
         print(line(cells))
+
+
+# ---------------------------------------------------------------------------
+# Repeated runs (--repeat): rounds, medians and ranges
+# ---------------------------------------------------------------------------
+# This machine's disk throughput swings 2-5x between runs, so one run per
+# target says little: with --repeat N every case runs N rounds, each target
+# once per round, and the ratios are taken within a round (neighbours in
+# time), then their median.
+
+
+def round_order(items: list, round_index: int) -> list:
+    """The order of `items` in round `round_index` (0-based): rotated by
+    one each round, so that each runs first in turn (round 0: as given)."""
+    k = round_index % len(items) if items else 0
+    return items[k:] + items[:k]
+
+
+def passed(values: list[tuple[float | None, bool]]) -> list[float]:
+    """The values (value, passed its checks) to summarise: those of the
+    runs that passed; when none did, every value there is (so a single
+    failed run still shows its figure, marked '!')."""
+    good = [v for v, ok in values if v is not None and ok]
+    return good or [v for v, _ in values if v is not None]
+
+
+def fmt_spread(values: list[float], failed: bool, form: str = "{:.0f}") -> str:
+    """'412' for one value, '412 (380–455)' (median, min–max) for several;
+    '!' when a run failed its checks; 'error' when there is no value."""
+    if not values:
+        return "error"
+    text = form.format(statistics.median(values))
+    if len(values) > 1:
+        text += f" ({form.format(min(values))}–{form.format(max(values))})"
+    return text + ("!" if failed else "")
+
+
+def round_ratios(ours: list, other: list) -> list[float | None]:
+    """ours.rate / other.rate round by round (runs with `.rate` and `.ok`,
+    listed by round); None where either has no rate."""
+    return [a.rate / b.rate if a.rate and b.rate else None for a, b in zip(ours, other)]
+
+
+def median_ratio(ours: list, other: list) -> float | None:
+    """The median of the per-round ratios, over the rounds where both runs
+    passed their checks (over every round with a ratio when none did)."""
+    both_ok = [a.ok and b.ok for a, b in zip(ours, other)]
+    values = passed(list(zip(round_ratios(ours, other), both_ok)))
+    return statistics.median(values) if values else None

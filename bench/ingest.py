@@ -4,7 +4,7 @@ take in C-STOREs sent by DCMTK storescu?
 
     .venv/bin/python bench/ingest.py [--quick] [--small N] [--large N]
                                      [--only storescp,orthanc,pacs]
-                                     [--pacs-processes N] [--keep]
+                                     [--pacs-processes N] [--keep] [--repeat N]
                                      [--big | --big-only] [--big-mib N]
 
 For every target and every case (small/large corpus, 1 or 4 parallel
@@ -14,6 +14,11 @@ sending until every storescu has exited gives instances per second.  The run
 counts only if every storescu exited 0 and the target really holds all the
 instances afterwards.  A table is printed and the same numbers are written as
 JSON to bench/results/ingest-<timestamp>.json.
+
+`--repeat N` runs every case N times, the targets taking turns within each
+round (the first target rotates from round to round); the table then shows
+the median and the min–max range per cell, and the median of the per-round
+ratios.
 
 The synthetic CT corpora are cached in /tmp/pacs-bench-corpus-<n>-<size>, so a
 re-run does not generate them again.
@@ -37,6 +42,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import struct
 import subprocess
 import sys
@@ -57,8 +63,13 @@ from common import (
     Target,
     TargetError,
     first_line,
+    fmt_spread,
+    median_ratio,
+    passed,
     pixel_bytes,
     print_aligned,
+    round_order,
+    round_ratios,
     send,
     serving,
     tail,
@@ -523,31 +534,57 @@ def run_big_case(target: Target, corpus: BigCorpus, keep: bool) -> BigResult:
 # ---------------------------------------------------------------------------
 
 
-def fmt_rate(result: Result | None) -> str:
-    if result is None:
-        return "—"
-    if result.rate is None:
-        return "error"
-    return f"{result.rate:.0f}" + ("" if result.ok else "!")
-
-
 def ratio(ours: Result | None, other: Result | None) -> float | None:
     if ours is None or other is None or not ours.rate or not other.rate:
         return None
     return ours.rate / other.rate
 
 
-def print_table(results: dict, targets: list[Target]) -> None:
-    """Rows = cases; columns = inst/s per target, then ours/storescp and
-    ours/Orthanc.  '!' marks a run that failed its checks."""
+def fmt_rates(runs: list[Result] | None) -> str:
+    """A cell: the median inst/s of a target's runs and their range ('!'
+    if one failed its checks); '—' if the target did not run."""
+    if not runs:
+        return "—"
+    return fmt_spread(passed([(r.rate, r.ok) for r in runs]), not all(r.ok for r in runs))
+
+
+def fmt_ratio(value: float | None) -> str:
+    return f"{value:.2f}" if value is not None else "—"
+
+
+def summary_json(runs: list[Result], total_bytes: int, medians: tuple[str, ...] = ()) -> dict:
+    """One target's runs of one case, in the JSON shape of a single run
+    (with one run: exactly that run's fields), plus `instances_per_s_min`
+    / `_max` and every run under `runs`.  With several runs, `ok` says all
+    passed, `error` is the first failure, and `seconds`, `instances_per_s`,
+    `mib_per_s` and the `medians` keys are medians (over the runs that
+    passed, as in the table)."""
+    each = [r.as_json(total_bytes) for r in runs]
+    out = dict(each[0])
+    rates = passed([(r.rate, r.ok) for r in runs])
+    if len(runs) > 1:
+        out["ok"] = all(r.ok for r in runs)
+        out["error"] = next((r.error for r in runs if r.error), None)
+        for key in ("seconds", "instances_per_s", "mib_per_s", *medians):
+            values = passed([(run[key], run["ok"]) for run in each])
+            out[key] = statistics.median(values) if values else None
+    out["instances_per_s_min"] = min(rates, default=None)
+    out["instances_per_s_max"] = max(rates, default=None)
+    out["runs"] = each
+    return out
+
+
+def print_table(results: dict, targets: list[Target], cases: list[Case]) -> None:
+    """Rows = cases; columns = inst/s per target (median and range over the
+    rounds), then the median per-round ours/storescp and ours/Orthanc.  '!'
+    marks a cell with a run that failed its checks."""
     headers = ["case"] + [f"{t.label} inst/s" for t in targets] + ["ours/storescp", "ours/Orthanc"]
     rows = []
-    for case in CASES:
+    for case in cases:
         per = results[case.name]
-        cells = [case.name] + [fmt_rate(per.get(t.key)) for t in targets]
+        cells = [case.name] + [fmt_rates(per.get(t.key)) for t in targets]
         for other in ("storescp", "orthanc"):
-            r = ratio(per.get("pacs"), per.get(other))
-            cells.append(f"{r:.2f}" if r is not None else "—")
+            cells.append(fmt_ratio(median_ratio(per.get("pacs", []), per.get(other, []))))
         rows.append(cells)
     print_aligned(headers, rows)
 
@@ -634,6 +671,22 @@ def environment(targets: list[Target], corpora: dict[str, Corpus], args) -> dict
 # ---------------------------------------------------------------------------
 
 
+def case_json(case: Case, runs: dict[str, list[Result]], orders: list[list[str]], corpus: Corpus) -> dict:
+    """A case in the JSON: each target's summary (`results`, see
+    summary_json), the median per-round ratios (`ratios`), each round's
+    ratios (`ratios_per_round`) and the targets' order in each round."""
+    ours, others = runs.get("pacs", []), {other: runs.get(other, []) for other in ("storescp", "orthanc")}
+    return {
+        "case": case.name,
+        "corpus": case.corpus,
+        "associations": case.associations,
+        "results": {k: summary_json(r, corpus.total_bytes) for k, r in runs.items() if r},
+        "ratios": {f"pacs/{other}": median_ratio(ours, theirs) for other, theirs in others.items()},
+        "ratios_per_round": {f"pacs/{other}": round_ratios(ours, theirs) for other, theirs in others.items()},
+        "round_orders": orders,
+    }
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -652,6 +705,13 @@ def parse_args(argv=None):
     )
     parser.add_argument("--keep", action="store_true", help="keep the targets' temporary folders")
     parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs of every case, the targets taking turns in each round (default 1); "
+        "the table shows medians and ranges",
+    )
+    parser.add_argument(
         "--big", action="store_true", help=f"also the big case: {PARTS} associations at once, one big instance each"
     )
     parser.add_argument("--big-only", action="store_true", help="only the big case (implies --big)")
@@ -660,6 +720,8 @@ def parse_args(argv=None):
     args.big = args.big or args.big_only
     if args.big_mib < 1:
         parser.error("--big-mib must be at least 1")
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     if args.quick:
         args.small, args.large = 200, 60
     for name in ("small", "large"):
@@ -691,17 +753,24 @@ def main(argv=None) -> int:
         print(f"corpus {corpus.describe()}")
     print(flush=True)
 
-    results: dict[str, dict[str, Result]] = {case.name: {} for case in cases}
-    for target in targets:
-        for case in cases:
-            corpus = corpora[case.corpus]
-            print(f"{target.label:8} {case.name:8} ... ", end="", flush=True)
-            result = run_case(target, case, corpus, args.keep)
-            results[case.name][target.key] = result
-            if result.rate is not None:
-                print(f"{result.seconds:.2f} s, {result.rate:.0f} inst/s, received {result.received}", end="")
-            print("" if result.ok else "  FAILED", end="")
-            print(f"  (kept {result.kept})" if result.kept else "", flush=True)
+    # Case by case, round by round: each round runs every target once, in
+    # turns (round_order), so the targets of one round are neighbours in time.
+    results: dict[str, dict[str, list[Result]]] = {case.name: {t.key: [] for t in targets} for case in cases}
+    orders: dict[str, list[list[str]]] = {case.name: [] for case in cases}
+    for case in cases:
+        corpus = corpora[case.corpus]
+        for round_index in range(args.repeat):
+            order = round_order(targets, round_index)
+            orders[case.name].append([t.key for t in order])
+            for target in order:
+                where = f" {round_index + 1}/{args.repeat}" if args.repeat > 1 else ""
+                print(f"{target.label:8} {case.name:8}{where} ... ", end="", flush=True)
+                result = run_case(target, case, corpus, args.keep)
+                results[case.name][target.key].append(result)
+                if result.rate is not None:
+                    print(f"{result.seconds:.2f} s, {result.rate:.0f} inst/s, received {result.received}", end="")
+                print("" if result.ok else "  FAILED", end="")
+                print(f"  (kept {result.kept})" if result.kept else "", flush=True)
     big_results: dict[str, BigResult] = {}
     if big is not None:
         for target in targets:
@@ -713,15 +782,21 @@ def main(argv=None) -> int:
                 print(f", received {result.received}", end="")
             print("" if result.ok else "  FAILED", end="")
             print(f"  (kept {result.kept})" if result.kept else "", flush=True)
-        results[BIG_CASE] = big_results
 
     if cases:
         print()
-        print_table(results, targets)
+        print_table(results, targets, cases)
     if big is not None:
         print()
         print_big_table(big_results, targets, big)
-    failures = [(c, k, r) for c, per in results.items() for k, r in per.items() if not r.ok]
+    failures = [
+        (f"{case_name} run {i + 1}" if len(runs) > 1 else case_name, key, result)
+        for case_name, per in results.items()
+        for key, runs in per.items()
+        for i, result in enumerate(runs)
+        if not result.ok
+    ]
+    failures += [(BIG_CASE, k, r) for k, r in big_results.items() if not r.ok]
     for case_name, key, result in failures:
         print(f"\n! {key} {case_name}: {result.error}")
 
@@ -732,19 +807,8 @@ def main(argv=None) -> int:
         "timestamp": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": [sys.executable, *sys.argv],
         "environment": env,
-        "cases": [
-            {
-                "case": case.name,
-                "corpus": case.corpus,
-                "associations": case.associations,
-                "results": {k: r.as_json(corpora[case.corpus].total_bytes) for k, r in results[case.name].items()},
-                "ratios": {
-                    f"pacs/{other}": ratio(results[case.name].get("pacs"), results[case.name].get(other))
-                    for other in ("storescp", "orthanc")
-                },
-            }
-            for case in cases
-        ],
+        "repeat": args.repeat,
+        "cases": [case_json(case, results[case.name], orders[case.name], corpora[case.corpus]) for case in cases],
     }
     if big is not None:
         report["big"] = {

@@ -3,15 +3,19 @@
 studies to a peer and retrieve them from one, next to DCMTK and Orthanc?
 
     .venv/bin/python bench/transfer.py [--quick] [--small N] [--large N] [--only dcmtk,orthanc,pacs]
-        [--ops send,move,get] [--pacs-processes N] [--pacs-no-fsync] [--keep]
+        [--ops send,move,get] [--pacs-processes N] [--pacs-no-fsync] [--keep] [--repeat N]
 
 Corpora of bench/ingest.py (10 studies).  Cases: send to a fresh storescp --fork
-(storescu, Orthanc's REST store, `manage.py dicom send`); C-MOVE and C-GET
-from an Orthanc holding the corpora (movescu to a fresh storescp, getscu, and
-`manage.py dicom retrieve [--get]` into a fresh archive).  Each with one
-association/request/job for the whole corpus and with PARALLEL at once, the
-studies dealt round-robin.  A run counts only if every process exited 0 and
-every instance arrived.  See bench/README.md; JSON in
+(storescu, Orthanc's REST store, our send jobs); C-MOVE and C-GET from an
+Orthanc holding the corpora (movescu to a fresh storescp, getscu, and our
+retrieve jobs into a fresh archive).  Each with one association/request/job
+for the whole corpus and with PARALLEL at once, the studies dealt
+round-robin.  Ours is the server as users run it (`runpacs --only
+scp,worker,web`: runscp, a django-q2 worker, the web process), the jobs
+submitted over the REST API and timed from their rows (first job created to
+last job finished).  A run counts only if every process exited 0 (every job
+succeeded) and every instance arrived.  `--repeat N`: N rounds of every
+case, the tools taking turns.  See bench/README.md; JSON in
 bench/results/transfer-<timestamp>.json.
 """
 
@@ -22,7 +26,9 @@ import contextlib
 import datetime as dt
 import json
 import os
+import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -30,6 +36,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.error import HTTPError
 
 import pydicom
 from common import (
@@ -42,16 +49,22 @@ from common import (
     Run,
     StoreScp,
     TargetError,
+    fmt_spread,
     git_changes,
     http_json,
+    median_ratio,
+    passed,
+    port_open,
     print_aligned,
+    round_order,
+    round_ratios,
     run_all,
     send,
     serving,
     tail,
     wait_for_count,
 )
-from ingest import PARTS, SIZES, Corpus, Result, environment, fmt_rate, load_or_build_corpus, ratio
+from ingest import PARTS, SIZES, Corpus, Result, environment, fmt_rates, fmt_ratio, load_or_build_corpus, summary_json
 
 PARALLEL = PARTS  # jobs / associations / requests at once in the parallel cases
 CALLER_AE = "BENCHSCU"  # movescu / getscu
@@ -59,35 +72,28 @@ TOOLS = ["dcmtk", "orthanc", "pacs"]
 OPS = ["send", "move", "get"]
 DCMTK_TOOL = {"send": "storescu", "move": "movescu", "get": "getscu"}
 RUN_TIMEOUT = 1800.0  # seconds for one Orthanc store request
+JOB_TIMEOUT = 600.0  # seconds for our jobs of one run to end
+JOB_POLL = 0.2  # seconds between looks at the job rows (not counted: the times come from the rows)
+FINISHED = {"succeeded", "partly_failed", "failed", "cancelled"}  # dicomnodes.transfers.models.FINISHED_STATES
 
-SET_PEER = """
-from dicomnodes.models import Peer
-Peer.objects.update_or_create(name={name!r}, defaults=dict(ae_title={ae!r}, host="127.0.0.1", port={port},
-    may_query=True, may_retrieve=True, is_move_destination=True))
+# Our archive's settings, peers and API user, in one `manage.py shell`
+# before it starts; prints a JSON line: the token and the peers' ids.
+# "dest" (the send cases' storescp) gets its port over the API each run.
+PREPARE = """
+import json
+from django.contrib.auth.models import User
+from rest_framework.authtoken.models import Token
+from dicomnodes.models import DicomServerSettings, Peer
+s = DicomServerSettings.load(); s.port = {port}; s.max_outgoing_connections = {parallel}; s.save()
+peers = {{}}
+for name, ae, port in (("orthanc", {orthanc_ae!r}, {orthanc_port}), ("dest", {dest_ae!r}, 104)):
+    peers[name] = Peer.objects.update_or_create(name=name, defaults=dict(ae_title=ae, host="127.0.0.1", port=port,
+        may_query=True, may_retrieve=True, is_move_destination=True))[0].pk
+user = User.objects.create_superuser("bench", "", None)
+print(json.dumps({{"token": Token.objects.create(user=user).key, "peers": peers}}))
 """
-SET_LIMIT = f"""
-from dicomnodes.models import DicomServerSettings
-s = DicomServerSettings.load(); s.max_outgoing_connections = {PARALLEL}; s.save()
-"""
-# The parallel case of ours: what a django-q2 worker does with queued jobs.
-RUN_JOBS = """
-import sys
-from dicomnodes.models import Peer, TransferJob
-from dicomnodes.transfers.jobs import run_next, submit_job
-peer = Peer.objects.get(name={peer!r})
-pks = [submit_job(kind={kind!r}, peer=peer, uids=uids, kick_runner=False).pk for uids in {groups!r}]
-run_next()
-states = list(TransferJob.objects.filter(pk__in=pks).values_list("pk", "state", "done", "last_error"))
-print(states)
-sys.exit(0 if all(state == "succeeded" for _, state, _, _ in states) else 1)
-"""
-# First start to last end of the newest N jobs: the jobs' own time.
-JOB_SECONDS = """
-from dicomnodes.models import TransferJob
-jobs = list(TransferJob.objects.order_by("-id")[:{n}])
-if jobs and all(j.started_at and j.finished_at for j in jobs):
-    print("seconds", (max(j.finished_at for j in jobs) - min(j.started_at for j in jobs)).total_seconds())
-"""
+# django-q2's line once its workers and pusher run (at INFO: PACS_Q_LOG_LEVEL).
+QCLUSTER_RUNNING = re.compile(r"Q Cluster \S+ .*running\.")
 
 
 @dataclass
@@ -106,7 +112,12 @@ CASES = [Case(op, kind, p) for op in OPS for kind in SIZES for p in (1, PARALLEL
 
 @dataclass
 class TransferResult(Result):
-    job_seconds: float | None = None  # ours: first job start to last job end (TransferJob rows)
+    # Ours (from the TransferJob rows): `seconds` runs from the first job's
+    # creation to the last job's end; `job_seconds` from the first job's
+    # start to the last job's end, so the difference is the dispatch (the
+    # django-q2 broker poll, the worker claiming the jobs).
+    job_seconds: float | None = None
+    jobs: list[dict] | None = None  # ours: each job's row (state, times)
 
     @property
     def job_rate(self) -> float | None:
@@ -115,25 +126,97 @@ class TransferResult(Result):
     def as_json(self, total_bytes: int) -> dict:
         out = super().as_json(total_bytes)
         out["exit_codes"] = out.pop("storescu_exit_codes")
-        return {**out, "job_seconds": self.job_seconds, "job_instances_per_s": self.job_rate}
+        return {**out, "job_seconds": self.job_seconds, "job_instances_per_s": self.job_rate, "jobs": self.jobs}
 
 
 class TransferPacs(Pacs):
-    """Ours with Orthanc declared as a peer and "maximum outgoing
-    connections" = PARALLEL (also the default)."""
+    """Ours as users run it: `manage.py runpacs --only scp,worker,web` —
+    runscp (PACS_SCP_PROCESSES = --pacs-processes), a django-q2 worker
+    (`qcluster`) and the web process — on a fresh data folder, with Orthanc
+    and the send destination declared as peers, "maximum outgoing
+    connections" = PARALLEL (also the default), and a superuser with an API
+    token who submits the jobs."""
 
     orthanc_port = 0
 
-    def shell(self, run: Run, code: str) -> str:
-        return self.manage(run, "shell", "-c", code)
+    def __init__(self, processes: int, fsync: bool = True):
+        super().__init__(processes, fsync)
+        self.token, self.peers = "", {}  # set by prepare()
+
+    def env(self, run):
+        return dict(
+            super().env(run),
+            PACS_SCP_PROCESSES=str(self.processes),
+            PACS_WEB_PORT=str(run.http_port),
+            PACS_Q_LOG_LEVEL="INFO",  # for QCLUSTER_RUNNING
+        )
 
     def prepare(self, run):
         super().prepare(run)
-        self.shell(run, SET_PEER.format(name="orthanc", ae=Orthanc.ae_title, port=self.orthanc_port) + SET_LIMIT)
+        code = PREPARE.format(
+            port=run.port,
+            parallel=PARALLEL,
+            orthanc_ae=Orthanc.ae_title,
+            orthanc_port=self.orthanc_port,
+            dest_ae=StoreScp.ae_title,
+        )
+        answer = json.loads(self.manage(run, "shell", "-c", code).strip().splitlines()[-1])
+        self.token, self.peers = answer["token"], answer["peers"]
 
-    def job_seconds(self, run: Run, n: int) -> float | None:
-        out = self.shell(run, JOB_SECONDS.format(n=n))
-        return next((float(line.split()[1]) for line in out.splitlines() if line.startswith("seconds ")), None)
+    def command(self, run):
+        return [PYTHON, "manage.py", "runpacs", "--only", "scp,worker,web"]
+
+    def version(self):
+        workers = os.environ.get("PACS_Q_WORKERS", "2 (default)")
+        return f"{super().version()}; runpacs --only scp,worker,web, django-q2 workers {workers}"
+
+    def ready(self, run):
+        if not (port_open(run.port) and port_open(run.http_port)):
+            return False
+        return QCLUSTER_RUNNING.search(run.log.read_text(errors="replace")) is not None
+
+    def api(self, run: Run, path: str, data: dict | None = None, method: str | None = None):
+        """A REST API call as the bench's superuser; an error answer raises
+        TargetError with its body."""
+        url = f"http://127.0.0.1:{run.http_port}/api/{path}"
+        try:
+            return http_json(url, data, method, timeout=60, headers={"Authorization": f"Token {self.token}"})
+        except HTTPError as exc:
+            raise TargetError(f"{method or 'POST'} /api/{path} answered {exc.code}: {exc.read()[:500]!r}") from None
+
+    def submit(self, run: Run, kind: str, peer: str, groups: list[list[str]]) -> list[int]:
+        """One job per group, all POSTed at once (a thread each); their ids."""
+
+        def post(uids):
+            return self.api(run, "transfers/", {"kind": kind, "peer": self.peers[peer], "uids": uids})["id"]
+
+        with ThreadPoolExecutor(len(groups)) as pool:
+            return list(pool.map(post, groups))
+
+    def job_rows(self, run: Run, pks: list[int]) -> list[dict]:
+        """The jobs' rows, read from the SQLite file (read-only): a look
+        costs the server nothing, unlike an API request."""
+        db = self.data_dir(run) / "pacs.sqlite3"
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)) as con:
+            con.row_factory = sqlite3.Row
+            rows = con.execute(
+                "SELECT id, state, attempts, total, done, failed, last_error, created_at, started_at, finished_at"
+                f" FROM dicomnodes_transferjob WHERE id IN ({','.join('?' * len(pks))}) ORDER BY id",
+                pks,
+            ).fetchall()
+        return [dict(row) for row in rows]
+
+    def wait_for_jobs(self, run: Run, pks: list[int], timeout: float = JOB_TIMEOUT) -> list[dict]:
+        """The jobs' rows once each has ended (`has_ended`); TargetError
+        naming their states after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = self.job_rows(run, pks)
+            if len(rows) == len(pks) and all(map(has_ended, rows)):
+                return rows
+            if time.monotonic() > deadline:
+                raise TargetError(f"our jobs have not ended after {timeout:.0f} s: {describe_jobs(rows)}")
+            time.sleep(JOB_POLL)
 
 
 class ForkingStoreScp(StoreScp):
@@ -191,13 +274,45 @@ def dcmtk_cmds(case: Case, groups, studies, corpus: Corpus, ctx: Context, dest: 
     return cmds
 
 
-def ours_cmds(case: Case, groups: list[list[str]], peer: str) -> list[list[str]]:
-    manage = [PYTHON, "manage.py"]
-    if case.parallel > 1:
-        return [[*manage, "shell", "-c", RUN_JOBS.format(peer=peer, kind=case.op, groups=groups)]]
-    if case.op == "send":
-        return [[*manage, "dicom", "send", peer, *groups[0]]]
-    return [[*manage, "dicom", "retrieve", peer, *groups[0], *(["--get"] if case.op == "get" else [])]]
+def has_ended(row: dict) -> bool:
+    """A job row that has ended, or is queued again after an attempt (a
+    network failure: retried minutes later, the run has failed)."""
+    return row["state"] in FINISHED or (row["state"] == "queued" and row["attempts"] > 0)
+
+
+def describe_jobs(rows: list[dict]) -> str:
+    """'job 3 running 120/200, job 4 queued (attempt 1: …)'."""
+    return (
+        ", ".join(
+            f"job {r['id']} {r['state']} {r['done']}/{r['total'] if r['total'] is not None else '?'}"
+            + (f" (attempt {r['attempts']}: {r['last_error'][:200]})" if r["last_error"] else "")
+            for r in rows
+        )
+        or "no job rows"
+    )
+
+
+def when(value: str | None) -> dt.datetime | None:
+    """A DateTimeField as Django stores it in SQLite (UTC text)."""
+    return dt.datetime.fromisoformat(value) if value else None
+
+
+def run_ours(case: Case, groups: list[list[str]], archive: TransferPacs, arun: Run, result: TransferResult) -> None:
+    """Submit the jobs over the API, wait for their rows to say they ended,
+    and take the times from the rows: `seconds` from the first job's
+    creation to the last job's end, `job_seconds` from the first start."""
+    pks = archive.submit(arun, case.op, "dest" if case.op == "send" else "orthanc", groups)
+    rows = archive.wait_for_jobs(arun, pks)
+    result.jobs = rows
+    result.exit_codes = [0 if r["state"] == "succeeded" else 1 for r in rows]
+    created = [when(r["created_at"]) for r in rows]
+    started = [when(r["started_at"]) for r in rows]
+    finished = [when(r["finished_at"]) for r in rows]
+    if all(finished) and all(started):
+        result.seconds = (max(finished) - min(created)).total_seconds()
+        result.job_seconds = (max(finished) - min(started)).total_seconds()
+    if any(result.exit_codes):
+        result.error = f"jobs: {describe_jobs(rows)}"
 
 
 def orthanc_store(ctx: Context, groups: list[list[str]], logdir: Path) -> tuple[float, list[int]]:
@@ -251,18 +366,19 @@ def run_case(case: Case, tool: str, ctx: Context, corpus: Corpus, studies: dict)
             else:
                 archive, arun = (ctx.pacs, ctx.prun) if case.op == "send" else (dest, drun)
                 if case.op == "send":
-                    ctx.pacs.shell(arun, SET_PEER.format(name="dest", ae=dest.ae_title, port=drun.port))
-                cmds = ours_cmds(case, groups, "dest" if case.op == "send" else "orthanc")
-                result.seconds, result.exit_codes = run_all(cmds, drun.workdir, "manage", archive.env(arun), REPO)
-                result.job_seconds = archive.job_seconds(arun, len(groups))
+                    archive.api(arun, f"peers/{archive.peers['dest']}/", {"port": drun.port}, method="PATCH")
+                run_ours(case, groups, archive, arun, result)
             timeout = 0 if any(result.exit_codes) else COUNT_TIMEOUT  # no waiting after a failure
             result.received = wait_for_count(dest, drun, corpus.count, timeout)
             if not result.ok:
                 logs = "\n".join(f"--- {p.name}\n{tail(p, 12)}" for p in sorted(drun.workdir.glob("*-*.log")))
                 result.error = (
                     f"exit codes {result.exit_codes}, received {result.received}/{corpus.count}\n"
-                    f"{logs}\n--- {dest.label} ---\n{tail(drun.log)}"
+                    + (f"{result.error}\n" if result.error else "")
+                    + f"{logs}\n--- {dest.label} ---\n{tail(drun.log)}"
                 )
+                if tool == "pacs":
+                    result.error += f"\n--- ours (the archive running the jobs) ---\n{tail(arun.log)}"
     except (TargetError, OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
     return result
@@ -283,25 +399,44 @@ def load(target, run: Run, corpora: dict[str, Corpus]) -> dict:
 
 
 def print_table(results: dict, cases: list[Case]) -> None:
-    """Rows = cases; inst/s per tool, ours' jobs alone, ours/DCMTK and
-    ours/Orthanc (above 1: ours is faster).  '!' marks a failed check."""
+    """Rows = cases; inst/s per tool (median and range over the rounds),
+    ours' jobs alone, and the median per-round ours/DCMTK and ours/Orthanc
+    (above 1: ours is faster).  '!' marks a cell with a failed run."""
     headers = ["case", "DCMTK inst/s", "Orthanc inst/s", "ours inst/s", "ours jobs inst/s", "ours/DCMTK"]
     rows = []
     for case in cases:
         per = results[case.name]
-        ours = per.get("pacs")
-        jobs = f"{ours.job_rate:.0f}" if ours is not None and ours.job_rate else "—"
-        cells = [case.name, fmt_rate(per.get("dcmtk")), fmt_rate(per.get("orthanc")), fmt_rate(ours), jobs]
+        ours = per.get("pacs", [])
+        jobs = fmt_spread(passed([(r.job_rate, r.ok) for r in ours]), False) if ours else "—"
+        cells = [case.name, fmt_rates(per.get("dcmtk")), fmt_rates(per.get("orthanc")), fmt_rates(ours), jobs]
         for other in ("dcmtk", "orthanc"):
-            r = ratio(ours, per.get(other))
-            cells.append(f"{r:.2f}" if r is not None else "—")
+            cells.append(fmt_ratio(median_ratio(ours, per.get(other, []))))
         rows.append(cells)
     print_aligned([*headers, "ours/Orthanc"], rows)
     print(
         "DCMTK: storescu (send), movescu to a storescp / getscu (move/get from Orthanc); Orthanc: REST store "
-        f"to the storescp;\nours: manage.py dicom send|retrieve (×1), {PARALLEL} jobs + one run_next() "
-        f"(×{PARALLEL}); 'ours jobs': first job start to last job end (no process start, no polling)."
+        "to the storescp, synchronous;\nours: runscp + a django-q2 worker + the web process, 1 or "
+        f"{PARALLEL} jobs POSTed to /api/transfers/, first job created to last job finished (TransferJob rows);\n"
+        "'ours jobs': first job started to last job finished (the difference is the dispatch: broker poll, claim)."
     )
+
+
+def case_json(case: Case, runs: dict[str, list[TransferResult]], orders, groups, corpus: Corpus) -> dict:
+    """A case in the JSON: each tool's summary (ingest.summary_json), the
+    median per-round ratios, each round's ratios and the tools' order."""
+    ours, others = runs.get("pacs", []), {other: runs.get(other, []) for other in ("dcmtk", "orthanc")}
+    medians = ("job_seconds", "job_instances_per_s")
+    return {
+        "case": case.name,
+        "op": case.op,
+        "corpus": case.corpus,
+        "parallel": case.parallel,
+        "study_groups": groups,
+        "results": {k: summary_json(r, corpus.total_bytes, medians) for k, r in runs.items() if r},
+        "ratios": {f"pacs/{other}": median_ratio(ours, theirs) for other, theirs in others.items()},
+        "ratios_per_round": {f"pacs/{other}": round_ratios(ours, theirs) for other, theirs in others.items()},
+        "round_orders": orders,
+    }
 
 
 def parse_args(argv=None):
@@ -316,7 +451,12 @@ def parse_args(argv=None):
     parser.add_argument("--pacs-processes", type=int, default=2, help="runscp --processes (default 2)")
     parser.add_argument("--pacs-no-fsync", action="store_true", help="switch our 'fsync on store' off")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folders")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs of every case, the tools taking turns in each round (default 1)"
+    )
     args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     if args.quick:
         args.small, args.large = 200, 60
     for name in ("small", "large"):
@@ -348,7 +488,8 @@ def main(argv=None) -> int:
         print(f"corpus {corpus.describe()}, {len(studies[corpus.kind])} studies")
     print(flush=True)
 
-    results: dict[str, dict[str, TransferResult]] = {case.name: {} for case in cases}
+    results: dict[str, dict[str, list[TransferResult]]] = {case.name: {} for case in cases}
+    orders: dict[str, list[list[str]]] = {case.name: [] for case in cases}
     report: dict = {"loads": {}, "load_average": {"before": os.getloadavg()}}
     failures: list[str] = []
     with contextlib.ExitStack() as stack:
@@ -366,17 +507,24 @@ def main(argv=None) -> int:
                 report["loads"]["pacs"] = load(pacs, prun, corpora)
                 print(f"{report['loads']['pacs']['seconds']:.1f} s", flush=True)
             ctx = Context(args, orthanc, orun, pacs, prun, ids)
+            # Case by case, round by round: each round runs every tool once,
+            # in turns (round_order), so one round's runs are neighbours in time.
             for case in cases:
-                for tool in (t for t in TOOLS if t in args.only and (t != "orthanc" or case.op == "send")):
-                    print(f"{case.name:16} {tool:8} ... ", end="", flush=True)
-                    result = results[case.name][tool] = run_case(
-                        case, tool, ctx, corpora[case.corpus], studies[case.corpus]
-                    )
-                    if result.rate is not None:
-                        print(f"{result.seconds:.2f} s, {result.rate:.0f} inst/s, received {result.received}", end="")
-                    if result.job_seconds:
-                        print(f" (jobs {result.job_seconds:.2f} s)", end="")
-                    print(("" if result.ok else "  FAILED") + (f"  (kept {result.kept})" if result.kept else ""))
+                tools = [t for t in TOOLS if t in args.only and (t != "orthanc" or case.op == "send")]
+                for round_index in range(args.repeat):
+                    order = round_order(tools, round_index)
+                    orders[case.name].append(order)
+                    for tool in order:
+                        where = f" {round_index + 1}/{args.repeat}" if args.repeat > 1 else ""
+                        print(f"{case.name:16} {tool:8}{where} ... ", end="", flush=True)
+                        result = run_case(case, tool, ctx, corpora[case.corpus], studies[case.corpus])
+                        results[case.name].setdefault(tool, []).append(result)
+                        if result.rate is not None:
+                            print(f"{result.seconds:.2f} s, {result.rate:.0f} inst/s", end="")
+                            print(f", received {result.received}", end="")
+                        if result.job_seconds:
+                            print(f" (jobs {result.job_seconds:.2f} s)", end="")
+                        print(("" if result.ok else "  FAILED") + (f"  (kept {result.kept})" if result.kept else ""))
             if args.keep:
                 report["kept"] = {"orthanc": str(orun.workdir), "pacs": str(prun.workdir) if prun else None}
         except (TargetError, OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
@@ -385,7 +533,13 @@ def main(argv=None) -> int:
 
     print()
     print_table(results, cases)
-    failures += [f"{key} {name}: {r.error}" for name, per in results.items() for key, r in per.items() if not r.ok]
+    failures += [
+        f"{key} {name}" + (f" run {i + 1}" if len(runs) > 1 else "") + f": {r.error}"
+        for name, per in results.items()
+        for key, runs in per.items()
+        for i, r in enumerate(runs)
+        if not r.ok
+    ]
     for failure in failures:
         print(f"\n! {failure}")
 
@@ -396,19 +550,15 @@ def main(argv=None) -> int:
         "command": [sys.executable, *sys.argv],
         "environment": env,
         "parallel": PARALLEL,
+        "repeat": args.repeat,
         "cases": [
-            {
-                "case": case.name,
-                "op": case.op,
-                "corpus": case.corpus,
-                "parallel": case.parallel,
-                "study_groups": deal(studies[case.corpus], case.parallel),
-                "results": {k: r.as_json(corpora[case.corpus].total_bytes) for k, r in results[case.name].items()},
-                "ratios": {
-                    f"pacs/{other}": ratio(results[case.name].get("pacs"), results[case.name].get(other))
-                    for other in ("dcmtk", "orthanc")
-                },
-            }
+            case_json(
+                case,
+                results[case.name],
+                orders[case.name],
+                deal(studies[case.corpus], case.parallel),
+                corpora[case.corpus],
+            )
             for case in cases
         ],
         "failures": failures,
