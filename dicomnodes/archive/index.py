@@ -12,6 +12,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -250,12 +251,27 @@ class _Pending:
 _STOP = object()
 
 
+# The longest the index writer's commits stay unsynced (IndexWriter).
+SYNC_AFTER = 1.0
+
+
 class IndexWriter:
     """One thread that commits what every association thread hands it.
 
     While one transaction runs, new jobs queue up; the next transaction takes
     them all (group commit without an artificial delay, so a lone sender
     waits for nothing but its own commit).
+
+    Its own commits do not wait for the disk (SQLite synchronous=NORMAL on
+    its connection, PostgreSQL synchronous_commit=off): the thread syncs the
+    SQLite WAL itself at most `sync_after` seconds after a commit (PostgreSQL's
+    WAL writer does within 3 × wal_writer_delay).  A power cut can thus roll
+    back the last second of rows, never a file: "fsync on store" synced each
+    file before its row was handed here, and the scan at every start of
+    runscp (`reconcile.index_orphans`) indexes the files newer than the
+    newest row again.  A lone sender with fsync on waited for three syncs
+    per instance (file, folder, WAL), now two (docs/storage.md has the
+    figures).  Every other connection keeps PACS_SQLITE_SYNCHRONOUS (FULL).
 
     `on_studies_created(studies)` is called after a commit that created
     studies, with a `signals.NewStudy` for each, and
@@ -269,10 +285,15 @@ class IndexWriter:
         self,
         *,
         max_batch=512,
+        sync_after=SYNC_AFTER,
         on_studies_created=notifications.studies_created,
         on_associations_closed=notifications.associations_closed,
     ):
         self.max_batch = max_batch
+        self.sync_after = sync_after
+        self._relaxed = None  # the DB-API connection told not to wait for the disk
+        self._sync_due = None  # monotonic deadline of the oldest unsynced commit
+        self.syncs = 0
         self.on_studies_created = on_studies_created
         self.on_associations_closed = on_associations_closed
         self._queue = queue.SimpleQueue()
@@ -299,30 +320,89 @@ class IndexWriter:
     def _run(self):
         stopping = False
         while not stopping:
-            first = self._queue.get()
+            try:
+                first = self._queue.get(timeout=self._sync_wait())
+            except queue.Empty:
+                self._sync()
+                continue
             if first is _STOP:
                 break
             batch = [first]
-            while len(batch) < self.max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is _STOP:
-                    stopping = True
-                    break
-                batch.append(nxt)
-            self._commit(batch)
+            # The batch is gathered once the lock is ours: what arrived while
+            # another process committed joins this transaction (and its fsync)
+            # instead of waiting for one more.
+            with self.lock:
+                while len(batch) < self.max_batch:
+                    try:
+                        nxt = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is _STOP:
+                        stopping = True
+                        break
+                    batch.append(nxt)
+                new_studies, closed = self._commit(batch)
+            # The hooks run after the lock is let go: another process's
+            # commit need not wait for worklist matching or notifications.
+            if self._sync_wait() == 0:
+                self._sync()
+            self._studies_created(new_studies)
+            self._associations_closed(closed)
+        if self._sync_due is not None:
+            self._sync()
         connection.close()
 
+    def _sync_wait(self):
+        """Seconds until the unsynced commits must be synced (None: none)."""
+        if self._sync_due is None:
+            return None
+        return max(0.0, self._sync_due - time.monotonic())
+
+    def _relax(self):
+        """This thread's connection commits without waiting for the disk
+        (set again whenever the connection is new)."""
+        connection.ensure_connection()
+        if connection.connection is self._relaxed:
+            return
+        with connection.cursor() as cursor:
+            if connection.vendor == "sqlite":
+                cursor.execute("PRAGMA synchronous=NORMAL")
+            elif connection.vendor == "postgresql":
+                cursor.execute("SET synchronous_commit TO OFF")
+        self._relaxed = connection.connection
+
+    def _sync(self):
+        """Make every commit so far durable: fsync the SQLite WAL, as
+        synchronous=FULL does at each commit (PostgreSQL: its WAL writer)."""
+        self._sync_due = None
+        if connection.vendor == "sqlite":
+            name = str(connection.settings_dict["NAME"])
+            if name and not name.startswith((":memory:", "file:")):
+                try:
+                    fd = os.open(f"{name}-wal", os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    return  # no WAL: every commit is in the database file
+                try:
+                    os.fsync(fd)
+                except OSError as exc:
+                    logger.error("cannot sync the index's WAL: %s", exc)
+                finally:
+                    os.close(fd)
+        self.syncs += 1
+
     def _commit(self, batch):
+        """Apply `batch` in one transaction (the caller holds the lock) and
+        release its senders; returns (new studies, AssociationClose jobs)
+        for the hooks."""
         # No close_old_connections() here: with CONN_MAX_AGE=0 it would
         # reconnect for every commit.  A broken connection raises, and the
         # retry below starts with a new one.
         created = Created()
+        if self._sync_due is None:
+            self._sync_due = time.monotonic() + self.sync_after
         try:
-            with self.lock:
-                results = apply_batch([p.job for p in batch], self.cache, created)
+            self._relax()
+            results = apply_batch([p.job for p in batch], self.cache, created)
         except Exception as exc:
             # A concurrent writer, a row deleted under our cache, a lost
             # connection: start afresh and isolate the job that fails.
@@ -333,8 +413,8 @@ class IndexWriter:
             for pending in batch:
                 created = Created()  # a failed job's studies were rolled back
                 try:
-                    with self.lock:
-                        pending.result = apply_batch([pending.job], self.cache, created)[0]
+                    self._relax()
+                    pending.result = apply_batch([pending.job], self.cache, created)[0]
                     new_studies += created.new_studies
                     closed += _closes([pending])
                 except Exception as exc1:
@@ -342,16 +422,13 @@ class IndexWriter:
                     self.cache.clear()
                     pending.error = exc1
                 pending.done.set()
-            self._studies_created(new_studies)
-            self._associations_closed(closed)
-            return
+            return new_studies, closed
         self.batches += 1
         self.jobs += len(batch)
         for pending, result in zip(batch, results):
             pending.result = result
             pending.done.set()
-        self._studies_created(created.new_studies)
-        self._associations_closed(_closes(batch))
+        return created.new_studies, _closes(batch)
 
     def _studies_created(self, studies):
         """After the commit and after the senders were released, so that the

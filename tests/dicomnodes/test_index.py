@@ -5,9 +5,11 @@ import dataclasses
 import os
 import select
 import threading
+import time
 import uuid
 
 import pytest
+from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 from pydicom.uid import generate_uid
@@ -324,3 +326,51 @@ def test_the_writer_lock_is_held_across_processes(db):
     os.waitpid(pid, 0)
     for fd in (ready_r, ready_w, done_r, done_w):
         os.close(fd)
+
+
+def _synchronous(cursor):
+    """The mode a connection commits with: SQLite 1 = NORMAL, 2 = FULL;
+    PostgreSQL's synchronous_commit."""
+    if connection.vendor == "sqlite":
+        cursor.execute("PRAGMA synchronous")
+        return {1: "NORMAL", 2: "FULL"}[cursor.fetchone()[0]]
+    cursor.execute("SHOW synchronous_commit")
+    return cursor.fetchone()[0]
+
+
+def test_the_writer_commits_without_waiting_for_the_disk(transactional_db, header):
+    """Its own connection does not sync at each commit (each file was synced
+    before its row came; a row a power cut rolls back is indexed again from
+    its file at the next start); every other connection keeps its mode."""
+    writer = IndexWriter(sync_after=60).start()
+    try:
+        assert writer.submit(stored(header())).wait(20) == Outcome.STORED
+        relaxed = writer._relaxed.cursor()
+        with connection.cursor() as ours:
+            if connection.vendor == "sqlite":
+                assert (_synchronous(relaxed), _synchronous(ours)) == ("NORMAL", settings.PACS_SQLITE_SYNCHRONOUS)
+            else:
+                assert (_synchronous(relaxed), _synchronous(ours)) == ("off", "on")
+        relaxed.close()
+    finally:
+        writer.stop(timeout=5)
+
+
+def test_the_writer_syncs_once_within_its_bound_not_at_every_commit(transactional_db, header):
+    lazy = IndexWriter(sync_after=60).start()
+    for h in [header() for _ in range(5)]:
+        assert lazy.submit(stored(h)).wait(20) == Outcome.STORED
+    assert (lazy.batches, lazy.syncs) == (5, 0)
+    lazy.stop(timeout=10)
+    assert lazy.syncs == 1  # what was committed is synced before the thread ends
+
+    prompt = IndexWriter(sync_after=0.05).start()
+    try:
+        assert prompt.submit(stored(header())).wait(20) == Outcome.STORED
+        deadline = time.monotonic() + 10
+        while prompt.syncs == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)  # the writer thread's own timer, nothing to wait on
+        assert prompt.syncs == 1
+    finally:
+        prompt.stop(timeout=5)
+    assert prompt.syncs == 1  # nothing left to sync at the end

@@ -152,7 +152,7 @@ def test_duplicate_policy(start_scp, tmp_path, policy):
 
 @pytest.mark.archive
 def test_an_aborted_association_keeps_every_acknowledged_instance(scp, tmp_path):
-    files = make_ct_series(tmp_path / "big", 40, size=256)
+    files = make_ct_series(tmp_path / "big", 200, size=64)
     proc = subprocess.Popen(
         ["storescu", "-v", "-aet", MODALITY, "-aec", "PACS", "127.0.0.1", str(scp.port), "+sd", str(tmp_path / "big")],
         stdout=subprocess.PIPE,
@@ -160,10 +160,17 @@ def test_an_aborted_association_keeps_every_acknowledged_instance(scp, tmp_path)
         text=True,
         env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"},
     )
-    # Kill the sender in the middle of the transfer.
-    wait_until(lambda: Instance.objects.count() >= 5, 30, message="a few instances stored")
-    proc.kill()
-    out = proc.communicate()[0]
+    # Kill the sender in the middle of the transfer: as soon as it reports
+    # its fifth Success (it waits for each answer, so it cannot be near the
+    # end of its 200 files by then).
+    lines, successes = [], 0
+    for line in proc.stdout:
+        lines.append(line)
+        successes += "Received Store Response (Success)" in line
+        if successes == 5:
+            proc.kill()
+            break
+    out = "".join(lines) + proc.communicate()[0]
     acknowledged = out.count("Received Store Response (Success)")
     assert 0 < acknowledged < len(files), "the transfer was interrupted"
     wait_until(lambda: AssociationLog.objects.filter(result=AssociationResult.ABORTED).exists(), 30)
