@@ -481,34 +481,62 @@ class AcceptorSession:
 
     def _sub_operations(self, message, context, field, targets, sender, *, first_message_id):
         """Send each target (C-STORE sub-operations), a pending response after
-        each, then the final one (PS3.4 C.4.2.3, C.4.3.3; as pynetdicom did)."""
+        each but the last, then the final one (PS3.4 C.4.2.3, C.4.3.3; as
+        pynetdicom did).  A C-MOVE's pending response for sub-operation k-1
+        goes to the caller while the destination stores k (`Sender.send`'s
+        `meanwhile`: its own association); a C-GET's follows each response
+        on the one association, so the caller never sees a C-GET-RSP between
+        a C-STORE-RQ and its answer."""
         sop_class = context.abstract_syntax
         message_id = message.command.MessageID
         remaining, completed, failed, warning = len(targets), 0, 0, 0
         failed_uids = []
         next_id = first_message_id if first_message_id is not None else message_id + 1
-        for target in targets:
-            # A C-CANCEL is read here between sub-operations, or (C-GET, on
-            # this same association) by the sender while it awaits a response.
-            if message_id in sender.cancels or (self.assoc.message_waiting() and self._read_cancel(message_id)):
-                self._final(
-                    message, field, sop_class, Status.CANCEL, failed_uids, remaining, completed, failed, warning
-                )
-                return
-            outcome = sender.send(target, message_id=next_id)
-            next_id = next_id + 1 if next_id < 65535 else 1
-            remaining -= 1
-            if outcome == outgoing.SUCCESS:
-                completed += 1
-            elif outcome == outgoing.WARNING:
-                warning += 1
-            else:
-                failed += 1
-                failed_uids.append(target.sop_instance_uid)
-            if remaining:
-                self._respond(
-                    message, field, sop_class, Status.PENDING, **_counts(remaining, completed, failed, warning)
-                )
+        is_move = field == cs.C_MOVE_RSP
+        caller_lost = []  # what the caller's association raised in `meanwhile`
+        due = None  # the counts of a pending response not yet sent
+
+        def send_pending():
+            nonlocal due
+            counts, due = due, None
+            try:
+                self._respond(message, field, sop_class, Status.PENDING, **counts)
+            except Exception as exc:
+                caller_lost.append(exc)
+
+        try:
+            for i, target in enumerate(targets):
+                # A C-CANCEL is read here between sub-operations, or (C-GET, on
+                # this same association) by the sender while it awaits a response.
+                if message_id in sender.cancels or (self.assoc.message_waiting() and self._read_cancel(message_id)):
+                    self._final(
+                        message, field, sop_class, Status.CANCEL, failed_uids, remaining, completed, failed, warning
+                    )
+                    return
+                upcoming = targets[i + 1] if i + 1 < len(targets) else None
+                meanwhile = send_pending if is_move and due is not None else None
+                outcome = sender.send(target, message_id=next_id, meanwhile=meanwhile, upcoming=upcoming)
+                if due is not None:
+                    send_pending()  # this sub-operation failed before it reached the destination
+                if caller_lost:
+                    raise caller_lost[0]
+                next_id = next_id + 1 if next_id < 65535 else 1
+                remaining -= 1
+                if outcome == outgoing.SUCCESS:
+                    completed += 1
+                elif outcome == outgoing.WARNING:
+                    warning += 1
+                else:
+                    failed += 1
+                    failed_uids.append(target.sop_instance_uid)
+                if remaining:
+                    due = _counts(remaining, completed, failed, warning)
+                    if not is_move:
+                        send_pending()
+                        if caller_lost:
+                            raise caller_lost[0]
+        finally:
+            sender.close()
         if not failed and not warning:
             code = Status.SUCCESS
         elif failed == len(targets):

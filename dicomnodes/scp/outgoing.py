@@ -101,12 +101,22 @@ class Sender:
         else:
             self._originator = b""
         self._heads = {}  # SOP class -> the C-STORE-RQ's elements before the message ID
+        self._opened = None  # (upcoming target, what _open gave for it), opened while a response was awaited
 
-    def send(self, target, *, message_id) -> str:
+    def send(self, target, *, message_id, meanwhile=None, upcoming=None) -> str:
+        """Send `target` and wait for its C-STORE-RSP; the status class.
+
+        While the peer stores it, `meanwhile()` is called (a C-MOVE sends its
+        pending response for the sub-operations before this one then, on the
+        caller's association) and `upcoming`, the next target, is opened, so
+        the next C-STORE-RQ follows the response without a file to look up
+        first.  Both ran after the response before: the destination waited
+        for them (bench/query.py, C-MOVE of 600 × 512² to storescp; figures
+        in docs/architecture.md)."""
         if self.broken:
             return FAILURE
         try:
-            return self._send(target, message_id)
+            return self._send(target, message_id, meanwhile, upcoming)
         except (PeerGone, PeerAborted, ProtocolError) as exc:
             if self.move_originator is None:
                 raise  # C-GET: the caller's own association failed
@@ -114,26 +124,59 @@ class Sender:
             logger.warning("C-MOVE sub-association failed: %s", self.broken)
             return FAILURE
 
-    def _send(self, target, message_id):
-        offered = self._contexts.get(target.sop_class_uid, [])
-        as_stored = next((cx for cx in offered if cx.transfer_syntax == target.transfer_syntax_uid), None)
+    def close(self):
+        """Close the file opened for an upcoming target that was not sent."""
+        if self._opened is not None:
+            opened = self._opened[1]
+            self._opened = None
+            if opened is not None:
+                opened[0].close()
+
+    def _as_stored(self, target):
+        """The accepted context that takes `target` as it is stored, if any."""
+        offered = self._contexts.get(target.sop_class_uid, ())
+        return next((cx for cx in offered if cx.transfer_syntax == target.transfer_syntax_uid), None)
+
+    def _open(self, target):
+        """(file, dataset offset, dataset length) of a stored instance, or
+        None (logged) if it cannot be read."""
+        if self._opened is not None and self._opened[0] is target:
+            opened, self._opened = self._opened[1], None
+            return opened
+        self.close()
+        path = instance_path(target.sop_instance_uid, self._root)
+        try:
+            f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by the caller once the bytes are sent
+        except OSError as exc:
+            logger.error("cannot read stored instance %s: %s", path.name[:12], exc)
+            return None
+        try:
+            offset = dataset_offset(f)
+            return f, offset, f.seek(0, 2) - offset
+        except (OSError, ValueError, struct.error) as exc:
+            f.close()
+            logger.error("cannot read stored instance %s: %s", path.name[:12], exc)
+            return None
+
+    def _meanwhile(self, meanwhile, upcoming):
+        if meanwhile is not None:
+            meanwhile()
+        if upcoming is not None and self._as_stored(upcoming) is not None:
+            self._opened = (upcoming, self._open(upcoming))
+
+    def _send(self, target, message_id, meanwhile, upcoming):
+        as_stored = self._as_stored(target)
         if as_stored is not None:
-            path = instance_path(target.sop_instance_uid, self._root)
-            try:
-                f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below, after the bytes are sent
-            except OSError as exc:
-                logger.error("cannot read stored instance %s: %s", path.name[:12], exc)
+            opened = self._open(target)
+            if opened is None:
                 return FAILURE
+            f, offset, size = opened
             with f:
-                try:
-                    offset = dataset_offset(f)
-                    size = f.seek(0, 2) - offset
-                except (OSError, ValueError, struct.error) as exc:
-                    logger.error("cannot read stored instance %s: %s", path.name[:12], exc)
-                    return FAILURE
                 self.assoc.send_command(as_stored.id, self._command(target, message_id))
                 self.assoc.send_data_file(as_stored.id, f, offset, size)
+            self._meanwhile(meanwhile, upcoming)
             return self._response(message_id)
+        offered = self._contexts.get(target.sop_class_uid, [])
         ds = dataset_for(target, self._as_pynetdicom(), max_decoded_bytes=self.budget)
         syntax = str(ds.file_meta.TransferSyntaxUID)
         context = next((cx for cx in offered if cx.transfer_syntax == syntax), None)
@@ -146,6 +189,7 @@ class Sender:
             return FAILURE
         self.assoc.send_command(context.id, self._command(target, message_id))
         self.assoc.send_data(context.id, data)
+        self._meanwhile(meanwhile, upcoming)
         return self._response(message_id)
 
     def _as_pynetdicom(self):

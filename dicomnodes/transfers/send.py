@@ -36,19 +36,23 @@ def send(run):
     assoc = run.connect(contexts)
     sender = outgoing.Sender(assoc, budget=run.settings.max_decoded_mb * 2**20)
     message_id = 1
-    for target, size in todo:
-        if p.cancelled:
-            raise Cancelled()
-        asked = time.monotonic()
-        try:
-            outcome = sender.send(target, message_id=message_id)
-        except (PeerGone, PeerAborted, ProtocolError) as exc:
-            logger.info("transfer job %s: association lost: %s", job.pk, exc)
-            run.lost(asked)
-        message_id = message_id % 65535 + 1
-        if outcome in (outgoing.SUCCESS, outgoing.WARNING):
-            p.delivered_one(target.sop_instance_uid, size)
-        else:
-            logger.warning("transfer job %s: instance %s not delivered", job.pk, target.sop_instance_uid)
-            p.failed_one(target.sop_instance_uid)
+    try:
+        for i, (target, size) in enumerate(todo):
+            if p.cancelled:
+                raise Cancelled()
+            asked = time.monotonic()
+            upcoming = todo[i + 1][0] if i + 1 < len(todo) else None  # opened while the peer stores this one
+            try:
+                outcome = sender.send(target, message_id=message_id, upcoming=upcoming)
+            except (PeerGone, PeerAborted, ProtocolError) as exc:
+                logger.info("transfer job %s: association lost: %s", job.pk, exc)
+                run.lost(asked)
+            message_id = message_id % 65535 + 1
+            if outcome in (outgoing.SUCCESS, outgoing.WARNING):
+                p.delivered_one(target.sop_instance_uid, size)
+            else:
+                logger.warning("transfer job %s: instance %s not delivered", job.pk, target.sop_instance_uid)
+                p.failed_one(target.sop_instance_uid)
+    finally:
+        sender.close()
     run.close()

@@ -16,6 +16,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
+from dicomnodes.archive.storage import instance_path
 from dicomnodes.models import Instance, Peer
 from tests.support.dicomdata import fresh_copy, make_ct_series
 from tests.support.transfer import CapturingScp, dataset_bytes, stored_dataset
@@ -120,6 +121,47 @@ def test_a_pynetdicom_move_destination_gets_the_originator_in_every_c_store(shar
     for f in files:
         uid = str(pydicom.dcmread(f).SOPInstanceUID)
         assert destination.datasets[uid] == dataset_bytes(f.read_bytes()), f"{uid} differs"
+
+
+def test_move_pending_responses_count_every_sub_operation_when_one_file_is_missing(
+    shared_scp, viewer, destination, tmp_path
+):
+    # Each pending response goes out while the destination stores the next
+    # instance; one that fails before it reaches the destination (its file
+    # is gone) must neither lose a pending response nor reorder the counts.
+    files = make_ct_series(tmp_path / "ct", 4, patient_id="MOVGONE")
+    assert shared_scp.store(tmp_path / "ct").returncode == 0
+    study = str(pydicom.dcmread(files[0]).StudyInstanceUID)
+    uids = [str(pydicom.dcmread(f).SOPInstanceUID) for f in files]
+    lost = Instance.objects.filter(sop_instance_uid__in=uids).order_by("pk")[1]
+    instance_path(lost.sop_instance_uid).unlink()
+    ae = AE(ae_title=VIEWER)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    assoc = ae.associate("127.0.0.1", shared_scp.port, ae_title="PACS")
+    assert assoc.is_established
+    try:
+        responses = list(assoc.send_c_move(study_identifier(study), "DEST", StudyRootQueryRetrieveInformationModelMove))
+    finally:
+        assoc.release()
+    pending = [r for r, _ in responses[:-1]]
+    assert [r.Status for r in pending] == [0xFF00] * 3
+    counts = [
+        (
+            r.NumberOfRemainingSuboperations,
+            r.NumberOfCompletedSuboperations,
+            r.NumberOfFailedSuboperations,
+            r.NumberOfWarningSuboperations,
+        )
+        for r in pending
+    ]
+    assert [c[0] for c in counts] == [3, 2, 1]
+    assert all(sum(c) == 4 for c in counts), counts
+    assert [c[2] for c in counts] == sorted(c[2] for c in counts), "failures only grow"
+    final, identifier = responses[-1]
+    assert final.Status == 0xB000
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (3, 1)
+    assert lost.sop_instance_uid in identifier.FailedSOPInstanceUIDList
+    assert len(destination.datasets) == 3
 
 
 # --- Orthanc -----------------------------------------------------------------------
