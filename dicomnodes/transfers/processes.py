@@ -29,7 +29,11 @@ it.  Four C-GET jobs in four processes had four writers committing one by
 one: in alternating runs of bench/transfer.py ("jobs" column, fsync on), get
 small×4 made 208 and 195 inst/s in processes against 342 and 270 as
 threads, get large×4 175 against 221 and 192; with fsync off both were even
-(224 / 221 and 156 / 143).  Sends gained (docs/architecture.md).
+(224 / 221 and 156 / 143).  Sends gained (docs/architecture.md).  Measured
+again once the index writer stopped syncing at every commit (two alternating
+rounds of `bench/transfer.py --ops get --only pacs`, fsync on, inst/s as
+threads / as processes): small×1 596, 486 / 496, 371; small×4 813, 767 /
+741, 598; large×1 330, 332 / 336, 265; large×4 532, 425 / 462, 461.
 
 A child asks the kernel to end it when its dispatcher ends (Linux
 PR_SET_PDEATHSIG), so stopping the worker does not leave jobs running
