@@ -162,6 +162,7 @@ class RunningProcess:
 # runscp's log lines (dicomnodes/scp/handlers.py) of an association's life.
 _ACCEPTED = re.compile(r"\] association (\S+) from .* accepted$", re.MULTILINE)
 _ENDED = re.compile(r"\] association (\S+) (?:released|aborted): ", re.MULTILINE)
+_RECORDED = re.compile(r"\] association (\S+): recorded, ", re.MULTILINE)  # the index writer, after its hooks
 _REJECTED = re.compile(r"\] association from .* rejected: ", re.MULTILINE)
 
 
@@ -232,16 +233,18 @@ class RunningScp(RunningProcess):
 
     def wait_until_settled(self, since, timeout=30):
         """Wait until every association that began after log offset `since`
-        has ended and its AssociationLog row is written.  runscp's index
+        has ended, its AssociationLog row is written and the index writer's
+        hooks for it (events, publishing, worklist) have run.  runscp's index
         writer is a thread of its own: the rows land after the peer has its
         answers, and a test sharing this runscp must not leave them to land
-        in the next test's database."""
+        in the next test's database, nor empty the database under a hook
+        (on PostgreSQL the flush's TRUNCATE and a hook's INSERT deadlocked)."""
         from dicomnodes.models import AssociationLog, AssociationResult
 
         def settled():
             text = self.log_since(since)
             accepted = set(_ACCEPTED.findall(text))
-            if not accepted <= set(_ENDED.findall(text)):
+            if not accepted <= set(_ENDED.findall(text)) or not accepted <= set(_RECORDED.findall(text)):
                 return False
             logged = AssociationLog.objects.filter(pk__in=accepted, ended_at__isnull=False).count()
             rejected = AssociationLog.objects.filter(result=AssociationResult.REJECTED).count()
