@@ -110,9 +110,9 @@ class Sender:
         pending response for the sub-operations before this one then, on the
         caller's association) and `upcoming`, the next target, is opened, so
         the next C-STORE-RQ follows the response without a file to look up
-        first.  Both ran after the response before: the destination waited
-        for them (bench/query.py, C-MOVE of 600 × 512² to storescp; figures
-        in docs/architecture.md)."""
+        first.  Both ran after the response before, and the destination
+        waited for them (movescu of 600 × 512² to a storescp; figures in
+        docs/architecture.md, "One C-MOVE")."""
         if self.broken:
             return FAILURE
         try:
