@@ -499,8 +499,13 @@ class AcceptorSession:
         def send_pending():
             nonlocal due
             counts, due = due, None
+            self._respond(message, field, sop_class, Status.PENDING, **counts)
+
+        def send_pending_meanwhile():
+            # Inside Sender.send: the caller's association failing must not
+            # pass for the destination's; raised once the send returns.
             try:
-                self._respond(message, field, sop_class, Status.PENDING, **counts)
+                send_pending()
             except Exception as exc:
                 caller_lost.append(exc)
 
@@ -514,12 +519,12 @@ class AcceptorSession:
                     )
                     return
                 upcoming = targets[i + 1] if i + 1 < len(targets) else None
-                meanwhile = send_pending if is_move and due is not None else None
+                meanwhile = send_pending_meanwhile if is_move and due is not None else None
                 outcome = sender.send(target, message_id=next_id, meanwhile=meanwhile, upcoming=upcoming)
-                if due is not None:
-                    send_pending()  # this sub-operation failed before it reached the destination
                 if caller_lost:
                     raise caller_lost[0]
+                if due is not None:
+                    send_pending()  # this sub-operation failed before it reached the destination
                 next_id = next_id + 1 if next_id < 65535 else 1
                 remaining -= 1
                 if outcome == outgoing.SUCCESS:
@@ -533,8 +538,6 @@ class AcceptorSession:
                     due = _counts(remaining, completed, failed, warning)
                     if not is_move:
                         send_pending()
-                        if caller_lost:
-                            raise caller_lost[0]
         finally:
             sender.close()
         if not failed and not warning:

@@ -5,7 +5,6 @@ import dataclasses
 import os
 import select
 import threading
-import time
 import uuid
 
 import pytest
@@ -29,6 +28,7 @@ from dicomnodes.archive.index import (
 from dicomnodes.models import AssociationLog, AssociationResult, Instance, Patient, Series, Study
 from dicomnodes.signals import NewStudy
 from tests.support.dicomdata import make_ct
+from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.archive
 
@@ -367,9 +367,7 @@ def test_the_writer_syncs_once_within_its_bound_not_at_every_commit(transactiona
     prompt = IndexWriter(sync_after=0.05).start()
     try:
         assert prompt.submit(stored(header())).wait(20) == Outcome.STORED
-        deadline = time.monotonic() + 10
-        while prompt.syncs == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)  # the writer thread's own timer, nothing to wait on
+        wait_until(lambda: prompt.syncs > 0, 10, interval=0.01, message="the writer's timed sync")
         assert prompt.syncs == 1
     finally:
         prompt.stop(timeout=5)
