@@ -146,7 +146,9 @@ def test_associations_beyond_the_per_address_maximum_are_rejected_as_transient(s
     try:
         assert first.is_established and second.is_established
         third = ae.associate("127.0.0.1", scp.port, ae_title="PACS")
-        assert third.is_rejected
+        # Failed once in CI under load (neither rejected nor timed out); the
+        # states and runscp's log say which way next time.
+        assert third.is_rejected, (third.is_established, third.is_aborted, scp.log())
         rj = third.acceptor.primitive
         assert (rj.result, rj.result_source, rj.diagnostic) == (0x02, 0x03, 0x02), "transient, local limit exceeded"
     finally:
