@@ -253,6 +253,12 @@ Q_CLUSTER = {
     "retry": envint("PACS_Q_TIMEOUT", 86400, minimum=60) + 600,
     "catch_up": False,
     "orm": "default",
+    # How often the ORM broker looks for a queued task when it found none:
+    # the wait between "Send" and the job's start.  django-q2's 0.2 s was
+    # 0.08-0.18 s of a 1.2 s send of 2000 small instances (bench/transfer.py,
+    # TransferJob created_at -> started_at); each look is one SELECT.
+    # Redis hands a task over at once.
+    "poll": envint("PACS_Q_POLL_MS", 50, minimum=10, maximum=5000) / 1000,
 }
 if REDIS_URL:
     Q_CLUSTER.pop("orm")
