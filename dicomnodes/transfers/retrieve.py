@@ -3,9 +3,13 @@
 A first attempt retrieves the whole job with one request; a retry first asks
 the peer what the job's scope holds (C-FIND, one level at a time) and
 retrieves only the instances not stored here, series by series.  A C-GET
-always asks first, to learn the SOP classes to accept in the SCP role.
+always asks first, to learn the SOP classes to accept in the SCP role: for
+a first attempt at a whole study, one study-level C-FIND per study where the
+peer fills in SOP Classes in Study and the number of instances
+(`study_summary`), else the walk down to every instance (`remote_instances`).
 """
 
+import logging
 import os
 import threading
 import time
@@ -13,6 +17,7 @@ from dataclasses import dataclass
 
 from pydicom.uid import (
     JPEG2000,
+    UID,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -37,6 +42,8 @@ from dicomnodes.query import levels
 from dicomnodes.scp.requesting import Requestor
 from dicomnodes.transfers.runner import Cancelled, Refused
 from pacs_site.models import EventKind
+
+logger = logging.getLogger(__name__)
 
 # What we accept on a C-GET association, besides little endian: the usual
 # compressed syntaxes, each in a context of its own so the peer can send an
@@ -93,6 +100,58 @@ def remote_instances(run):
     finally:
         run.close()
     return found
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    total: int  # instances, as the peer counts them
+    sop_classes: frozenset
+
+
+def study_summary(run):
+    """What a STUDY-level job's studies hold, from one study-level C-FIND
+    each: the optional keys Number of Study Related Instances (0020,1208)
+    and SOP Classes in Study (0008,0062) (PS3.4 C.6.1.1.4, Table C.6-5).
+
+    None when a study's answer lacks either or holds something else than a
+    count and UIDs (our own C-FIND returns SOP Classes in Study empty, as
+    many archives do): the caller then walks down to every instance.
+    Orthanc took 1.15 s for that walk of a 2000-instance corpus (20 series,
+    findscu from the shell), against one answer per study here; a study the
+    peer does not hold counts 0."""
+    requestor = Requestor()
+    run.connect([build_context(FIND)], requestor=requestor)
+    total, sop_classes = 0, set()
+    try:
+        for study in run.job.uids:
+            ident = levels.identifier("STUDY", study, SOPClassesInStudy="", NumberOfStudyRelatedInstances="")
+            answers = [a for a in _find(run, requestor, ident) if str(a.get("StudyInstanceUID", "")) == study]
+            if not answers:
+                continue
+            if len(answers) > 1:
+                return None
+            count, classes = _count_and_classes(answers[0])
+            if count is None or (count and not classes):
+                return None
+            total += count
+            sop_classes.update(classes)
+    finally:
+        run.close()
+    return StudySummary(total, frozenset(sop_classes))
+
+
+def _count_and_classes(answer):
+    """(instances or None, SOP class UIDs or None) of a study-level answer."""
+    try:
+        count = int(str(answer.get("NumberOfStudyRelatedInstances", "")).strip())
+    except ValueError:
+        return None, None
+    value = answer.get("SOPClassesInStudy")
+    values = [value] if isinstance(value, str) else list(value or [])
+    classes = [str(v).strip("\x00 ") for v in values if str(v).strip("\x00 ")]
+    if count < 0 or not all(UID(c).is_valid for c in classes):
+        return None, None
+    return count, classes
 
 
 def _find(run, requestor, identifier):
@@ -158,15 +217,36 @@ def move(run):
 def get(run):
     job, p = run.job, run.progress
     run.job_identifier = job_identifier(job)
-    remote = remote_instances(run)
-    plan = retrieve_plan(run, remote) if job.attempts > 1 else [run.job_identifier]
-    if not remote:
-        return  # nothing there: run_job says so
-    if job.attempts == 1:
-        p.total = len(remote)
+    first_study_attempt = job.attempts == 1 and job.level == TransferLevel.STUDY
+    summary = study_summary(run) if first_study_attempt else None
+    if summary is not None:
+        logger.info(
+            "transfer job %s: %s holds %d instances of %d SOP classes (study-level C-FIND)",
+            job.pk,
+            run.peer.ae_title,
+            summary.total,
+            len(summary.sop_classes),
+        )
+        if not summary.total:
+            return  # nothing there: run_job says so
+        p.total = summary.total
+        plan, sop_classes = [run.job_identifier], sorted(summary.sop_classes)
+    else:
+        if first_study_attempt:
+            logger.info(
+                "transfer job %s: %s does not say what its studies hold: asking for every instance",
+                job.pk,
+                run.peer.ae_title,
+            )
+        remote = remote_instances(run)
+        plan = retrieve_plan(run, remote) if job.attempts > 1 else [run.job_identifier]
+        if not remote:
+            return  # nothing there: run_job says so
+        if job.attempts == 1:
+            p.total = len(remote)
+        sop_classes = sorted({r.sop_class for r in remote if r.sop_class})
     if not plan:
         return
-    sop_classes = sorted({r.sop_class for r in remote if r.sop_class})
     contexts = [build_context(GET)]
     contexts += [build_context(c, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]) for c in sop_classes[:120]]
     for syntax in _COMPRESSED:

@@ -11,6 +11,7 @@ import time
 
 import pytest
 from pydicom import dcmread
+from pydicom.uid import CTImageStorage, SecondaryCaptureImageStorage
 
 from dicomnodes.archive.storage import instance_path
 from dicomnodes.models import DicomServerSettings, Instance, Peer, TransferJob, TransferLevel, TransferState
@@ -19,6 +20,7 @@ from pacs_site.models import Event, EventKind
 from tests.support.dicomdata import make_ct_series
 from tests.support.processes import wait_until
 from tests.support.transfer import (
+    PlainQrScp,
     RecordingScp,
     SilentPeer,
     dataset_bytes,
@@ -98,6 +100,47 @@ def test_a_series_can_be_retrieved_alone(orthanc, data_dir, tmp_path):
     job.refresh_from_db()
     assert job.state == TransferState.SUCCEEDED, job.last_error
     assert set(Instance.objects.values_list("series__series_instance_uid", flat=True)) == {series_uid}
+
+
+def test_a_c_get_learns_a_studys_sop_classes_from_one_study_level_answer(orthanc, data_dir, tmp_path, caplog):
+    """Orthanc fills in SOP Classes in Study and the instance count: no walk
+    down to the instances, and both classes are accepted in the SCP role."""
+    paths = make_ct_series(tmp_path / "remote", 3)
+    sc = dcmread(paths[2])
+    sc.SOPClassUID = sc.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    sc.save_as(paths[2])
+    store_to_orthanc(orthanc, tmp_path / "remote")
+    study_uid = str(dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID)
+    caplog.set_level("INFO", logger="dicomnodes.transfers.retrieve")
+    job = submit_job(kind="get", peer=orthanc.peer, uids=[study_uid], kick_runner=False)
+    run_next()
+    job.refresh_from_db()
+    assert (job.state, job.done, job.total) == (TransferState.SUCCEEDED, 3, 3), job.last_error
+    assert sorted(Instance.objects.values_list("sop_class_uid", flat=True)) == sorted(
+        [CTImageStorage, CTImageStorage, SecondaryCaptureImageStorage]
+    )
+    assert f"transfer job {job.pk}: ORTHANC holds 3 instances of 2 SOP classes (study-level C-FIND)" in caplog.text
+
+
+def test_a_c_get_from_a_peer_that_leaves_sop_classes_in_study_empty_walks_down_to_the_instances(
+    transactional_db, data_dir, tmp_path, caplog
+):
+    paths = make_ct_series(tmp_path / "remote", 2)
+    study_uid = str(dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID)
+    paths += make_ct_series(tmp_path / "other-series", 1, study_uid=study_uid, series_number=2)
+    peer_scp = PlainQrScp(paths).start()
+    try:
+        peer = Peer.objects.create(name="plain", ae_title=peer_scp.ae_title, host="127.0.0.1", port=peer_scp.port)
+        caplog.set_level("INFO", logger="dicomnodes.transfers.retrieve")
+        job = submit_job(kind="get", peer=peer, uids=[study_uid], kick_runner=False)
+        run_next()
+    finally:
+        peer_scp.stop()
+    job.refresh_from_db()
+    assert (job.state, job.done, job.total) == (TransferState.SUCCEEDED, 3, 3), job.last_error
+    assert Instance.objects.count() == 3
+    assert peer_scp.levels == ["STUDY", "SERIES", "IMAGE", "IMAGE"]
+    assert "PLAINQR does not say what its studies hold: asking for every instance" in caplog.text
 
 
 def test_retrieving_a_study_orthanc_does_not_have_fails_with_a_reason(orthanc, data_dir):

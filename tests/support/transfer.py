@@ -1,13 +1,20 @@
 """Peers for the transfer tests: a small pynetdicom storage SCP that records
-what it receives and how many associations it holds at once, and a TCP
-listener that accepts connections and never says a word."""
+what it receives and how many associations it holds at once, a pynetdicom
+query/retrieve SCP that serves a few files, and a TCP listener that accepts
+connections and never says a word."""
 
 import socket
 import threading
 import time
 from pathlib import Path
 
-from pynetdicom import AE, AllStoragePresentationContexts, build_context, evt
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pynetdicom import AE, AllStoragePresentationContexts, StoragePresentationContexts, build_context, evt
+from pynetdicom.sop_class import (
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+)
 
 from tests.support.processes import dcmtk, free_port
 
@@ -75,6 +82,75 @@ class RecordingScp:
                 return 0xA700
             self.received.append(str(event.request.AffectedSOPInstanceUID))
         return 0x0000
+
+
+class PlainQrScp:
+    """A study-root C-FIND and C-GET SCP (AE `PLAINQR`) on 127.0.0.1 serving
+    the files `paths`, as a small archive does: its study answers leave the
+    optional keys SOP Classes in Study and Number of Study Related Instances
+    empty, so a C-GET SCU must walk down to the instances to learn what to
+    accept.  `levels` records the Query/Retrieve Level of every C-FIND."""
+
+    def __init__(self, paths, *, ae_title="PLAINQR"):
+        self.port = free_port()
+        self.ae_title = ae_title
+        self.datasets = [dcmread(p) for p in paths]
+        self.levels = []
+        self.server = None
+
+    def start(self):
+        ae = AE(ae_title=self.ae_title)
+        for cx in StoragePresentationContexts:  # the requestor stores (SCP role, PS3.7 D.3.3.4)
+            ae.add_supported_context(cx.abstract_syntax, scu_role=False, scp_role=True)
+        ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+        ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
+        handlers = [(evt.EVT_C_FIND, self._find), (evt.EVT_C_GET, self._get)]
+        self.server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=handlers)
+        return self
+
+    def stop(self):
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+
+    def _matching(self, identifier):
+        keys = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+        wanted = {k: identifier.get(k) for k in keys if identifier.get(k)}
+        return [ds for ds in self.datasets if all(_matches(ds.get(k), v) for k, v in wanted.items())]
+
+    def _find(self, event):
+        identifier = event.identifier
+        level = str(identifier.QueryRetrieveLevel)
+        self.levels.append(level)
+        keys = {"STUDY": 1, "SERIES": 2, "IMAGE": 3}[level]
+        answered = set()
+        for ds in self._matching(identifier):
+            answer = Dataset()
+            answer.QueryRetrieveLevel = level
+            for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")[:keys]:
+                setattr(answer, keyword, ds.get(keyword))
+            if level == "IMAGE":
+                answer.SOPClassUID = ds.SOPClassUID
+            for keyword in identifier.dir():
+                if keyword not in answer:
+                    setattr(answer, keyword, "")  # asked for, not known here: empty
+            unique = getattr(answer, ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")[keys - 1])
+            if unique not in answered:
+                answered.add(unique)
+                yield 0xFF00, answer
+
+    def _get(self, event):
+        found = self._matching(event.identifier)
+        yield len(found)
+        for ds in found:
+            yield 0xFF00, ds
+
+
+def _matches(value, wanted):
+    """Single value or UID list matching (PS3.4 C.2.2.2.2)."""
+    if isinstance(wanted, str):
+        wanted = wanted.split("\\")
+    return str(value) in {str(w) for w in wanted}
 
 
 class SilentPeer:
