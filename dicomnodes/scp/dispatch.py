@@ -20,6 +20,7 @@ import socket
 
 from django.db import close_old_connections, connections
 
+from dicomnodes.scp.limits import SharedCounts
 from dicomnodes.scp.server import DISABLED, TLS_OFF, TLS_TAG
 from pacs_site.listeners import SettingsFollower, listening_socket
 
@@ -27,14 +28,18 @@ logger = logging.getLogger(__name__)
 
 
 class Dispatcher:
-    """Owns the port; `spawn(channel, inherited) -> pid` starts a worker on a
-    channel; the worker closes the `inherited` sockets it must not hold."""
+    """Owns the port; `spawn(channel, inherited, shared) -> pid` starts a
+    worker on a channel; the worker closes the `inherited` sockets it must
+    not hold and counts its associations in `shared` (a `limits.SharedCounts`
+    and its row there), so the maximums hold for all workers together."""
 
     def __init__(self, *, processes, spawn, load_config):
         self.processes = processes
         self.spawn = spawn
         self.load_config = load_config
         self.workers = []  # [(pid, our end of the channel)]
+        self.counts = SharedCounts(rows=processes)
+        self._rows = {}  # worker pid -> its row in `counts`
         self.listener = None
         self.follower = SettingsFollower(
             start=self._listen,
@@ -58,9 +63,12 @@ class Dispatcher:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
             listeners = [sock for sock in (self.listener, self.tls_listener) if sock is not None]
             inherited = [ours] + [c for _, c in self.workers] + listeners
-            pid = self.spawn(theirs, inherited)
+            row = min(set(range(self.processes)) - set(self._rows.values()))
+            self.counts.clear(row)
+            pid = self.spawn(theirs, inherited, (self.counts, row))
             theirs.close()
             self.workers.append((pid, ours))
+            self._rows[pid] = row
 
     def reap(self):
         """Forget workers that ended; returns how many."""
@@ -74,6 +82,7 @@ class Dispatcher:
                 logger.error("runscp worker %d ended (status %d); starting another", pid, status)
                 channel.close()
                 self.workers.remove((pid, channel))
+                self.counts.clear(self._rows.pop(pid))  # its associations ended with it
                 gone += 1
         return gone
 

@@ -258,7 +258,9 @@ TLS_TAG = b"t"  # the dispatcher's message with a connection to the TLS port (el
 class ScpService:
     """One runscp process: a listener kept in line with the settings."""
 
-    def __init__(self, *, port=None, ae_title=None, channel=None):
+    def __init__(self, *, port=None, ae_title=None, channel=None, shared=None):
+        """`channel`: a worker's, from the dispatcher; `shared`: where the
+        workers count their associations together (`limits.SharedCounts`, row)."""
         self.port_override = port
         self.ae_title_override = ae_title
         self.channel = channel
@@ -267,7 +269,7 @@ class ScpService:
         # Publishing starts its clock here (delayed burns, robot status).
         send_logged(scp_started, ScpService)
         self._config = None
-        self.connections = ConnectionTable()
+        self.connections = ConnectionTable(shared)
         self.server = None
         self._last_server = None
         self._last_tls_server = None

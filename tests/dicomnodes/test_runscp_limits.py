@@ -136,9 +136,13 @@ def test_a_pdu_longer_than_runscp_accepts_closes_the_connection_at_once(start_sc
     assert scp.echo().returncode == 0
 
 
-def test_associations_beyond_the_per_address_maximum_are_rejected_as_transient(start_scp):
+# With two processes the dispatcher hands connections to its workers in
+# turn, so the first two associations run in different processes: the
+# maximums must hold for them together.
+@pytest.mark.parametrize("processes", [1, 2])
+def test_associations_beyond_the_per_address_maximum_are_rejected_as_transient(start_scp, processes):
     _settings(max_associations_per_address=2)
-    scp = start_scp()
+    scp = start_scp(processes=processes)
     ae = AE(ae_title=MODALITY)
     ae.add_requested_context(Verification)
     first = ae.associate("127.0.0.1", scp.port, ae_title="PACS")
@@ -173,9 +177,10 @@ def test_associations_beyond_the_per_address_maximum_are_rejected_as_transient(s
     wait_until(refusals.exists, 10, message="the refusal in the association log")
 
 
-def test_associations_beyond_the_total_maximum_are_rejected_and_echo_works_again_after(start_scp):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_associations_beyond_the_total_maximum_are_rejected_and_echo_works_again_after(start_scp, processes):
     _settings(max_associations=1)
-    scp = start_scp()
+    scp = start_scp(processes=processes)
     ae = AE(ae_title=MODALITY)
     ae.add_requested_context(Verification)
     held = ae.associate("127.0.0.1", scp.port, ae_title="PACS")
@@ -185,3 +190,33 @@ def test_associations_beyond_the_total_maximum_are_rejected_and_echo_works_again
     finally:
         held.release()
     wait_until(lambda: scp.echo().returncode == 0, 10, message="echo once the first association is over")
+
+
+def test_the_associations_of_a_killed_worker_stop_counting(start_scp):
+    _settings(max_associations=2)
+    scp = start_scp(processes=2)
+    workers = _children(scp.proc.pid)
+    assert len(workers) == 2
+    ae = AE(ae_title=MODALITY)
+    ae.add_requested_context(Verification)
+    held = [ae.associate("127.0.0.1", scp.port, ae_title="PACS") for _ in range(2)]
+    try:
+        assert all(a.is_established for a in held)
+        assert scp.echo().returncode != 0, "two associations are the maximum"
+        os.kill(min(workers), signal.SIGKILL)  # one of the two associations dies with it
+        again = []
+
+        def associated():
+            assoc = ae.associate("127.0.0.1", scp.port, ae_title="PACS")
+            if assoc.is_established:
+                again.append(assoc)
+            return bool(again)
+
+        # Its replacement starts with a clean count: one association (the
+        # other worker's) runs, so one more is admitted.
+        wait_until(associated, 20, message="a place freed by the killed worker taken again")
+        again[0].release()
+    finally:
+        for assoc in held:
+            if assoc.is_established:
+                assoc.release()

@@ -102,8 +102,8 @@ class Command(BaseCommand):
     def _on_signal(self, signum, frame):
         self.shutdown = True
 
-    def _serve(self, port, ae_title, poll, *, channel=None, parent=None):
-        service = ScpService(port=port, ae_title=ae_title, channel=channel)
+    def _serve(self, port, ae_title, poll, *, channel=None, parent=None, shared=None):
+        service = ScpService(port=port, ae_title=ae_title, channel=channel, shared=shared)
         retries_since = timezone.now()
         while not self.shutdown:
             service.step()
@@ -128,7 +128,7 @@ class Command(BaseCommand):
         SIGTERM/SIGINT."""
         dispatcher = Dispatcher(
             processes=processes,
-            spawn=lambda channel, inherited: self._fork(channel, inherited, port, ae_title, poll),
+            spawn=lambda channel, inherited, shared: self._fork(channel, inherited, shared, port, ae_title, poll),
             load_config=lambda: load_config(port=port, ae_title=ae_title),
         )
         restarts = 0
@@ -155,7 +155,7 @@ class Command(BaseCommand):
         _wait_for_workers([pid for pid, _ in dispatcher.workers], timeout=WORKER_STOP_TIMEOUT)
         return f"runscp stopped ({processes} processes, {dispatcher.handed_over} connections, {restarts} restarts)"
 
-    def _fork(self, channel, inherited, port, ae_title, poll):
+    def _fork(self, channel, inherited, shared, port, ae_title, poll):
         parent = os.getpid()
         pid = os.fork()
         if pid:
@@ -168,7 +168,7 @@ class Command(BaseCommand):
                 sock.close()
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
-            message = self._serve(port, ae_title, poll, channel=channel, parent=parent)
+            message = self._serve(port, ae_title, poll, channel=channel, parent=parent, shared=shared)
             logger.info(message)
         except BaseException:
             logger.exception("runscp worker failed")
