@@ -48,6 +48,20 @@ def _raise_open_file_limit(needed):
         resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
+def _associated_once_admitted(ae, port, timeout, message):
+    """An association to runscp, asked for again until one is accepted."""
+    again = []
+
+    def associated():
+        assoc = ae.associate("127.0.0.1", port, ae_title="PACS")
+        if assoc.is_established:
+            again.append(assoc)
+        return bool(again)
+
+    wait_until(associated, timeout, message=message)
+    return again[0]
+
+
 def _gone(pid):
     try:
         state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
@@ -149,29 +163,25 @@ def test_associations_beyond_the_per_address_maximum_are_rejected_as_transient(s
     second = ae.associate("127.0.0.1", scp.port, ae_title="PACS")
     try:
         assert first.is_established and second.is_established
-        third = ae.associate("127.0.0.1", scp.port, ae_title="PACS")
-        # Failed once in CI under load (neither rejected nor timed out); the
-        # states and runscp's log say which way next time.
-        assert third.is_rejected, (third.is_established, third.is_aborted, scp.log())
-        rj = third.acceptor.primitive
-        assert (rj.result, rj.result_source, rj.diagnostic) == (0x02, 0x03, 0x02), "transient, local limit exceeded"
+        # The third asks with DCMTK's echoscu, not pynetdicom: a pynetdicom
+        # requestor whose thread is slower than its DUL's sees the
+        # A-ASSOCIATE-RJ close the connection before it checks the connection
+        # and calls that an abort (acse._negotiate_as_requestor,
+        # `socket._is_connected`); under CI load it did, 1 run in 6.
+        third = scp.echo()
+        assert third.returncode != 0
+        said = third.stdout + third.stderr
+        assert "Association Rejected" in said and "Rejected Transient" in said, said
+        assert "Local Limit Exceeded" in said and "Service Provider (Presentation Related)" in said, said
     finally:
         first.release()
-    again = []
-
-    def associated():
-        assoc = ae.associate("127.0.0.1", scp.port, ae_title="PACS")
-        if assoc.is_established:
-            again.append(assoc)
-        return bool(again)
-
     # The place is free once runscp has ended the first association (a
     # moment after the release answer).
-    wait_until(associated, 10, message="a place freed by a release taken again")
+    again = _associated_once_admitted(ae, scp.port, 10, "a place freed by a release taken again")
     try:
-        assert again[0].send_c_echo().Status == 0x0000
+        assert again.send_c_echo().Status == 0x0000
     finally:
-        again[0].release()
+        again.release()
         second.release()
     refusals = AssociationLog.objects.filter(result=AssociationResult.REJECTED, reason__contains="local limit")
     wait_until(refusals.exists, 10, message="the refusal in the association log")
@@ -204,18 +214,9 @@ def test_the_associations_of_a_killed_worker_stop_counting(start_scp):
         assert all(a.is_established for a in held)
         assert scp.echo().returncode != 0, "two associations are the maximum"
         os.kill(min(workers), signal.SIGKILL)  # one of the two associations dies with it
-        again = []
-
-        def associated():
-            assoc = ae.associate("127.0.0.1", scp.port, ae_title="PACS")
-            if assoc.is_established:
-                again.append(assoc)
-            return bool(again)
-
         # Its replacement starts with a clean count: one association (the
         # other worker's) runs, so one more is admitted.
-        wait_until(associated, 20, message="a place freed by the killed worker taken again")
-        again[0].release()
+        _associated_once_admitted(ae, scp.port, 20, "a place freed by the killed worker taken again").release()
     finally:
         for assoc in held:
             if assoc.is_established:

@@ -19,7 +19,22 @@ from pynetdicom.sop_class import (
 from tests.support.processes import dcmtk, free_port
 
 
-class RecordingScp:
+class _Served:
+    """A pynetdicom AE serving on 127.0.0.1:`self.port` in threads of its own."""
+
+    server = None
+
+    def _serve(self, ae, handlers):
+        self.server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=handlers)
+        return self
+
+    def stop(self):
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+
+
+class RecordingScp(_Served):
     """A storage SCP (AE `RECORDER`) on 127.0.0.1.
 
     `delay`: seconds each C-STORE takes; `abort_after`: abort the first
@@ -49,13 +64,7 @@ class RecordingScp:
             (evt.EVT_ABORTED, self._aborted),
             (evt.EVT_C_STORE, self._store),
         ]
-        self.server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=handlers)
-        return self
-
-    def stop(self):
-        if self.server is not None:
-            self.server.shutdown()
-            self.server = None
+        return self._serve(ae, handlers)
 
     def _opened(self, event):
         with self._lock:
@@ -84,7 +93,7 @@ class RecordingScp:
         return 0x0000
 
 
-class PlainQrScp:
+class PlainQrScp(_Served):
     """A study-root C-FIND and C-GET SCP (AE `PLAINQR`) on 127.0.0.1 serving
     the files `paths`, as a small archive does: its study answers leave the
     optional keys SOP Classes in Study and Number of Study Related Instances
@@ -96,7 +105,6 @@ class PlainQrScp:
         self.ae_title = ae_title
         self.datasets = [dcmread(p) for p in paths]
         self.levels = []
-        self.server = None
 
     def start(self):
         ae = AE(ae_title=self.ae_title)
@@ -104,14 +112,7 @@ class PlainQrScp:
             ae.add_supported_context(cx.abstract_syntax, scu_role=False, scp_role=True)
         ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
         ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
-        handlers = [(evt.EVT_C_FIND, self._find), (evt.EVT_C_GET, self._get)]
-        self.server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=handlers)
-        return self
-
-    def stop(self):
-        if self.server is not None:
-            self.server.shutdown()
-            self.server = None
+        return self._serve(ae, [(evt.EVT_C_FIND, self._find), (evt.EVT_C_GET, self._get)])
 
     def _matching(self, identifier):
         keys = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
