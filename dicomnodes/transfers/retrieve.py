@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from pydicom.uid import (
@@ -71,34 +72,40 @@ def job_identifier(job):
     return levels.identifier(job.level, uids, above=above)
 
 
-def remote_instances(run):
-    """What the job's scope holds at the peer: C-FIND down to IMAGE level,
-    one level at a time with single-valued upper keys (hierarchical query)."""
-    job = run.job
+@contextmanager
+def _asking(run):
+    """A C-FIND association to the job's peer: its Requestor."""
     requestor = Requestor()
     run.connect([build_context(FIND)], requestor=requestor)
     try:
-        if job.level == TransferLevel.STUDY:
-            series = []
-            for study in job.uids:
-                ident = levels.identifier("SERIES", "", above=[study])
-                series += [
-                    (study, str(a.SeriesInstanceUID)) for a in _find(run, requestor, ident) if "SeriesInstanceUID" in a
-                ]
-        elif job.level == TransferLevel.SERIES:
-            series = [(job.study_uid, uid) for uid in job.uids]
-        else:
-            series = [(job.study_uid, job.series_uid)]
-        found = []
-        wanted = set(job.uids) if job.level == TransferLevel.IMAGE else None
-        for study, series_uid in series:
-            ident = levels.identifier("IMAGE", "", above=[study, series_uid], SOPClassUID="")
-            for a in _find(run, requestor, ident):
-                sop = str(a.get("SOPInstanceUID", ""))
-                if sop and (wanted is None or sop in wanted):
-                    found.append(RemoteInstance(study, series_uid, sop, str(a.get("SOPClassUID", ""))))
+        yield requestor
     finally:
         run.close()
+
+
+def remote_instances(run, requestor):
+    """What the job's scope holds at the peer: C-FIND down to IMAGE level,
+    one level at a time with single-valued upper keys (hierarchical query)."""
+    job = run.job
+    if job.level == TransferLevel.STUDY:
+        series = []
+        for study in job.uids:
+            ident = levels.identifier("SERIES", "", above=[study])
+            series += [
+                (study, str(a.SeriesInstanceUID)) for a in _find(run, requestor, ident) if "SeriesInstanceUID" in a
+            ]
+    elif job.level == TransferLevel.SERIES:
+        series = [(job.study_uid, uid) for uid in job.uids]
+    else:
+        series = [(job.study_uid, job.series_uid)]
+    found = []
+    wanted = set(job.uids) if job.level == TransferLevel.IMAGE else None
+    for study, series_uid in series:
+        ident = levels.identifier("IMAGE", "", above=[study, series_uid], SOPClassUID="")
+        for a in _find(run, requestor, ident):
+            sop = str(a.get("SOPInstanceUID", ""))
+            if sop and (wanted is None or sop in wanted):
+                found.append(RemoteInstance(study, series_uid, sop, str(a.get("SOPClassUID", ""))))
     return found
 
 
@@ -108,7 +115,7 @@ class StudySummary:
     sop_classes: frozenset
 
 
-def study_summary(run):
+def study_summary(run, requestor):
     """What a STUDY-level job's studies hold, from one study-level C-FIND
     each: the optional keys Number of Study Related Instances (0020,1208)
     and SOP Classes in Study (0008,0062) (PS3.4 C.6.1.1.4, Table C.6-5).
@@ -119,24 +126,19 @@ def study_summary(run):
     Orthanc took 1.15 s for that walk of a 2000-instance corpus (20 series,
     findscu from the shell), against one answer per study here; a study the
     peer does not hold counts 0."""
-    requestor = Requestor()
-    run.connect([build_context(FIND)], requestor=requestor)
     total, sop_classes = 0, set()
-    try:
-        for study in run.job.uids:
-            ident = levels.identifier("STUDY", study, SOPClassesInStudy="", NumberOfStudyRelatedInstances="")
-            answers = [a for a in _find(run, requestor, ident) if str(a.get("StudyInstanceUID", "")) == study]
-            if not answers:
-                continue
-            if len(answers) > 1:
-                return None
-            count, classes = _count_and_classes(answers[0])
-            if count is None or (count and not classes):
-                return None
-            total += count
-            sop_classes.update(classes)
-    finally:
-        run.close()
+    for study in run.job.uids:
+        ident = levels.identifier("STUDY", study, SOPClassesInStudy="", NumberOfStudyRelatedInstances="")
+        answers = [a for a in _find(run, requestor, ident) if str(a.get("StudyInstanceUID", "")) == study]
+        if not answers:
+            continue
+        if len(answers) > 1:
+            return None
+        count, classes = _count_and_classes(answers[0])
+        if count is None or (count and not classes):
+            return None
+        total += count
+        sop_classes.update(classes)
     return StudySummary(total, frozenset(sop_classes))
 
 
@@ -195,8 +197,11 @@ def move(run):
     if destination == run.ae_title and not run.settings.port:
         raise Refused("our DICOM server is off (port 0), so a C-MOVE to us cannot arrive: use C-GET")
     run.job_identifier = job_identifier(job)
-    retry = job.attempts > 1
-    plan = retrieve_plan(run, remote_instances(run) if retry else None)
+    remote = None  # a first attempt asks for the whole job at once
+    if job.attempts > 1:
+        with _asking(run) as requestor:
+            remote = remote_instances(run, requestor)
+    plan = retrieve_plan(run, remote)
     if not plan:
         return
     requestor = Requestor()
@@ -218,7 +223,9 @@ def get(run):
     job, p = run.job, run.progress
     run.job_identifier = job_identifier(job)
     first_study_attempt = job.attempts == 1 and job.level == TransferLevel.STUDY
-    summary = study_summary(run) if first_study_attempt else None
+    with _asking(run) as requestor:  # one association for the summary and, if need be, the walk
+        summary = study_summary(run, requestor) if first_study_attempt else None
+        remote = remote_instances(run, requestor) if summary is None else None
     if summary is not None:
         logger.info(
             "transfer job %s: %s holds %d instances of %d SOP classes (study-level C-FIND)",
@@ -238,7 +245,6 @@ def get(run):
                 job.pk,
                 run.peer.ae_title,
             )
-        remote = remote_instances(run)
         plan = retrieve_plan(run, remote) if job.attempts > 1 else [run.job_identifier]
         if not remote:
             return  # nothing there: run_job says so
