@@ -701,7 +701,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--pacs-no-fsync",
         action="store_true",
-        help="switch our 'fsync on store' setting off (storescp and Orthanc do not fsync)",
+        help="switch our 'fsync on store' setting off, and Orthanc's SyncStorageArea (storescp never syncs)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the targets' temporary folders")
     parser.add_argument(
@@ -736,7 +736,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    all_targets = [StoreScp(), Orthanc(), Pacs(args.pacs_processes, fsync=not args.pacs_no_fsync)]
+    fsync = not args.pacs_no_fsync
+    all_targets = [StoreScp(), Orthanc(sync=fsync), Pacs(args.pacs_processes, fsync=fsync)]
     targets = [t for t in all_targets if t.key in args.only]
     cases = [] if args.big_only else CASES
     corpora: dict[str, Corpus] = {kind: load_or_build_corpus(kind, getattr(args, kind)) for kind in SIZES if cases}

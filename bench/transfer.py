@@ -7,8 +7,9 @@ studies to a peer and retrieve them from one, next to DCMTK and Orthanc?
 
 Corpora of bench/ingest.py (10 studies).  Cases: send to a fresh storescp --fork
 (storescu, Orthanc's REST store, our send jobs); C-MOVE and C-GET from an
-Orthanc holding the corpora (movescu to a fresh storescp, getscu, and our
-retrieve jobs into a fresh archive).  Each with one association/request/job
+Orthanc holding the corpora (movescu to a fresh storescp, getscu, a second
+fresh Orthanc retrieving by C-MOVE over its REST API, and our retrieve jobs
+into a fresh archive).  Each with one association/request/job
 for the whole corpus and with PARALLEL at once, the studies dealt
 round-robin.  Ours is the server as users run it (`runpacs --only
 scp,worker,web`: runscp, a django-q2 worker, the web process), the jobs
@@ -219,6 +220,19 @@ class TransferPacs(Pacs):
             time.sleep(JOB_POLL)
 
 
+class OrthancArchive(Orthanc):
+    """A second, fresh Orthanc that retrieves the studies from the loaded one
+    by C-MOVE to itself (`POST /modalities/source/move`, synchronous in
+    Orthanc 1.10): the archive doing what our retrieve jobs do, storing
+    with SyncStorageArea like our "fsync on store".  Orthanc 1.10 has no
+    C-GET SCU, so the get cases have no Orthanc column."""
+
+    ae_title = "ORTHANCDST"
+
+    def __init__(self, source_port: int, *, sync: bool):
+        super().__init__({"DicomModalities": {"source": [Orthanc.ae_title, "127.0.0.1", source_port]}}, sync=sync)
+
+
 class ForkingStoreScp(StoreScp):
     """storescp --fork: a child per association, so parallel senders are
     not served one after the other."""
@@ -335,6 +349,33 @@ def orthanc_store(ctx: Context, groups: list[list[str]], logdir: Path) -> tuple[
     return time.monotonic() - started, codes
 
 
+def orthanc_move(drun: Run, groups: list[list[str]], logdir: Path) -> tuple[float, list[int]]:
+    """POST /modalities/source/move to the retrieving Orthanc, one request per
+    group in parallel, each naming its studies; exit code 0 for a 200 answer
+    (Orthanc answers an error status when a C-MOVE fails)."""
+    url = f"http://127.0.0.1:{drun.http_port}/modalities/source/move"
+
+    def move(i: int, uids: list[str]) -> int:
+        body = {
+            "Level": "Study",
+            "Resources": [{"StudyInstanceUID": uid} for uid in uids],
+            "TargetAet": OrthancArchive.ae_title,
+            "Timeout": int(RUN_TIMEOUT),
+        }
+        try:
+            answer, code = http_json(url, body, timeout=RUN_TIMEOUT), 0
+        except OSError as exc:
+            detail = exc.read()[:500] if isinstance(exc, HTTPError) else b""
+            answer, code = {"error": f"{type(exc).__name__}: {exc} {detail!r}"}, 1
+        (logdir / f"orthanc-move-{i + 1}.log").write_text(json.dumps(answer, indent=1))
+        return code
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(len(groups)) as pool:
+        codes = list(pool.map(move, range(len(groups)), groups))
+    return time.monotonic() - started, codes
+
+
 def run_case(case: Case, tool: str, ctx: Context, corpus: Corpus, studies: dict) -> TransferResult:
     """A fresh destination, the transfer, the check."""
     result = TransferResult(corpus.count)
@@ -347,6 +388,10 @@ def run_case(case: Case, tool: str, ctx: Context, corpus: Corpus, studies: dict)
                 dest.orthanc_port = ctx.orun.port
                 drun = stack.enter_context(serving(dest, keep))
                 ctx.modality("pacs", dest.ae_title, drun.port)
+            elif tool == "orthanc" and case.op == "move":  # a second Orthanc retrieves into its storage
+                dest = OrthancArchive(ctx.orun.port, sync=not ctx.args.pacs_no_fsync)
+                drun = stack.enter_context(serving(dest, keep))
+                ctx.modality("orthancdst", dest.ae_title, drun.port)
             elif case.op == "get":  # getscu writes the files itself
                 dest, workdir = StoreScp(), Path(tempfile.mkdtemp(prefix="pacs-bench-getscu-"))
                 drun = Run(workdir, 0, 0, workdir / "none.log")
@@ -358,7 +403,9 @@ def run_case(case: Case, tool: str, ctx: Context, corpus: Corpus, studies: dict)
                 drun = stack.enter_context(serving(dest, keep))
                 ctx.modality("dest", dest.ae_title, drun.port)
             result.kept = str(drun.workdir) if keep else None
-            if tool == "orthanc":
+            if tool == "orthanc" and case.op == "move":
+                result.seconds, result.exit_codes = orthanc_move(drun, groups, drun.workdir)
+            elif tool == "orthanc":
                 result.seconds, result.exit_codes = orthanc_store(ctx, groups, drun.workdir)
             elif tool == "dcmtk":
                 cmds = dcmtk_cmds(case, groups, studies, corpus, ctx, drun)
@@ -510,7 +557,7 @@ def main(argv=None) -> int:
             # Case by case, round by round: each round runs every tool once,
             # in turns (round_order), so one round's runs are neighbours in time.
             for case in cases:
-                tools = [t for t in TOOLS if t in args.only and (t != "orthanc" or case.op == "send")]
+                tools = [t for t in TOOLS if t in args.only and (t != "orthanc" or case.op != "get")]
                 for round_index in range(args.repeat):
                     order = round_order(tools, round_index)
                     orders[case.name].append(order)
