@@ -8,6 +8,10 @@ C-CANCEL between two results.
 
 Choices where PS3.4 leaves room (the conformance statement repeats them):
 
+- SOPClassesInStudy (0008,0062) is computed from the study's instances,
+  at STUDY level only, and only when asked for (it reads every instance row
+  of each answer's study); at SERIES and IMAGE level it is treated as a
+  key the index does not store.
 - Keys of the query level or above that the index does not store are
   returned zero-length and never restrict the match; so are sequence keys
   and private or unknown attributes.  Keys of a level below the query level
@@ -28,14 +32,14 @@ Choices where PS3.4 leaves room (the conformance statement repeats them):
 import warnings
 from dataclasses import dataclass, field
 
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Aggregate, CharField, Exists, OuterRef, Q, Subquery
 from pydicom.charset import convert_encodings
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from dicomnodes.models import Series
+from dicomnodes.models import Instance, Series
 from dicomnodes.net.elements import PADDING
 from dicomnodes.query.levels import IMAGE, LEVELS, MODELS, PATIENT, SERIES, STUDY, levels_above
 from dicomnodes.query.rules import (
@@ -76,6 +80,7 @@ class Key:
     upper: str = ""  # upper-cased copy, for case-insensitive person names
     on_study: bool = False  # the Study row holds a copy (read it from there below PATIENT level)
     multi: bool = False  # stored backslash-joined
+    derived: bool = False  # computed per answer at its own level (DERIVED), not a column
 
 
 KEYS = {
@@ -99,6 +104,7 @@ KEYS = {
     "ModalitiesInStudy": Key(STUDY, "modalities_in_study", "CS", multi=True),  # (0008,0061)
     "NumberOfStudyRelatedSeries": Key(STUDY, "num_series", "IS"),  # (0020,1206)
     "NumberOfStudyRelatedInstances": Key(STUDY, "num_instances", "IS"),  # (0020,1208)
+    "SOPClassesInStudy": Key(STUDY, "sop_classes_in_study", "UI", multi=True, derived=True),  # (0008,0062)
     # Series level (C.6.1.1.4)
     "SeriesInstanceUID": Key(SERIES, "series_instance_uid", "UI"),  # (0020,000E) UI, unique key
     "Modality": Key(SERIES, "modality", "CS"),  # (0008,0060)
@@ -125,7 +131,7 @@ UNSTORED_KEYS = {
     },
     STUDY: {
         "OtherStudyNumbers", "NameOfPhysiciansReadingStudy", "AdmittingDiagnosesDescription", "PatientAge",
-        "PatientSize", "PatientWeight", "Occupation", "AdditionalPatientHistory", "SOPClassesInStudy",
+        "PatientSize", "PatientWeight", "Occupation", "AdditionalPatientHistory",
         "AnatomicRegionsInStudyCodeSequence", "ProcedureCodeSequence", "IssuerOfAccessionNumberSequence",
     },
     SERIES: {
@@ -185,7 +191,7 @@ def build_query(
         _check_unique_key(identifier, LEVELS[upper].unique_key)
 
     row_model, paths = LEVELS[level].model, LEVELS[level].paths
-    condition, query = Q(), Query(level=level, queryset=None)
+    condition, query, derived = Q(), Query(level=level, queryset=None), {}
     for tag in sorted(identifier.keys()):
         if tag & 0xFFFF == 0:  # group length
             continue
@@ -199,8 +205,13 @@ def build_query(
         key_level = key.level if key else _UNSTORED_LEVEL.get(keyword, level)
         if _rank(key_level, levels) > levels.index(level):
             raise QueryError(IDENTIFIER_DOES_NOT_MATCH, f"{keyword} is below the {level} level")
-        if key is None or elem.VR == "SQ":
+        if key is None or elem.VR == "SQ" or (key.derived and key.level != level):
             query.fields.append(_Field(int(elem.tag), elem.VR))
+            continue
+        if key.derived:
+            derived[key.column] = DERIVED[key.column]()
+            query.fields.append(_Field(int(elem.tag), key.vr, key.column, key.multi))
+            condition &= DERIVED_MATCH[key.column]([parse_uid(v) for v in _texts(elem) if v and not is_universal(v)])
             continue
         path = paths[STUDY] if key.on_study and level != PATIENT else paths.get(key.level, "")
         query.fields.append(_Field(int(elem.tag), key.vr, path + key.column, key.multi))
@@ -208,8 +219,43 @@ def build_query(
 
     columns = list(dict.fromkeys(f.column for f in query.fields if f.column))
     rows = row_model.objects.all() if rows is None else rows
-    query.queryset = rows.filter(condition).order_by("pk").values(*columns)
+    query.queryset = rows.filter(condition).annotate(**derived).order_by("pk").values(*columns)
     return query
+
+
+class _JoinedDistinct(Aggregate):
+    """The distinct values of a text column, backslash-joined (a multi-valued
+    DICOM value), in order on PostgreSQL.  SQLite's GROUP_CONCAT(DISTINCT …)
+    takes no separator: it joins with commas, which no UID holds."""
+
+    function = "STRING_AGG"
+    template = "%(function)s(DISTINCT %(expressions)s, '\\' ORDER BY %(expressions)s)"
+    output_field = CharField()
+
+    def as_sqlite(self, compiler, connection, **extra):
+        return self.as_sql(
+            compiler, connection, template="REPLACE(GROUP_CONCAT(DISTINCT %(expressions)s), ',', '\\')", **extra
+        )
+
+
+def _sop_classes_in_study():
+    """SOPClassesInStudy of each Study row: one correlated subquery, read
+    only for the answers (after any limit), by the instance's series index."""
+    instances = Instance.objects.filter(series__study=OuterRef("pk")).order_by().values("series__study")
+    return Subquery(instances.annotate(joined=_JoinedDistinct("sop_class_uid")).values("joined"))
+
+
+def _sop_classes_match(uids):
+    """PS3.4 C.2.2.2.2 list of UID matching on a multi-valued key: a study
+    matches when it holds an instance of any of the SOP classes."""
+    if not uids:
+        return universal_match()
+    return Q(Exists(Instance.objects.filter(series__study=OuterRef("pk"), sop_class_uid__in=uids)))
+
+
+# Keys computed per answer (Key.derived), at STUDY level: column -> the annotation, the condition.
+DERIVED = {"sop_classes_in_study": _sop_classes_in_study}
+DERIVED_MATCH = {"sop_classes_in_study": _sop_classes_match}
 
 
 def key_condition(key: Key, path: str, values, *, level: str, case_insensitive: bool) -> Q:

@@ -121,8 +121,8 @@ def study_summary(run, requestor):
     and SOP Classes in Study (0008,0062) (PS3.4 C.6.1.1.4, Table C.6-5).
 
     None when a study's answer lacks either or holds something else than a
-    count and UIDs (our own C-FIND returns SOP Classes in Study empty, as
-    many archives do): the caller then walks down to every instance.
+    count and UIDs (many archives return SOP Classes in Study empty; ours
+    and Orthanc fill it in): the caller then walks down to every instance.
     Orthanc took 1.15 s for that walk of a 2000-instance corpus (20 series,
     findscu from the shell), against one answer per study here; a study the
     peer does not hold counts 0."""

@@ -15,7 +15,7 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
-from pydicom.uid import CTImageStorage, generate_uid
+from pydicom.uid import CTImageStorage, MRImageStorage, SecondaryCaptureImageStorage, generate_uid
 from pynetdicom.dsutils import decode, encode
 
 from dicomnodes.archive.header import read_header_file
@@ -35,9 +35,11 @@ ALWAYS = {"SpecificCharacterSet", "QueryRetrieveLevel", "RetrieveAETitle"}
 def add(tmp_path):
     """add(**make_ct arguments, modality=..., study_time=...) indexes one new file."""
 
-    def make(*, modality="CT", study_time="101500", **kwargs):
+    def make(*, modality="CT", study_time="101500", sop_class_uid=CTImageStorage, **kwargs):
         path = make_ct(tmp_path / f"{uuid.uuid4().hex}.dcm", size=8, **kwargs)
-        header = dataclasses.replace(read_header_file(path), modality=modality, study_time=study_time)
+        header = dataclasses.replace(
+            read_header_file(path), modality=modality, study_time=study_time, sop_class_uid=sop_class_uid
+        )
         apply_batch([IndexItem(header=header, file_size=1, file_is_new=True, overwrite=False)])
         return header
 
@@ -258,6 +260,39 @@ def test_modalities_in_study_matches_any_of_the_study_modalities(archive):
     images = dict(StudyInstanceUID=archive.s1, SeriesInstanceUID=archive.ct_series, SOPInstanceUID="")
     assert len(find("IMAGE", **images, ModalitiesInStudy="M?")) == 2
     assert find("IMAGE", **images, ModalitiesInStudy="U?") == []
+
+
+# --- SOPClassesInStudy --------------------------------------------------------------
+
+
+def test_sop_classes_in_study_lists_each_class_of_the_study_once(archive, add):
+    study, mr_series = generate_uid(), generate_uid()
+    for number in (1, 2):
+        add(study_uid=study, series_uid=mr_series, modality="MR", sop_class_uid=MRImageStorage, instance_number=number)
+    add(study_uid=study, modality="OT", sop_class_uid=SecondaryCaptureImageStorage)
+    [answer] = find(StudyInstanceUID=study, SOPClassesInStudy="")
+    assert sorted(answer.SOPClassesInStudy) == sorted([MRImageStorage, SecondaryCaptureImageStorage])
+    [s1] = find(StudyInstanceUID=archive.s1, SOPClassesInStudy="")
+    assert s1.SOPClassesInStudy == CTImageStorage  # one class: a single value, however many instances
+    assert len(find(SOPClassesInStudy="")) == 7, "an empty key restricts nothing"
+
+
+def test_sop_classes_in_study_matches_a_study_holding_any_of_the_classes(archive, add):
+    study = generate_uid()
+    add(study_uid=study, modality="OT", sop_class_uid=SecondaryCaptureImageStorage)
+    assert studies(SOPClassesInStudy=SecondaryCaptureImageStorage) == {study}
+    assert studies(SOPClassesInStudy=[MRImageStorage, SecondaryCaptureImageStorage]) == {study}
+    everything = {archive.s1, archive.s2, archive.s3, archive.s4, archive.s5, archive.s6, study}
+    assert studies(SOPClassesInStudy=[SecondaryCaptureImageStorage, CTImageStorage]) == everything
+    assert studies(SOPClassesInStudy="1.2.3.4") == set()
+    assert refused(SOPClassesInStudy="1.2.840.10008.5.1.4.1.1.*") == 0xC000  # no wildcards in UIDs
+
+
+def test_below_the_study_level_sop_classes_in_study_is_returned_empty_and_restricts_nothing(archive):
+    keys = dict(StudyInstanceUID=archive.s1, SeriesInstanceUID="", SOPClassesInStudy="1.2.3.4")
+    series = find("SERIES", **keys)
+    assert {ds.SeriesInstanceUID for ds in series} == {archive.ct_series, archive.mr_series}
+    assert all(ds.SOPClassesInStudy in ("", None) for ds in series)
 
 
 # --- hierarchy ------------------------------------------------------------------------

@@ -4,7 +4,7 @@ import time
 
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
+from pydicom.uid import CTImageStorage, generate_uid
 
 from dicomnodes.models import DicomServerSettings, Peer
 from tests.support.dicomdata import make_ct, make_ct_series
@@ -78,6 +78,7 @@ def test_study_root_study_level_by_patient_id(shared_scp, four_studies, tmp_path
         "StudyDate",
         "NumberOfStudyRelatedInstances",
         "ModalitiesInStudy",
+        "SOPClassesInStudy",
     )
     assert sorted(a.StudyInstanceUID for a in answers) == sorted([four_studies["smith1"], four_studies["smith2"]])
     counts = {a.StudyInstanceUID: int(a.NumberOfStudyRelatedInstances) for a in answers}
@@ -85,6 +86,7 @@ def test_study_root_study_level_by_patient_id(shared_scp, four_studies, tmp_path
     for a in answers:
         assert a.SpecificCharacterSet == "ISO_IR 192"
         assert a.ModalitiesInStudy == "CT"
+        assert a.SOPClassesInStudy == CTImageStorage
         assert set(a.dir()) >= {"StudyInstanceUID", "StudyDate", "PatientID", "QueryRetrieveLevel"}
         assert "AccessionNumber" not in a, "only the requested keys come back"
 
