@@ -462,7 +462,8 @@ def print_table(results: dict, cases: list[Case]) -> None:
     print_aligned([*headers, "ours/Orthanc"], rows)
     print(
         "DCMTK: storescu (send), movescu to a storescp / getscu (move/get from Orthanc); Orthanc: REST store "
-        "to the storescp, synchronous;\nours: runscp + a django-q2 worker + the web process, 1 or "
+        "to the storescp (send), a second Orthanc's REST C-MOVE to itself (move), synchronous;\n"
+        "ours: runscp + a django-q2 worker + the web process, 1 or "
         f"{PARALLEL} jobs POSTed to /api/transfers/, first job created to last job finished (TransferJob rows);\n"
         "'ours jobs': first job started to last job finished (the difference is the dispatch: broker poll, claim)."
     )
