@@ -20,6 +20,7 @@ from dicomweb_client.api import DICOMwebClient
 from django.contrib.auth.models import Permission, User
 from django.test import override_settings
 from django.utils import timezone
+from pydicom.uid import CTImageStorage
 from rest_framework.authtoken.models import Token
 
 from dicomnodes.archive import storage
@@ -229,6 +230,10 @@ def test_includefield_adds_attributes_and_all_adds_every_one_the_index_holds(sta
     assert "00100021" in included and "00080060" not in included  # Modality is below the study level: left out
     every = staff.search_for_studies(search_filters={"PatientID": "P1"}, fields=["all"])[0]
     assert every["00201200"]["Value"] == [1]  # NumberOfPatientRelatedStudies
+    assert every["00080062"] == {"vr": "UI", "Value": [CTImageStorage]}  # SOPClassesInStudy, from the instances
+    by_class = staff.search_for_studies(search_filters={"PatientID": "P1", "SOPClassesInStudy": CTImageStorage})
+    assert len(by_class) == 1
+    assert staff.search_for_studies(search_filters={"PatientID": "P1", "SOPClassesInStudy": "1.2.3.4"}) == []
 
 
 def test_no_match_is_204_no_content(site, staff):
