@@ -266,10 +266,11 @@ class IndexWriter:
     its connection, PostgreSQL synchronous_commit=off): the thread syncs the
     SQLite WAL itself at most `sync_after` seconds after a commit (PostgreSQL's
     WAL writer does within 3 × wal_writer_delay).  A power cut can thus roll
-    back the last second of rows, never a file: "fsync on store" synced each
-    file before its row was handed here, and the scan at every start of
-    runscp (`reconcile.index_orphans`) indexes the files newer than the
-    newest row again.  A lone sender with fsync on waited for three syncs
+    back the last second of rows, never a file: "fsync on store" syncs each
+    file before its sender is answered (while its row commits here), and the
+    scan at every start of runscp (`reconcile.index_orphans`) indexes the
+    files newer than the newest row again, and drops the rows of files a
+    power cut left incomplete (docs/storage.md, Durability).  A lone sender with fsync on waited for three syncs
     per instance (file, folder, WAL), now two (docs/storage.md has the
     figures).  Every other connection keeps PACS_SQLITE_SYNCHRONOUS (FULL).
 

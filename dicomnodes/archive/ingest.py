@@ -16,11 +16,13 @@ from django.conf import settings
 from dicomnodes.archive.fastheader import read_header_fast
 from dicomnodes.archive.header import UnreadableDataset, read_header
 from dicomnodes.archive.index import IndexItem, IndexUnavailable
+from dicomnodes.archive.reconcile import forget_unsynced
 from dicomnodes.archive.storage import (
     FileRegion,
     StorageFull,
     file_meta_bytes,
     instance_path,
+    place,
     storage_root,
     write_atomically,
     write_chunks,
@@ -109,7 +111,12 @@ def store_received(
 
     path = instance_path(header.sop_instance_uid)
     try:
-        is_new = write_atomically(path, (meta, body), overwrite=overwrite, fsync=fsync)
+        if overwrite:
+            placed = None
+            is_new = write_atomically(path, (meta, body), overwrite=True, fsync=fsync)
+        else:
+            placed = place(path, (meta, body))
+            is_new = placed.is_new
     except StorageFull as exc:
         logger.error("C-STORE from %s: out of disk space: %s", calling_ae, exc)
         return StoreResult(Status.OUT_OF_RESOURCES, "Out of resources: storage is full")
@@ -126,11 +133,19 @@ def store_received(
         calling_ae=calling_ae,
         association_id=association_id,
     )
+    # The row is committed while the disk syncs the file (keep-first): the
+    # sender's Success still waits for both.
+    pending = writer.submit(item)
+    failed = _finish(placed, fsync, calling_ae)
     try:
-        outcome = writer.submit(item).wait(wait_timeout)
+        outcome = pending.wait(wait_timeout)
     except IndexUnavailable as exc:
         logger.error("C-STORE from %s: file stored but not indexed: %s", calling_ae, exc)
-        return StoreResult(Status.PROCESSING_FAILURE, f"Index unavailable: {exc}")
+        return failed or StoreResult(Status.PROCESSING_FAILURE, f"Index unavailable: {exc}")
+    if failed:
+        if is_new:
+            forget_unsynced([header.sop_instance_uid])
+        return failed
     return StoreResult(
         Status.SUCCESS,
         outcome=outcome,
@@ -138,6 +153,28 @@ def store_received(
         study_instance_uid=header.study_instance_uid,
         series_instance_uid=header.series_instance_uid,
     )
+
+
+def _finish(placed, fsync, calling_ae) -> StoreResult | None:
+    """Sync a placed file; the failure's StoreResult, or None."""
+    if placed is None:
+        return None
+    try:
+        placed.finish(fsync)
+    except StorageFull as exc:
+        logger.error("C-STORE from %s: out of disk space: %s", calling_ae, exc)
+        failed = StoreResult(Status.OUT_OF_RESOURCES, "Out of resources: storage is full")
+    except OSError as exc:
+        logger.error("C-STORE from %s: cannot sync the file: %s", calling_ae, exc)
+        failed = StoreResult(Status.OUT_OF_RESOURCES, f"Out of resources: {exc.strerror or exc}")
+    else:
+        return None
+    if placed.is_new:  # not on disk for sure: the sender sends it again
+        try:
+            os.unlink(placed.path)
+        except OSError:
+            pass
+    return failed
 
 
 def read_checked_header(meta, raw, transfer_syntax_uid, sop_class_uid, sop_instance_uid, max_inflated):

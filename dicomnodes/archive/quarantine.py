@@ -5,6 +5,8 @@ retention pruner bounds the folder.  A name from a request is only ever
 used after it matched that pattern: no path is built from anything else."""
 
 import re
+import shutil
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from datetime import timezone as dt_timezone
@@ -59,3 +61,21 @@ def delete(name: str) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def set_aside(path: Path) -> str:
+    """Move a stored file that must not stay where it is (incomplete after a
+    power cut) into the quarantine folder; its name there, or "" if it
+    could not be moved (it is then unlinked, so that the instance can be
+    stored again)."""
+    target = folder() / f"{uuid.uuid4().hex}.dcm"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(path, target)
+        return target.name
+    except OSError:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        return ""

@@ -19,6 +19,7 @@ indexing them (the deleted study would come back).
 """
 
 import logging
+import mmap
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
@@ -31,8 +32,10 @@ from pydicom.filereader import read_file_meta_info
 from dicomnodes.archive.header import UnreadableDataset, read_header_file
 from dicomnodes.archive.hierarchy import HierarchyCache, recount
 from dicomnodes.archive.index import IndexItem, index_instances
+from dicomnodes.archive.quarantine import set_aside
 from dicomnodes.archive.rawsql import existing_instances
 from dicomnodes.archive.storage import instance_path, storage_root
+from dicomnodes.archive.structure import DEFLATED, check_structure
 from dicomnodes.archive.tombstones import forget_old, pending_uids, unlink_pending
 from dicomnodes.models import Instance, Patient, Series, Study
 
@@ -52,14 +55,22 @@ class NotAnInstance(ValueError):
     """A file in the storage folder that cannot be indexed (the reason)."""
 
 
-def read_item(path: Path, root: Path | None = None) -> IndexItem:
-    """The IndexItem for one stored file (header only, never the pixels);
-    its received_at is the file's modification time."""
+class Unreadable(NotAnInstance):
+    """A stored file that cannot be read whole: cut short, empty, not DICOM."""
+
+
+def read_item(path: Path, root: Path | None = None, *, whole: bool = False) -> IndexItem:
+    """The IndexItem for one stored file (header only, never the pixels,
+    unless `whole`: then the structure of the whole dataset is checked
+    too, as when it was received); its received_at is the file's
+    modification time."""
     root = root or storage_root()
     try:
         header = read_header_file(path)
+        if whole:
+            check_file_structure(path)
     except UnreadableDataset as exc:
-        raise NotAnInstance(str(exc)) from exc
+        raise Unreadable(str(exc)) from exc
     except OSError as exc:
         raise NotAnInstance(f"cannot read it: {exc.strerror or exc}") from exc
     if instance_path(header.sop_instance_uid, root) != path:
@@ -75,6 +86,28 @@ def read_item(path: Path, root: Path | None = None) -> IndexItem:
         calling_ae=calling[:16],
         received_at=datetime.fromtimestamp(stat.st_mtime, tz=dt_timezone.utc),
     )
+
+
+def check_file_structure(path: Path) -> None:
+    """`structure.check_structure` on a stored file's dataset (behind the
+    file meta group, whose length our files always give); a file cut short
+    (a power cut before its sync) fails it.  A deflated dataset is only
+    read as far as its header."""
+    meta = read_file_meta_info(path)
+    syntax = str(meta.get("TransferSyntaxUID", ""))
+    length = meta.get("FileMetaInformationGroupLength")
+    if length is None:
+        raise UnreadableDataset("the file meta group gives no length")
+    if syntax in DEFLATED:
+        return
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        with memoryview(mapped) as view:
+            start = 132 + 12 + int(length)  # preamble, DICM, (0002,0000) UL, the rest of the group
+            dataset = view[start:]
+            try:
+                check_structure(dataset, syntax)
+            finally:
+                dataset.release()
 
 
 def _meta_ae(path):
@@ -98,6 +131,8 @@ class OrphanScan:
     skipped: int = 0  # files that are not instances (logged)
     truncated: bool = False  # the limit was reached: run reindex
     unlinked: int = 0  # files of deleted instances removed
+    set_aside: int = 0  # incomplete files moved to the quarantine folder
+    dropped: int = 0  # rows deleted: their files were lost or cut short
 
 
 def index_orphans(*, root=None, margin=ORPHAN_MARGIN, limit=ORPHAN_LIMIT) -> OrphanScan:
@@ -126,11 +161,12 @@ def index_orphans(*, root=None, margin=ORPHAN_MARGIN, limit=ORPHAN_LIMIT) -> Orp
     forget_old()
     newest = Instance.objects.aggregate(newest=Max("received_at"))["newest"]
     cutoff = (newest - margin).timestamp() if newest else None
-    indexed = set()
+    indexed = {}
     if newest is not None:
         since = newest - margin - timedelta(seconds=1)
-        recent = Instance.objects.filter(received_at__gte=since).values_list("sop_instance_uid", flat=True)
-        indexed = {instance_path(uid, root) for uid in recent.iterator()}
+        recent = Instance.objects.filter(received_at__gte=since).values_list("sop_instance_uid", "file_size")
+        indexed = {instance_path(uid, root): (uid, size) for uid, size in recent.iterator()}
+        scan.dropped = _drop_unsynced(indexed, root)
     pending = []
     for path in _files_newer_than(root, cutoff):
         if path in indexed:
@@ -139,10 +175,15 @@ def index_orphans(*, root=None, margin=ORPHAN_MARGIN, limit=ORPHAN_LIMIT) -> Orp
             scan.truncated = True
             break
         try:
-            pending.append(read_item(path, root))
+            pending.append(read_item(path, root, whole=True))
         except NotAnInstance as exc:
-            logger.warning("storage file %s is not indexed: %s", path.relative_to(root), exc)
-            scan.skipped += 1
+            if isinstance(exc, Unreadable) and _ours(path, root):
+                name = set_aside(path)
+                logger.warning("stored file %s is incomplete (%s), moved to quarantine/%s", path.name, exc, name)
+                scan.set_aside += 1
+            else:
+                logger.warning("storage file %s is not indexed: %s", path.relative_to(root), exc)
+                scan.skipped += 1
     cache = HierarchyCache()
     for start in range(0, len(pending), BATCH):
         scan.indexed += _index_new(pending[start : start + BATCH], cache)
@@ -151,6 +192,42 @@ def index_orphans(*, root=None, margin=ORPHAN_MARGIN, limit=ORPHAN_LIMIT) -> Orp
     if scan.truncated:
         logger.warning("more than %d stored files newer than the index were found: run `manage.py reindex`", limit)
     return scan
+
+
+def _drop_unsynced(indexed: dict, root: Path) -> int:
+    """The rows of the last minutes whose file is missing or not of the
+    size the row says: with fsync on store, a row is committed while its
+    file syncs, and a power cut can keep the row and lose the file's bytes.
+    Such an instance was never answered Success; its file is moved to the
+    quarantine folder and its row deleted, so the sender's next try stores
+    it again.  Returns the rows deleted."""
+    broken = []
+    for path, (uid, size) in indexed.items():
+        try:
+            if path.stat().st_size == size:
+                continue
+        except FileNotFoundError:
+            broken.append(uid)
+            continue
+        name = set_aside(path)
+        logger.warning("stored file %s is not the size its row says, moved to quarantine/%s", path.name, name)
+        broken.append(uid)
+    if not broken:
+        return 0
+    dropped = forget_unsynced(broken, root)
+    if dropped:
+        logger.warning("deleted %d index rows whose files were lost (a power cut before their sync)", dropped)
+    return dropped
+
+
+def _ours(path: Path, root: Path) -> bool:
+    """A name we write: the SHA-256 path of some SOP Instance UID (a file
+    there that cannot be read is one cut short, not someone else's)."""
+    return (
+        len(path.name) == 64
+        and path.parent.parent.parent == root
+        and path.name.startswith(path.parent.parent.name + path.parent.name)
+    )
 
 
 def _files_newer_than(root: Path, cutoff: float | None):
@@ -300,13 +377,29 @@ def remove_missing(root=None, *, batch=BATCH) -> int:
         last = chunk[-1][0]
         gone = [pk for pk, uid in chunk if not instance_path(uid, root).exists()]
         if gone:
-            with transaction.atomic():
-                rows = Instance.objects.filter(pk__in=gone).values_list("pk", "sop_instance_uid", "series_id")
-                really = [(pk, series) for pk, uid, series in rows if not instance_path(uid, root).exists()]
-                Instance.objects.filter(pk__in=[pk for pk, _ in really]).delete()
-                recount(series_ids={series for _, series in really})
-                deleted += len(really)
+            deleted += _delete_without_files(Instance.objects.filter(pk__in=gone), root)
     return deleted
+
+
+def forget_unsynced(uids, root=None) -> int:
+    """Delete the rows of `uids` whose file is gone: a file that could not
+    be synced was unlinked after its row was handed to the writer (the
+    sender got a failure and sends it again).  Returns the rows deleted."""
+    root = Path(root or storage_root())
+    return _delete_without_files(Instance.objects.filter(sop_instance_uid__in=list(uids)), root)
+
+
+def _delete_without_files(rows, root) -> int:
+    """Delete those of `rows` whose file is missing inside the transaction
+    that deletes them, then recount (series, studies and patients left
+    empty go too)."""
+    with transaction.atomic():
+        found = rows.values_list("pk", "sop_instance_uid", "series_id")
+        really = [(pk, series) for pk, uid, series in found if not instance_path(uid, root).exists()]
+        if really:
+            Instance.objects.filter(pk__in=[pk for pk, _ in really]).delete()
+            recount(series_ids={series for _, series in really})
+    return len(really)
 
 
 def recount_everything(*, batch=BATCH) -> None:

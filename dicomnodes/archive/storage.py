@@ -84,44 +84,119 @@ def write_atomically(path: Path, chunks, *, overwrite: bool, fsync: bool) -> boo
     Returns True if the file is new (or was overwritten), False if a file was
     already there and `overwrite` is off (it is left untouched).  A reader
     never sees a partial file: the temporary is linked or renamed into place
-    only once complete.  Raises StorageFull on ENOSPC/EDQUOT.
+    only once complete.  Raises StorageFull on ENOSPC/EDQUOT.  With `fsync`
+    the file (and its folder) is on disk before this returns, and before it
+    takes the place of an earlier copy.
     """
-    folder = path.parent
-    if folder not in _made_dirs:
-        folder.mkdir(parents=True, exist_ok=True)
-        _made_dirs.add(folder)
-    tmp = folder / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    if not overwrite:
+        placed = place(path, chunks)
+        placed.finish(fsync)
+        return placed.is_new
+    folder, tmp, fd = _temporary(path)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # patient data: the owner only
         try:
             write_chunks(fd, chunks)
             if fsync:
                 os.fsync(fd)
         finally:
             os.close(fd)
-        if overwrite:
-            os.replace(tmp, path)
-            is_new = True
-        else:
-            # link() fails if the target exists: "keep the first" without a
-            # race between two associations that send the same instance.
-            try:
-                os.link(tmp, path)
-                is_new = True
-            except FileExistsError:
-                is_new = False
-            os.unlink(tmp)
-        if fsync and is_new:
+        os.replace(tmp, path)
+        if fsync:
             _fsync_dir(folder)
-        return is_new
+        return True
     except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise StorageFull(exc.errno, f"no space left for {path.name[:12]}…") from exc
+        _discard(tmp)
+        _raise_if_full(exc, path)
         raise
+
+
+class Placed:
+    """A file written and linked under its final name, "keep the first"
+    (`place()`), whose bytes may not be on disk yet: `finish(fsync)` syncs
+    it and its folder.  `is_new` is False when a file was already there; with
+    fsync that file is synced too, as it may be another association's that
+    is not yet on disk."""
+
+    def __init__(self, path: Path, fd: int, is_new: bool):
+        self.path = path
+        self.is_new = is_new
+        self._fd = fd
+
+    def finish(self, fsync: bool) -> None:
+        """Sync the file and its folder (with `fsync`); raises StorageFull or OSError."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            if fsync and not self.is_new:
+                fd = _reopen(fd, self.path)
+            if fsync:
+                os.fsync(fd)
+        except OSError as exc:
+            _raise_if_full(exc, self.path)
+            raise
+        finally:
+            os.close(fd)
+        if fsync:
+            _fsync_dir(self.path.parent)
+
+
+def place(path: Path, chunks) -> Placed:
+    """Write `chunks` to a temporary in `path`'s folder, then link it to
+    `path` unless a file is there ("keep the first", without a race between
+    two associations sending the same instance); the file is complete before
+    its name appears, so a reader (or a crash of this process) never finds
+    a partial file there.  The caller syncs it with `Placed.finish()`: in
+    between it may hand the file's index row to the writer, whose commit then
+    runs while the disk syncs (store_received; docs/storage.md, Durability).
+    Raises StorageFull on ENOSPC/EDQUOT."""
+    folder, tmp, fd = _temporary(path)
+    try:
+        write_chunks(fd, chunks)
+        try:
+            os.link(tmp, path)
+            is_new = True
+        except FileExistsError:
+            is_new = False
+        os.unlink(tmp)
+    except OSError as exc:
+        os.close(fd)
+        _discard(tmp)
+        _raise_if_full(exc, path)
+        raise
+    return Placed(path, fd, is_new)
+
+
+def _temporary(path: Path):
+    """(folder, temporary path, fd open for writing) next to `path`."""
+    folder = path.parent
+    if folder not in _made_dirs:
+        folder.mkdir(parents=True, exist_ok=True)
+        _made_dirs.add(folder)
+    tmp = folder / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        return folder, tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # patient data: the owner only
+    except OSError as exc:
+        _raise_if_full(exc, path)
+        raise
+
+
+def _reopen(fd: int, path: Path) -> int:
+    """The kept file instead of our unlinked temporary (closed)."""
+    os.close(fd)
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+
+def _discard(tmp: Path) -> None:
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+
+
+def _raise_if_full(exc: OSError, path: Path) -> None:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT) and not isinstance(exc, StorageFull):
+        raise StorageFull(exc.errno, f"no space left for {path.name[:12]}…") from exc
 
 
 class FileRegion:

@@ -18,6 +18,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
+from dicomnodes.archive import storage
 from dicomnodes.archive.index import IndexWriter
 from dicomnodes.archive.storage import instance_path
 from dicomnodes.dimse import Caller, Status
@@ -176,6 +177,26 @@ def test_a_modality_stores_an_image_as_received_and_it_is_indexed(config, writer
     assert (code, comment, uid) == (Status.SUCCESS, "", ds.SOPInstanceUID)
     assert instance_path(uid).read_bytes().endswith(raw)  # the bytes as they came
     assert Instance.objects.get(sop_instance_uid=uid).series.study.patient_id == "PAT001"
+
+
+def test_a_file_that_cannot_be_synced_is_neither_kept_nor_indexed_and_the_sender_is_told(
+    config, writer, data_dir, tmp_path, monkeypatch
+):
+    """The row is handed to the writer while the file syncs: when the sync
+    fails, both go (the sender got no Success and sends it again)."""
+    raw, ds = _dataset_bytes(make_ct(tmp_path / "ct.dcm"))
+
+    def failing_sync(folder):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(storage, "_fsync_dir", failing_sync)  # a disk that fails: not cheap to have for real
+    code, comment, _ = _store(config, writer, raw, ds)
+    assert (code, comment) == (Status.OUT_OF_RESOURCES, "Out of resources: Input/output error")
+    assert not instance_path(ds.SOPInstanceUID).exists()
+    assert not Instance.objects.exists()
+    monkeypatch.undo()
+    assert _store(config, writer, raw, ds)[0] == Status.SUCCESS  # sent again, stored
+    assert Instance.objects.get().series.num_instances == 1
 
 
 def test_a_stranger_may_not_store_and_nothing_is_written(config, writer, data_dir, tmp_path):

@@ -8,8 +8,9 @@ import time
 import pydicom
 import pytest
 
+from dicomnodes.archive import quarantine
 from dicomnodes.archive.reconcile import index_orphans
-from dicomnodes.archive.storage import instance_path
+from dicomnodes.archive.storage import instance_path, write_atomically
 from dicomnodes.models import Instance, Study
 from tests.support.archive import archive_files
 from tests.support.dicomdata import make_ct, make_ct_series
@@ -83,14 +84,56 @@ def test_the_scan_at_start_reads_at_most_its_limit_and_says_so(data_dir, tmp_pat
 
 
 @pytest.mark.django_db
-def test_the_scan_at_start_leaves_files_that_are_not_instances(data_dir, tmp_path):
+def test_the_scan_at_start_leaves_misplaced_instances_and_sets_unreadable_files_aside(data_dir, tmp_path):
+    """An unreadable file under one of our names is one a power cut cut
+    short: it goes to the quarantine folder, so that its name is free."""
     stray = data_dir / "storage" / "ab" / "cd" / ("ab" + "cd" + "0" * 60)
     stray.parent.mkdir(parents=True)
     stray.write_bytes(b"not DICOM")
     misplaced = make_ct(tmp_path / "misplaced.dcm")
     shutil.copyfile(misplaced, stray.with_name("abcd" + "1" * 60))
+    foreign = stray.with_name("notes.txt")
+    foreign.write_bytes(b"someone's")
 
     scan = index_orphans()
 
-    assert (scan.indexed, scan.skipped) == (0, 2)
+    assert (scan.indexed, scan.skipped, scan.set_aside) == (0, 2, 1)
     assert Instance.objects.count() == 0
+    assert not stray.exists() and stray.with_name("abcd" + "1" * 60).exists() and foreign.exists()
+    [kept] = quarantine.listing()
+    assert quarantine.path_of(kept.name).read_bytes() == b"not DICOM"
+
+
+@pytest.mark.django_db
+def test_the_scan_at_start_sets_aside_a_file_cut_short_and_the_instance_can_be_stored_again(data_dir, tmp_path):
+    src = make_ct(tmp_path / "cut.dcm", size=64)
+    uid = leave_orphan(src)
+    path = instance_path(uid)
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-1000])  # a power cut before its sync: the name, not all the bytes
+
+    scan = index_orphans()
+
+    assert (scan.indexed, scan.set_aside) == (0, 1)
+    assert not path.exists() and not Instance.objects.exists()
+    [kept] = quarantine.listing()
+    assert quarantine.path_of(kept.name).read_bytes() == whole[:-1000]
+    assert write_atomically(path, (whole,), overwrite=False, fsync=True) is True  # the sender's next try
+
+
+@pytest.mark.django_db
+def test_the_scan_at_start_drops_recent_rows_whose_files_were_lost_or_cut_short(data_dir, tmp_path):
+    rows = archive_files(make_ct_series(tmp_path / "s", 3, patient_id="P1"))
+    cut, lost, kept = (instance_path(r.sop_instance_uid) for r in rows)
+    cut.write_bytes(cut.read_bytes()[:-1000])
+    lost.unlink()
+
+    scan = index_orphans()
+
+    assert scan.dropped == 2
+    assert list(Instance.objects.values_list("sop_instance_uid", flat=True)) == [rows[2].sop_instance_uid]
+    study = Study.objects.get()
+    assert (study.num_instances, study.series.get().num_instances) == (1, 1)
+    assert not cut.exists() and kept.exists()
+    assert len(quarantine.listing()) == 1
+    assert index_orphans().dropped == 0
