@@ -127,9 +127,10 @@ class Placed:
         fd, self._fd = self._fd, None
         if fd is None:
             return
+        if fsync and not self.is_new:  # the kept file instead of our unlinked temporary
+            os.close(fd)
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            if fsync and not self.is_new:
-                fd = _reopen(fd, self.path)
             if fsync:
                 os.fsync(fd)
         except OSError as exc:
@@ -179,12 +180,6 @@ def _temporary(path: Path):
     except OSError as exc:
         _raise_if_full(exc, path)
         raise
-
-
-def _reopen(fd: int, path: Path) -> int:
-    """The kept file instead of our unlinked temporary (closed)."""
-    os.close(fd)
-    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
 
 
 def _discard(tmp: Path) -> None:

@@ -14,6 +14,7 @@ from dicomnodes.archive.storage import (
     IMPLEMENTATION_VERSION_NAME,
     file_meta_bytes,
     instance_path,
+    place,
     remove_stale_temporaries,
     write_atomically,
 )
@@ -128,6 +129,24 @@ def test_a_second_copy_is_not_written_when_keeping_the_first(target):
     assert write_atomically(target, (b"second",), overwrite=False, fsync=False) is False
     assert target.read_bytes() == b"first"
     assert temporaries(target.parent) == []
+
+
+def test_a_placed_file_is_whole_under_its_name_before_it_is_synced(target):
+    placed = place(target, (b"meta", b"-data"))
+    assert (placed.is_new, target.read_bytes()) == (True, b"meta-data")  # linked once complete
+    assert temporaries(target.parent) == []
+    placed.finish(True)
+    placed.finish(True)  # once only: the second call has nothing left to do
+    assert target.read_bytes() == b"meta-data"
+
+
+def test_placing_a_second_copy_keeps_the_first_and_syncs_the_file_kept(target):
+    place(target, (b"first",)).finish(True)
+    second = place(target, (b"second",))
+    assert (second.is_new, target.read_bytes(), temporaries(target.parent)) == (False, b"first", [])
+    target.unlink()  # the kept file is synced, not our temporary: gone, it cannot be
+    with pytest.raises(FileNotFoundError):
+        second.finish(True)
 
 
 def test_a_second_copy_replaces_the_first_when_overwriting(target):
