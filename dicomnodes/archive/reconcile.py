@@ -195,23 +195,37 @@ def index_orphans(*, root=None, margin=ORPHAN_MARGIN, limit=ORPHAN_LIMIT) -> Orp
 
 
 def _drop_unsynced(indexed: dict, root: Path) -> int:
-    """The rows of the last minutes whose file is missing or not of the
-    size the row says: with fsync on store, a row is committed while its
-    file syncs, and a power cut can keep the row and lose the file's bytes.
-    Such an instance was never answered Success; its file is moved to the
-    quarantine folder and its row deleted, so the sender's next try stores
-    it again.  Returns the rows deleted."""
-    broken = []
+    """The rows of the last minutes whose file is missing or cut short: with
+    fsync on store, a row is committed while its file syncs, and a power
+    cut can keep the row and lose the file's bytes.  Such an instance was
+    never answered Success; its file is moved to the quarantine folder and
+    its row deleted, so the sender's next try stores it again.  A file of
+    another size than its row says that reads whole as that instance (a
+    correction rewrote it and was stopped before its row followed) keeps
+    its row, which takes the file's size.  Returns the rows deleted."""
+    broken, resized = [], []
     for path, (uid, size) in indexed.items():
         try:
-            if path.stat().st_size == size:
-                continue
+            actual = path.stat().st_size
         except FileNotFoundError:
             broken.append(uid)
             continue
-        name = set_aside(path)
-        logger.warning("stored file %s is not the size its row says, moved to quarantine/%s", path.name, name)
-        broken.append(uid)
+        if actual == size:
+            continue
+        try:
+            read_item(path, root, whole=True)
+        except Unreadable as exc:
+            name = set_aside(path)
+            logger.warning("stored file %s is cut short (%s), moved to quarantine/%s", path.name, exc, name)
+            broken.append(uid)
+        except NotAnInstance as exc:  # misplaced, or not readable now: reindex tells
+            logger.warning("stored file %s is not the size its row says and is left as it is: %s", path.name, exc)
+        else:
+            resized.append((uid, actual))
+    for uid, actual in resized:
+        Instance.objects.filter(sop_instance_uid=uid).update(file_size=actual)
+    if resized:
+        logger.warning("%d index rows took the size of their files (rewritten since)", len(resized))
     if not broken:
         return 0
     dropped = forget_unsynced(broken, root)

@@ -137,3 +137,23 @@ def test_the_scan_at_start_drops_recent_rows_whose_files_were_lost_or_cut_short(
     assert not cut.exists() and kept.exists()
     assert len(quarantine.listing()) == 1
     assert index_orphans().dropped == 0
+
+
+@pytest.mark.django_db
+def test_the_scan_at_start_keeps_a_recent_row_whose_file_was_rewritten_whole_and_takes_its_size(data_dir, tmp_path):
+    """A correction rewrites the files, then their rows' sizes (and an
+    "overwrite" duplicate replaces the file before its row): a stop in
+    between leaves a whole file of another size, which is not a power cut's."""
+    [row] = archive_files([make_ct(tmp_path / "c.dcm", size=64)])
+    path = instance_path(row.sop_instance_uid)
+    ds = pydicom.dcmread(path)
+    ds.PatientName = "CORRECTED^NAME^WITH^A^LONGER^VALUE"
+    ds.save_as(path)
+    assert path.stat().st_size != Instance.objects.get().file_size
+
+    scan = index_orphans()
+
+    assert (scan.dropped, scan.set_aside) == (0, 0)
+    assert Instance.objects.get().file_size == path.stat().st_size
+    assert pydicom.dcmread(path).PatientName == "CORRECTED^NAME^WITH^A^LONGER^VALUE"
+    assert not quarantine.listing()
