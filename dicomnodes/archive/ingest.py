@@ -169,12 +169,7 @@ def _finish(placed, fsync, calling_ae) -> StoreResult | None:
         failed = StoreResult(Status.OUT_OF_RESOURCES, f"Out of resources: {exc.strerror or exc}")
     else:
         return None
-    if placed.is_new:  # not on disk for sure: the sender sends it again
-        try:
-            os.unlink(placed.path)
-        except OSError:
-            pass
-    return failed
+    return failed  # a new file is gone again (Placed.finish): the sender sends it again
 
 
 def read_checked_header(meta, raw, transfer_syntax_uid, sop_class_uid, sop_instance_uid, max_inflated):

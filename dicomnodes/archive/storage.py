@@ -123,23 +123,28 @@ class Placed:
         self._fd = fd
 
     def finish(self, fsync: bool) -> None:
-        """Sync the file and its folder (with `fsync`); raises StorageFull or OSError."""
+        """Sync the file and its folder (with `fsync`); raises StorageFull or
+        OSError, and then a file this store wrote is unlinked (it is not on
+        disk for sure: its sender is answered a failure and sends it again)."""
         fd, self._fd = self._fd, None
         if fd is None:
             return
-        if fsync and not self.is_new:  # the kept file instead of our unlinked temporary
-            os.close(fd)
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
+            if fsync and not self.is_new:  # the kept file instead of our unlinked temporary
+                os.close(fd)
+                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
             if fsync:
-                os.fsync(fd)
+                _fsync_dir(self.path.parent)
         except OSError as exc:
+            if self.is_new:
+                _discard(self.path)
             _raise_if_full(exc, self.path)
             raise
-        finally:
-            os.close(fd)
-        if fsync:
-            _fsync_dir(self.path.parent)
 
 
 def place(path: Path, chunks) -> Placed:
@@ -182,10 +187,11 @@ def _temporary(path: Path):
         raise
 
 
-def _discard(tmp: Path) -> None:
+def _discard(path: Path) -> None:
+    """Unlink on a failure's way out: never raises over the failure."""
     try:
-        os.unlink(tmp)
-    except FileNotFoundError:
+        os.unlink(path)
+    except OSError:
         pass
 
 

@@ -1,6 +1,7 @@
 """Files on disk (dicomnodes/storage.py): where an instance lives, the file
 meta we build, and writing through a temporary."""
 
+import errno
 import hashlib
 import os
 import time
@@ -9,6 +10,7 @@ import warnings
 import pydicom
 import pytest
 
+from dicomnodes.archive import storage
 from dicomnodes.archive.storage import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
@@ -147,6 +149,27 @@ def test_placing_a_second_copy_keeps_the_first_and_syncs_the_file_kept(target):
     target.unlink()  # the kept file is synced, not our temporary: gone, it cannot be
     with pytest.raises(FileNotFoundError):
         second.finish(True)
+
+
+def test_a_placed_file_that_cannot_be_synced_is_unlinked_and_a_kept_one_stays(target, monkeypatch):
+    """A sync that fails (an I/O error; made to fail here, as a disk will not
+    on demand) raises, and the file this store wrote goes: it is not on disk
+    for sure, and its sender, answered a failure, sends it again."""
+
+    def failing(folder):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(storage, "_fsync_dir", failing)
+    new = place(target, (b"first",))
+    with pytest.raises(OSError, match="Input/output"):
+        new.finish(True)
+    assert not target.exists() and temporaries(target.parent) == []
+
+    place(target, (b"first",)).finish(False)
+    kept = place(target, (b"second",))
+    with pytest.raises(OSError, match="Input/output"):
+        kept.finish(True)
+    assert target.read_bytes() == b"first"  # another store's file: not ours to remove
 
 
 def test_a_second_copy_replaces_the_first_when_overwriting(target):
