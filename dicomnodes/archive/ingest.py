@@ -74,8 +74,13 @@ def store_received(
        the header (stops before the pixels); malformed or unreadable -> C000
        with the reason, and the bytes go to the quarantine folder so nothing
        is lost;
-    3. write the file (temp + rename; keep-first or overwrite);
-    4. hand the row to the index writer and wait for its commit.
+    3. write the file: a temporary, linked to its name once complete
+       (keep-first), or synced and then renamed over the old copy
+       (overwrite);
+    4. hand the row to the index writer, sync the kept-first file and its
+       folder while the row commits, then wait for the commit: Success
+       only once both are done; a file that cannot be synced is removed
+       with its row (A700).
 
     `raw` may be a view of a `spool.SpoolFile` (given as `spool`): its bytes
     are then copied file to file.
