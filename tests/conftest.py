@@ -19,6 +19,19 @@ from tests.support.processes import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _index_writer_stopped():
+    """A C-GET job run in the test's own process starts that process's index
+    writer (dicomnodes/transfers/retrieve.py); it is stopped after the test,
+    as a job's process stops it before it ends.  Left running, its thread
+    kept a database session open past the run (PostgreSQL then refused to
+    drop the test database) and its cache across tests."""
+    yield
+    from dicomnodes.transfers.retrieve import stop_index_writer
+
+    stop_index_writer()
+
+
 @pytest.fixture
 def an_admin(client, django_user_model):
     """Persona: a logged-in superuser (Django test client)."""
