@@ -161,20 +161,20 @@ def store_received(
 
 
 def _finish(placed, fsync, calling_ae) -> StoreResult | None:
-    """Sync a placed file; the failure's StoreResult, or None."""
+    """Sync a placed file; the failure's StoreResult, or None.  A new file
+    that cannot be synced is gone again (Placed.finish): the sender sends
+    it again."""
     if placed is None:
         return None
     try:
         placed.finish(fsync)
     except StorageFull as exc:
         logger.error("C-STORE from %s: out of disk space: %s", calling_ae, exc)
-        failed = StoreResult(Status.OUT_OF_RESOURCES, "Out of resources: storage is full")
+        return StoreResult(Status.OUT_OF_RESOURCES, "Out of resources: storage is full")
     except OSError as exc:
         logger.error("C-STORE from %s: cannot sync the file: %s", calling_ae, exc)
-        failed = StoreResult(Status.OUT_OF_RESOURCES, f"Out of resources: {exc.strerror or exc}")
-    else:
-        return None
-    return failed  # a new file is gone again (Placed.finish): the sender sends it again
+        return StoreResult(Status.OUT_OF_RESOURCES, f"Out of resources: {exc.strerror or exc}")
+    return None
 
 
 def read_checked_header(meta, raw, transfer_syntax_uid, sop_class_uid, sop_instance_uid, max_inflated):

@@ -200,9 +200,9 @@ def _drop_unsynced(indexed: dict, root: Path) -> int:
     cut can keep the row and lose the file's bytes.  Such an instance was
     never answered Success; its file is moved to the quarantine folder and
     its row deleted, so the sender's next try stores it again.  A file of
-    another size than its row says that reads whole as that instance (a
-    correction rewrote it and was stopped before its row followed) keeps
-    its row, which takes the file's size.  Returns the rows deleted."""
+    another size than its row says that reads whole as that instance (an
+    "overwrite" copy or a correction's rewrite, stopped before its row
+    followed) keeps its row, which takes the file's size.  Returns the rows deleted."""
     broken, resized = [], []
     for path, (uid, size) in indexed.items():
         try:

@@ -129,17 +129,18 @@ class Placed:
         fd, self._fd = self._fd, None
         if fd is None:
             return
+        if not fsync:
+            os.close(fd)
+            return
         try:
-            if fsync and not self.is_new:  # the kept file instead of our unlinked temporary
+            if not self.is_new:  # the kept file instead of our unlinked temporary
                 os.close(fd)
                 fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                if fsync:
-                    os.fsync(fd)
+                os.fsync(fd)
             finally:
                 os.close(fd)
-            if fsync:
-                _fsync_dir(self.path.parent)
+            _fsync_dir(self.path.parent)
         except OSError as exc:
             if self.is_new:
                 _discard(self.path)
