@@ -12,6 +12,7 @@ import atexit
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -235,6 +236,13 @@ class Orthanc(Target):
         return f"{first_line(['Orthanc', '--version'])}, SyncStorageArea {str(self.sync).lower()}"
 
 
+# runscp's line at stop, one per process (dicomnodes.archive.index.IndexWriter.summary).
+_STOP_LINE = re.compile(
+    r"stopped: (?P<jobs>\d+) index jobs in (?P<commits>\d+) commits"
+    r"(?: \([\d.]+ a commit; per commit (?P<held>[\d.]+) ms holding the writer lock, (?P<waited>[\d.]+) ms waiting)?"
+)
+
+
 class Pacs(Target):
     """Ours: `manage.py runscp` with a fresh PACS_DATA_DIR (so a fresh SQLite
     database and storage folder); DATABASE_URL is dropped so that the
@@ -290,6 +298,29 @@ class Pacs(Target):
     def count(self, run):
         out = self.manage(run, "shell", "-c", "from dicomnodes.models import Instance; print(Instance.objects.count())")
         return int(out.strip().splitlines()[-1])
+
+    def index_stats(self, run: Run) -> dict | None:
+        """What runscp's index writers did, from the line each runscp
+        process logs when it stops (IndexWriter.summary), summed over the
+        processes: index jobs (instances, association rows), commits, and
+        the milliseconds per commit spent holding the writer lock and
+        waiting for it (other processes' commits).  None without such lines."""
+        jobs = commits = 0
+        held = waited = 0.0
+        for m in _STOP_LINE.finditer(run.log.read_text(errors="replace") if run.log.exists() else ""):
+            n = int(m["commits"])
+            jobs, commits = jobs + int(m["jobs"]), commits + n
+            held += float(m["held"] or 0) * n
+            waited += float(m["waited"] or 0) * n
+        if not commits:
+            return None
+        return {
+            "jobs": jobs,
+            "commits": commits,
+            "jobs_per_commit": jobs / commits,
+            "held_ms_per_commit": held / commits,
+            "waited_ms_per_commit": waited / commits,
+        }
 
     def version(self):
         fsync = "on" if self.fsync else "off"

@@ -351,6 +351,7 @@ class Result:
     exit_codes: list[int] = field(default_factory=list)
     error: str | None = None
     kept: str | None = None  # the target's folder, with --keep
+    index: dict | None = None  # ours: its index writers' commits (Pacs.index_stats)
 
     @property
     def ok(self) -> bool:
@@ -371,6 +372,7 @@ class Result:
             "storescu_exit_codes": self.exit_codes,
             "error": self.error,
             "kept": self.kept,
+            "index": self.index,
         }
 
 
@@ -390,6 +392,8 @@ def run_case(target: Target, case: Case, corpus: Corpus, keep: bool) -> Result:
                     f"storescu exit codes {result.exit_codes}, received {result.received}/{corpus.count}\n"
                     f"--- storescu ---\n{logs}\n--- {target.label} ---\n{tail(run.log)}"
                 )
+        if isinstance(target, Pacs):  # stopped: its processes have logged their index writers' figures
+            result.index = target.index_stats(run)
     except (TargetError, OSError, subprocess.SubprocessError, ValueError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
     return result
@@ -587,6 +591,27 @@ def print_table(results: dict, targets: list[Target], cases: list[Case]) -> None
             cells.append(fmt_ratio(median_ratio(per.get("pacs", []), per.get(other, []))))
         rows.append(cells)
     print_aligned(headers, rows)
+
+
+def print_index_table(results: dict, cases: list[Case]) -> None:
+    """Ours' index writers per case (medians over the rounds): jobs per
+    commit, and per commit the ms holding the writer lock and waiting for it
+    while another runscp process committed.  A wait above the hold means the
+    processes' commits queue behind one another."""
+    rows = []
+    for case in cases:
+        stats = [r.index for r in results[case.name].get("pacs", []) if r.ok and r.index]
+        if stats:
+            rows.append(
+                [case.name]
+                + [
+                    f"{statistics.median(s[key] for s in stats):.{digits}f}"
+                    for key, digits in (("jobs_per_commit", 1), ("held_ms_per_commit", 2), ("waited_ms_per_commit", 2))
+                ]
+            )
+    if rows:
+        print("ours' index writers (runscp's stop lines, all processes):")
+        print_aligned(["case", "jobs/commit", "ms holding/commit", "ms waiting/commit"], rows)
 
 
 RSS_AIM_MIB = 300  # issue 14: runscp's RSS per process while the big case runs
@@ -787,6 +812,8 @@ def main(argv=None) -> int:
     if cases:
         print()
         print_table(results, targets, cases)
+        print()
+        print_index_table(results, cases)
     if big is not None:
         print()
         print_big_table(big_results, targets, big)

@@ -301,6 +301,11 @@ class IndexWriter:
         self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
         self.batches = 0
         self.jobs = 0
+        # Seconds spent waiting for the writer lock (other processes'
+        # commits) and holding it (gathering a batch, its transaction): see
+        # summary().
+        self.waited = 0.0
+        self.held = 0.0
         self.cache = HierarchyCache()
         self.lock = WriterLock()
 
@@ -332,7 +337,9 @@ class IndexWriter:
             # The batch is gathered once the lock is ours: what arrived while
             # another process committed joins this transaction (and its fsync)
             # instead of waiting for one more.
+            asked = time.perf_counter()
             with self.lock:
+                got = time.perf_counter()
                 while len(batch) < self.max_batch:
                     try:
                         nxt = self._queue.get_nowait()
@@ -343,6 +350,8 @@ class IndexWriter:
                         break
                     batch.append(nxt)
                 new_studies, closed = self._commit(batch)
+            self.waited += got - asked
+            self.held += time.perf_counter() - got
             # The hooks run after the lock is let go: another process's
             # commit need not wait for worklist matching or notifications.
             if self._sync_wait() == 0:
@@ -356,6 +365,20 @@ class IndexWriter:
         if self._sync_due is not None:
             self._sync()
         connection.close()
+
+    def summary(self) -> str:
+        """'2000 index jobs in 1337 commits (1.5 a commit; per commit 0.41 ms
+        holding the writer lock, 0.73 ms waiting for it)'.  The wait is for
+        other processes' commits (runscp's workers, the web, transfer jobs):
+        when it outgrows the hold, their commits queue behind one another."""
+        text = f"{self.jobs} index jobs in {self.batches} commits"
+        if not self.batches:
+            return text
+        n = self.batches
+        return (
+            f"{text} ({self.jobs / n:.1f} a commit; per commit {self.held / n * 1e3:.2f} ms holding"
+            f" the writer lock, {self.waited / n * 1e3:.2f} ms waiting for it)"
+        )
 
     def _sync_wait(self):
         """Seconds until the unsynced commits must be synced (None: none)."""

@@ -328,6 +328,33 @@ def test_the_writer_lock_is_held_across_processes(db):
         os.close(fd)
 
 
+def test_the_writer_counts_the_time_it_waited_for_another_process_and_held_the_lock(transactional_db, header):
+    """runscp's stop line tells how long its commits waited for other
+    processes' and held the writer lock (the bound of ingest with several
+    workers).  Another WriterLock (its own open file, as another process has)
+    holds the lock while a job is submitted."""
+    if connection.vendor != "sqlite":
+        pytest.skip("the writer lock is SQLite's; PostgreSQL locks rows")
+    writer = IndexWriter().start()
+    try:
+        assert writer.summary() == "0 index jobs in 0 commits"
+        with WriterLock():
+            pending = writer.submit(stored(header()))
+            # The writer cannot commit while the other holder has the lock.
+            assert not pending.done.wait(0.3)
+        assert pending.wait(20) == Outcome.STORED
+        assert (writer.jobs, writer.batches) == (1, 1)
+        assert writer.waited >= 0.2
+        assert 0 < writer.held < writer.waited
+        waited_ms = writer.waited * 1e3
+        assert writer.summary() == (
+            f"1 index jobs in 1 commits (1.0 a commit; per commit {writer.held * 1e3:.2f} ms holding the writer lock,"
+            f" {waited_ms:.2f} ms waiting for it)"
+        )
+    finally:
+        writer.stop(timeout=5)
+
+
 def _synchronous(cursor):
     """The mode a connection commits with: SQLite 1 = NORMAL, 2 = FULL;
     PostgreSQL's synchronous_commit."""

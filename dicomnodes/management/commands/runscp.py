@@ -118,9 +118,7 @@ class Command(BaseCommand):
                     logger.warning("runscp worker %d: parent %d is gone; stopping", os.getpid(), parent)
                     self.shutdown = True
         service.close()
-        return (
-            f"runscp (pid {os.getpid()}) stopped: {service.writer.jobs} index jobs in {service.writer.batches} commits"
-        )
+        return f"runscp (pid {os.getpid()}) stopped: {service.writer.summary()}"
 
     def _dispatch(self, processes, port, ae_title, poll):
         """Accept on the port in this process and hand connections to
