@@ -65,7 +65,18 @@ from common import (
     tail,
     wait_for_count,
 )
-from ingest import PARTS, SIZES, Corpus, Result, environment, fmt_rates, fmt_ratio, load_or_build_corpus, summary_json
+from ingest import (
+    PARTS,
+    SIZES,
+    Corpus,
+    Result,
+    environment,
+    fmt_rates,
+    fmt_ratio,
+    load_or_build_corpus,
+    print_index_table,
+    summary_json,
+)
 
 PARALLEL = PARTS  # jobs / associations / requests at once in the parallel cases
 CALLER_AE = "BENCHSCU"  # movescu / getscu
@@ -381,6 +392,7 @@ def run_case(case: Case, tool: str, ctx: Context, corpus: Corpus, studies: dict)
     result = TransferResult(corpus.count)
     groups = deal(studies, case.parallel)
     keep = ctx.args.keep
+    dest = drun = None
     try:
         with contextlib.ExitStack() as stack:
             if tool == "pacs" and case.op != "send":  # ours retrieves into a fresh archive
@@ -428,6 +440,9 @@ def run_case(case: Case, tool: str, ctx: Context, corpus: Corpus, studies: dict)
                     result.error += f"\n--- ours (the archive running the jobs) ---\n{tail(arun.log)}"
     except (TargetError, OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
+    if isinstance(dest, TransferPacs) and drun is not None:
+        # Stopped: runscp's processes (move) or the jobs' (get) have logged their index writers' figures.
+        result.index = dest.index_stats(drun)
     return result
 
 
@@ -581,6 +596,8 @@ def main(argv=None) -> int:
 
     print()
     print_table(results, cases)
+    print()
+    print_index_table(results, [c for c in cases if c.op != "send"])
     failures += [
         f"{key} {name}" + (f" run {i + 1}" if len(runs) > 1 else "") + f": {r.error}"
         for name, per in results.items()
