@@ -300,9 +300,8 @@ class Pacs(Target):
         return int(out.strip().splitlines()[-1])
 
     def index_stats(self, run: Run) -> dict | None:
-        """What our index writers did, from the line each runscp process
-        (and each C-GET job's process) logs when its writer stops
-        (IndexWriter.summary), summed over the
+        """What runscp's index writers did, from the line each runscp
+        process logs when it stops (IndexWriter.summary), summed over the
         processes: index jobs (instances, association rows), commits, and
         the milliseconds per commit spent holding the writer lock and
         waiting for it (other processes' commits).  None without such lines."""

@@ -440,8 +440,9 @@ def run_case(case: Case, tool: str, ctx: Context, corpus: Corpus, studies: dict)
                     result.error += f"\n--- ours (the archive running the jobs) ---\n{tail(arun.log)}"
     except (TargetError, OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
-    if isinstance(dest, TransferPacs) and drun is not None:
-        # Stopped: runscp's processes (move) or the jobs' (get) have logged their index writers' figures.
+    if case.op == "move" and isinstance(dest, TransferPacs) and drun is not None:
+        # Stopped: runscp's processes, which took the C-MOVE's stores, have logged their index writers' figures.
+        # (A C-GET job indexes in the django-q2 worker's writer, which logs no such line.)
         result.index = dest.index_stats(drun)
     return result
 
@@ -597,7 +598,7 @@ def main(argv=None) -> int:
     print()
     print_table(results, cases)
     print()
-    print_index_table(results, [c for c in cases if c.op != "send"])
+    print_index_table(results, [c for c in cases if c.op == "move"])
     failures += [
         f"{key} {name}" + (f" run {i + 1}" if len(runs) > 1 else "") + f": {r.error}"
         for name, per in results.items()

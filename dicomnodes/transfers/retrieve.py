@@ -368,7 +368,6 @@ def stop_index_writer():
         writer, _writer = _writer, None
     if writer is not None:
         writer.stop()
-        logger.info("the index writer of process %d stopped: %s", os.getpid(), writer.summary())
 
 
 def _forget_index_writer():
