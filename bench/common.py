@@ -239,7 +239,7 @@ class Orthanc(Target):
 # runscp's line at stop, one per process (dicomnodes.archive.index.IndexWriter.summary).
 _STOP_LINE = re.compile(
     r"stopped: (?P<jobs>\d+) index jobs in (?P<commits>\d+) commits"
-    r"(?: \([\d.]+ a commit; per commit (?P<held>[\d.]+) ms holding the writer lock, (?P<waited>[\d.]+) ms waiting)?"
+    r"(?: \([\d.]+ a commit; per commit (?P<held>[\d.]+) ms committing and (?P<waited>[\d.]+) ms waiting)?"
 )
 
 
@@ -303,8 +303,8 @@ class Pacs(Target):
         """What runscp's index writers did, from the line each runscp
         process logs when it stops (IndexWriter.summary), summed over the
         processes: index jobs (instances, association rows), commits, and
-        the milliseconds per commit spent holding the writer lock and
-        waiting for it (other processes' commits).  None without such lines."""
+        the milliseconds per commit spent committing (under the writer lock)
+        and waiting for that lock (other processes' commits).  None without such lines."""
         jobs = commits = 0
         held = waited = 0.0
         for m in _STOP_LINE.finditer(run.log.read_text(errors="replace") if run.log.exists() else ""):

@@ -595,7 +595,7 @@ def print_table(results: dict, targets: list[Target], cases: list[Case]) -> None
 
 def print_index_table(results: dict, cases: list[Case]) -> None:
     """Ours' index writers per case (medians over the rounds): jobs per
-    commit, and per commit the ms holding the writer lock and waiting for it
+    commit, and per commit the ms committing (under the writer lock) and waiting for it
     while another runscp process committed.  A wait above the hold means the
     processes' commits queue behind one another."""
     rows = []
@@ -611,7 +611,7 @@ def print_index_table(results: dict, cases: list[Case]) -> None:
             )
     if rows:
         print("ours' index writers (runscp's stop lines, all processes):")
-        print_aligned(["case", "jobs/commit", "ms holding/commit", "ms waiting/commit"], rows)
+        print_aligned(["case", "jobs/commit", "ms committing/commit", "ms waiting/commit"], rows)
 
 
 RSS_AIM_MIB = 300  # issue 14: runscp's RSS per process while the big case runs

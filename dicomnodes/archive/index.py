@@ -302,8 +302,8 @@ class IndexWriter:
         self.batches = 0
         self.jobs = 0
         # Seconds spent waiting for the writer lock (other processes'
-        # commits) and holding it (gathering a batch, its transaction): see
-        # summary().
+        # commits) and committing under it (gathering a batch, its
+        # transaction): see summary().
         self.waited = 0.0
         self.held = 0.0
         self.cache = HierarchyCache()
@@ -368,16 +368,17 @@ class IndexWriter:
 
     def summary(self) -> str:
         """'2000 index jobs in 1337 commits (1.5 a commit; per commit 0.41 ms
-        holding the writer lock, 0.73 ms waiting for it)'.  The wait is for
-        other processes' commits (runscp's workers, the web, transfer jobs):
-        when it outgrows the hold, their commits queue behind one another."""
+        committing and 0.73 ms waiting for the writer lock)'.  The wait is
+        for other processes' commits (runscp's workers, the web, transfer
+        jobs; SQLite only, PostgreSQL has no such lock): when it outgrows the
+        commit, their commits queue behind one another."""
         text = f"{self.jobs} index jobs in {self.batches} commits"
         if not self.batches:
             return text
         n = self.batches
         return (
-            f"{text} ({self.jobs / n:.1f} a commit; per commit {self.held / n * 1e3:.2f} ms holding"
-            f" the writer lock, {self.waited / n * 1e3:.2f} ms waiting for it)"
+            f"{text} ({self.jobs / n:.1f} a commit; per commit {self.held / n * 1e3:.2f} ms committing"
+            f" and {self.waited / n * 1e3:.2f} ms waiting for the writer lock)"
         )
 
     def _sync_wait(self):

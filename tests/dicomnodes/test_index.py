@@ -348,8 +348,8 @@ def test_the_writer_counts_the_time_it_waited_for_another_process_and_held_the_l
         assert 0 < writer.held < writer.waited
         waited_ms = writer.waited * 1e3
         assert writer.summary() == (
-            f"1 index jobs in 1 commits (1.0 a commit; per commit {writer.held * 1e3:.2f} ms holding the writer lock,"
-            f" {waited_ms:.2f} ms waiting for it)"
+            f"1 index jobs in 1 commits (1.0 a commit; per commit {writer.held * 1e3:.2f} ms committing"
+            f" and {waited_ms:.2f} ms waiting for the writer lock)"
         )
     finally:
         writer.stop(timeout=5)
