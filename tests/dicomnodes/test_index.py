@@ -329,10 +329,9 @@ def test_the_writer_lock_is_held_across_processes(db):
 
 
 def test_the_writer_counts_the_time_it_waited_for_another_process_and_held_the_lock(transactional_db, header):
-    """runscp's stop line tells how long its commits waited for other
-    processes' and held the writer lock (the bound of ingest with several
-    workers).  Another WriterLock (its own open file, as another process has)
-    holds the lock while a job is submitted."""
+    """runscp's stop line tells how long its commits took and waited for
+    other processes' (the writer lock).  Another WriterLock (its own open
+    file, as another process has) holds the lock while a job is submitted."""
     if connection.vendor != "sqlite":
         pytest.skip("the writer lock is SQLite's; PostgreSQL locks rows")
     writer = IndexWriter().start()
