@@ -594,9 +594,10 @@ def print_table(results: dict, targets: list[Target], cases: list[Case]) -> None
 
 
 def print_index_table(results: dict, cases: list[Case]) -> None:
-    """Ours' index writers per case (medians over the rounds): jobs per
-    commit, and per commit the ms committing (under the writer lock) and waiting for it
-    while another runscp process committed.  A wait above the hold means the
+    """Ours' index writers per case (medians over the rounds), after a blank
+    line; nothing without figures: jobs per commit, and per commit the ms
+    committing (under the writer lock) and waiting for it while another
+    runscp process committed.  A wait near or above the commit means the
     processes' commits queue behind one another."""
     rows = []
     for case in cases:
@@ -610,7 +611,7 @@ def print_index_table(results: dict, cases: list[Case]) -> None:
                 ]
             )
     if rows:
-        print("ours' index writers (runscp's stop lines, all processes):")
+        print("\nours' index writers (runscp's stop lines, all processes):")
         print_aligned(["case", "jobs/commit", "ms committing/commit", "ms waiting/commit"], rows)
 
 
@@ -812,7 +813,6 @@ def main(argv=None) -> int:
     if cases:
         print()
         print_table(results, targets, cases)
-        print()
         print_index_table(results, cases)
     if big is not None:
         print()

@@ -597,7 +597,6 @@ def main(argv=None) -> int:
 
     print()
     print_table(results, cases)
-    print()
     print_index_table(results, [c for c in cases if c.op == "move"])
     failures += [
         f"{key} {name}" + (f" run {i + 1}" if len(runs) > 1 else "") + f": {r.error}"
