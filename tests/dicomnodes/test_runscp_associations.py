@@ -115,6 +115,47 @@ def test_worker_processes_take_associations_in_turn(start_scp):
     assert sorted(pids.count(p) for p in set(pids)) == [2, 2]
 
 
+def _worker_cpus(scp, workers=2):
+    """{worker pid: the CPU it says it runs on}, from runscp's log."""
+    import re
+
+    line = re.compile(r"runscp worker (\d+) \(slot \d\) runs on CPU (\d+)")
+    wait_until(lambda: len(line.findall(scp.log())) >= workers, 10, message="the workers' CPU lines")
+    return {int(pid): int(cpu) for pid, cpu in line.findall(scp.log())}
+
+
+def test_each_worker_process_runs_on_a_cpu_of_its_own(start_scp):
+    import os
+
+    allowed = os.sched_getaffinity(0)
+    if len(allowed) < 2:
+        pytest.skip(f"this machine lets the tests use one CPU ({sorted(allowed)}): nothing to choose")
+    scp = start_scp(processes=2)
+    cpus = _worker_cpus(scp)
+    assert sorted(cpus.values()) == sorted(allowed)[:2]
+    for pid, cpu in cpus.items():
+        assert os.sched_getaffinity(pid) == {cpu}, "the worker and its threads keep to its CPU"
+    assert scp.echo().returncode == 0
+    assert scp.echo().returncode == 0
+    wait_until(lambda: scp.log().count("released") >= 2, 10, message="two associations logged")
+    assert os.sched_getaffinity(scp.proc.pid) == allowed, "the dispatcher is not pinned"
+
+
+def test_cpu_affinity_off_lets_the_workers_move(start_scp):
+    import os
+    import re
+
+    scp = start_scp(processes=2, args=["--cpu-affinity", "off"])
+    for _ in range(2):
+        assert scp.echo().returncode == 0
+    wait_until(lambda: scp.log().count("released") >= 2, 10, message="two associations logged")
+    workers = {int(pid) for pid in re.findall(r"\[(\d+)\] association \S+ from", scp.log())}
+    assert len(workers) == 2
+    for pid in workers:
+        assert os.sched_getaffinity(pid) == os.sched_getaffinity(0)
+    assert "runs on CPU" not in scp.log()
+
+
 def test_the_dispatcher_follows_a_new_port(start_scp):
     scp = start_scp(processes=2)
     new_port = free_port()

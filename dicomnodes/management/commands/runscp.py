@@ -14,6 +14,7 @@ from django.db import connections
 from django.utils import timezone
 
 from dicomnodes import aetitle
+from dicomnodes.scp import affinity
 from dicomnodes.scp.dispatch import Dispatcher
 from dicomnodes.scp.server import ScpService, load_config, prepare_storage
 from dicomnodes.transfers.queue import wake_due_retries
@@ -76,9 +77,16 @@ class Command(BaseCommand):
             default=None,
             help="processes sharing the port (default: PACS_SCP_PROCESSES, else the CPU count up to 4)",
         )
+        parser.add_argument(
+            "--cpu-affinity",
+            choices=affinity.MODES,
+            default=None,
+            help="with --processes N > 1, keep each worker process on a CPU of its own (auto) or let the"
+            " scheduler move it (off); default: PACS_SCP_CPU_AFFINITY, else auto",
+        )
         parser.add_argument("--poll", type=float, default=2.0, help="seconds between settings checks (default 2)")
 
-    def handle(self, *args, port=None, ae_title=None, processes=None, poll=2.0, **options):
+    def handle(self, *args, port=None, ae_title=None, processes=None, cpu_affinity=None, poll=2.0, **options):
         if port is not None and not 0 <= port <= 65535:
             raise CommandError(f"--port {port}: a port is 0 to 65535 (0 = disabled)")
         if ae_title is not None:
@@ -90,6 +98,10 @@ class Command(BaseCommand):
                 raise CommandError(f"--ae-title {ae_title!r}: {' '.join(exc.messages)}") from None
         ae_title = aetitle.override()  # also one inherited from runpacs --ae-title
         processes = processes or _default_processes()
+        try:
+            self.cpu_affinity = cpu_affinity or affinity.mode_from_env()
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
         self.shutdown = False
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
@@ -164,6 +176,8 @@ class Command(BaseCommand):
         try:
             for sock in inherited:
                 sock.close()
+            if self.cpu_affinity == "auto":
+                affinity.pin_worker(shared[1])  # before this process starts a thread: they inherit it
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
             message = self._serve(port, ae_title, poll, channel=channel, parent=parent, shared=shared)
