@@ -5,6 +5,7 @@ import dataclasses
 import os
 import select
 import threading
+import time
 import uuid
 
 import pytest
@@ -339,11 +340,16 @@ def test_the_writer_counts_the_time_it_waited_for_another_process_and_held_the_l
         assert writer.summary() == "0 index jobs in 0 commits"
         with WriterLock():
             pending = writer.submit(stored(header()))
-            # The writer cannot commit while the other holder has the lock.
+            # The writer is seen waiting in flock() (a "->" line of
+            # /proc/locks on the lock file), and cannot commit while the
+            # other holder has the lock.
+            wait_until(_someone_waits_for_the_writer_lock, 10, interval=0.01, message="the writer waiting")
+            seen_waiting = time.perf_counter()
             assert not pending.done.wait(0.3)
+            released = time.perf_counter()
         assert pending.wait(20) == Outcome.STORED
         assert (writer.jobs, writer.batches) == (1, 1)
-        assert writer.waited >= 0.2
+        assert writer.waited >= released - seen_waiting >= 0.3
         assert 0 < writer.held < writer.waited
         waited_ms = writer.waited * 1e3
         assert writer.summary() == (
@@ -352,6 +358,14 @@ def test_the_writer_counts_the_time_it_waited_for_another_process_and_held_the_l
         )
     finally:
         writer.stop(timeout=5)
+
+
+def _someone_waits_for_the_writer_lock():
+    """A process or thread is blocked in flock() on the SQLite index's
+    writer lock file (Linux: /proc/locks lists waiters after "->")."""
+    inode = os.stat(f"{connection.settings_dict['NAME']}-writer.lock").st_ino
+    with open("/proc/locks") as locks:
+        return any("->" in line and f":{inode} " in line for line in locks)
 
 
 def _synchronous(cursor):
