@@ -8,8 +8,9 @@ other CPU.  On the 2-vCPU machines of this project a hand-off round trip
 (`queue.SimpleQueue` + `threading.Event`) took 51-61 µs across CPUs and
 18-19 µs with both threads on one CPU.  A GIL-bound process gains nothing
 from a second CPU, so each worker is given one of its own: with 2 workers,
-`bench/ingest.py --pacs-no-fsync` took small instances 10-25 % faster
-over one association (figures in docs/architecture.md).
+`bench/ingest.py --pacs-no-fsync` took small instances 10 % faster over one
+association and 26 % faster over four (846 -> 934 and 1371 -> 1732 inst/s;
+large ones alike within the noise).
 
 The CPUs are those runscp itself may use (`taskset` or a cgroup's cpuset
 narrow them): the worker in slot k (`dispatch.Dispatcher`: a worker started
