@@ -348,6 +348,9 @@ def test_the_writer_counts_the_time_it_waited_for_another_process_and_held_the_l
             assert not pending.done.wait(0.3)
             released = time.perf_counter()
         assert pending.wait(20) == Outcome.STORED
+        # The writer adds up its times after it has released the sender:
+        # read them once its thread has ended.
+        writer.stop(timeout=5)
         assert (writer.jobs, writer.batches) == (1, 1)
         assert writer.waited >= released - seen_waiting >= 0.3
         assert 0 < writer.held < writer.waited
