@@ -216,14 +216,15 @@ class WriterLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def _file(self):
-        if connection.vendor != "sqlite":
-            return None
-        if self._pid != os.getpid():  # a forked child gets a lock of its own
+        pid = os.getpid()
+        if self._pid == pid:
+            return self._fd
+        # First use in this process (a forked child gets a lock of its own).
+        self._fd, self._pid = None, pid
+        if connection.vendor == "sqlite":
             name = str(connection.settings_dict["NAME"])
-            if not name or name.startswith((":memory:", "file:")):
-                return None
-            self._fd = os.open(f"{name}-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            self._pid = os.getpid()
+            if name and not name.startswith((":memory:", "file:")):
+                self._fd = os.open(f"{name}-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         return self._fd
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
-from dicomnodes.archive.fastheader import read_header_fast
+from dicomnodes.archive.fastheader import LAST_TAG, WANTED_TAGS, read_header_fast
 from dicomnodes.archive.header import UnreadableDataset, read_header
 from dicomnodes.archive.index import IndexItem, IndexUnavailable
 from dicomnodes.archive.reconcile import forget_unsynced
@@ -21,7 +21,7 @@ from dicomnodes.archive.storage import (
     FileRegion,
     StorageFull,
     file_meta_bytes,
-    instance_path,
+    instance_file,
     place,
     storage_root,
     write_atomically,
@@ -114,7 +114,7 @@ def store_received(
             receiving_ae=called_ae,
         )
 
-    path = instance_path(header.sop_instance_uid)
+    path = instance_file(header.sop_instance_uid)
     try:
         if overwrite:
             placed = None
@@ -183,10 +183,10 @@ def read_checked_header(meta, raw, transfer_syntax_uid, sop_class_uid, sop_insta
     declines or finds the dataset wanting."""
     if transfer_syntax_uid in DEFLATED:
         return _read_deflated_header(raw, transfer_syntax_uid, sop_class_uid, sop_instance_uid, max_inflated)
-    check_structure(raw, transfer_syntax_uid)
+    found = check_structure(raw, transfer_syntax_uid, collect=WANTED_TAGS, collect_until=LAST_TAG)
     try:
         header = read_header_fast(
-            raw, transfer_syntax_uid, sop_class_uid=sop_class_uid, sop_instance_uid=sop_instance_uid
+            raw, transfer_syntax_uid, sop_class_uid=sop_class_uid, sop_instance_uid=sop_instance_uid, found=found
         )
     except UnreadableDataset:
         header = None

@@ -30,8 +30,14 @@ def storage_root() -> Path:
 
 
 def instance_path(sop_instance_uid: str, root: Path | None = None) -> Path:
+    return Path(instance_file(sop_instance_uid, root))
+
+
+def instance_file(sop_instance_uid: str, root=None) -> str:
+    """`instance_path()` as a string: what the ingest path uses (building
+    the Path objects cost more than the hash; see docs/storage.md)."""
     digest = hashlib.sha256(sop_instance_uid.encode("ascii", "replace")).hexdigest()
-    return (root or storage_root()) / digest[0:2] / digest[2:4] / digest
+    return f"{root or settings.PACS_STORAGE_DIR}/{digest[0:2]}/{digest[2:4]}/{digest}"
 
 
 def _element(group_elem: int, vr: bytes, value: bytes, pad: bytes) -> bytes:
@@ -140,7 +146,7 @@ class Placed:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            _fsync_dir(self.path.parent)
+            _fsync_dir(os.path.dirname(self.path))
         except OSError as exc:
             if self.is_new:
                 _discard(self.path)
@@ -174,13 +180,14 @@ def place(path: Path, chunks) -> Placed:
     return Placed(path, fd, is_new)
 
 
-def _temporary(path: Path):
-    """(folder, temporary path, fd open for writing) next to `path`."""
-    folder = path.parent
+def _temporary(path):
+    """(folder, temporary path, fd open for writing) next to `path` (a str
+    or a Path; the folder and temporary are strings)."""
+    folder, name = os.path.split(path)
     if folder not in _made_dirs:
-        folder.mkdir(parents=True, exist_ok=True)
+        os.makedirs(folder, exist_ok=True)
         _made_dirs.add(folder)
-    tmp = folder / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    tmp = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
     try:
         return folder, tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # patient data: the owner only
     except OSError as exc:
@@ -198,7 +205,7 @@ def _discard(path: Path) -> None:
 
 def _raise_if_full(exc: OSError, path: Path) -> None:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT) and not isinstance(exc, StorageFull):
-        raise StorageFull(exc.errno, f"no space left for {path.name[:12]}…") from exc
+        raise StorageFull(exc.errno, f"no space left for {os.path.basename(path)[:12]}…") from exc
 
 
 class FileRegion:

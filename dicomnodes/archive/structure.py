@@ -15,8 +15,10 @@ reason and the byte offset when
 - sequences nest deeper than `MAX_DEPTH` (every later reader — pydicom,
   DCMTK, viewers — recurses per level; pydicom fails at about 2,000).
 
-The walk is iterative and skips values, so it costs a few microseconds per
-element (bench/ingest.py: see docs/storage.md).
+The walk is iterative and skips values, so it costs well under a
+microsecond per element; it also collects the header's raw values for the
+index, so the dataset is walked once (docs/storage.md, "One walk per
+received dataset").
 
 Deflated datasets (PS3.5 A.5) are inflated by `inflate_bounded()` into a
 temporary file, a megabyte at a time, and refused past a size limit: the
@@ -99,16 +101,30 @@ class _Frame:
         self.implicit = implicit
 
 
-def check_structure(data, transfer_syntax_uid: str, *, max_depth: int = MAX_DEPTH) -> None:
+def check_structure(
+    data, transfer_syntax_uid: str, *, max_depth: int = MAX_DEPTH, collect=None, collect_until=None
+) -> dict | None:
     """Raise MalformedDataset unless `data` (the dataset bytes of a transfer
-    syntax other than a deflated one) is a well-formed sequence of elements."""
+    syntax other than a deflated one) is a well-formed sequence of elements.
+
+    With `collect` (a set of tags) and `collect_until` (a tag), the walk
+    also returns {tag: value bytes} of the top-level elements in `collect`
+    met before the first top-level tag above `collect_until`, as
+    `fastheader` would read them: the header then costs no second walk
+    (bench figures in docs/storage.md).  None when nothing was asked, or
+    when the dataset is big endian or not in the VR its transfer syntax
+    says (the caller then reads it the slow way)."""
     big = transfer_syntax_uid == EXPLICIT_VR_BIG_ENDIAN
     implicit = transfer_syntax_uid == IMPLICIT_VR_LITTLE_ENDIAN
     if not implicit and not big and len(data) >= 6 and not bytes(data[4:6]).isalpha():
         # Explicit VR negotiated, implicit VR sent: pydicom and DCMTK read such
         # datasets by looking at the first element, and so do we.
         implicit = True
-    _Walk(data, implicit=implicit, big=big, max_depth=max_depth).run()
+        collect = None
+    if big:
+        collect = None
+    walk = _Walk(data, implicit=implicit, big=big, max_depth=max_depth)
+    return walk.run(collect, collect_until)
 
 
 class _Walk:
@@ -124,22 +140,23 @@ class _Walk:
         # Items and delimiters are always tag + 4-byte length; in big endian too.
         self.implicit = implicit
 
-    def run(self):
+    def run(self, collect=None, collect_until=None):
         data, size = self.data, self.size
         tag_u32, tag_vr_u16, u32 = self.tag_u32, self.tag_vr_u16, self.u32
         frame = _Frame(_DATASET, size, size, self.implicit)
         stack = []
         pos = 0
+        found = None if collect is None else {}
         while True:
             if frame.end is not None and pos == frame.end:
                 if not stack:
-                    return
+                    return found
                 frame = stack.pop()
                 continue
             limit = frame.limit
             if pos + 8 > limit:
                 self._ended_early(frame, stack, pos, limit)
-                return  # only trailing zero padding after the top-level dataset
+                return found  # only trailing zero padding after the top-level dataset
             group, elem, length = tag_u32(data, pos)
             tag = (group << 16) | elem
             kind = frame.kind
@@ -193,6 +210,12 @@ class _Walk:
                     pos += 8
                 else:
                     raise self._error(pos, f"{_name(tag)} VR {vr!r} unknown")
+            if collect is not None and kind is _DATASET:
+                if tag > collect_until:
+                    collect = None
+                elif tag in collect and length != UNDEFINED:
+                    # (a value past the end is cut short here, and refused below)
+                    found[tag] = bytes(data[pos : pos + length])  # data may be a memoryview
             if length == UNDEFINED:
                 if tag == _PIXEL_DATA and vr in (None, b"OB", b"OW"):
                     inner_kind, inner_implicit = _FRAGMENTS, False  # encapsulated (PS3.5 A.4)

@@ -204,3 +204,85 @@ def test_the_fast_reader_skips_nested_undefined_length_sequences(tmp_path):
     assert fast is not None
     assert fast == read_header_file(path)
     assert fast.patient_name == "Nested^Seq"
+
+
+def test_the_structure_walk_collects_what_the_fast_reader_walks_for():
+    """check_structure(collect=...) hands the header reader the same values
+    its own walk finds, on every bundled file both can read."""
+    from dicomnodes.archive.fastheader import LAST_TAG, WANTED_TAGS, _walk
+    from dicomnodes.archive.structure import (
+        EXPLICIT_VR_BIG_ENDIAN,
+        IMPLICIT_VR_LITTLE_ENDIAN,
+        UnreadableDataset,
+        check_structure,
+    )
+
+    compared = 0
+    for path in sorted(BUNDLED.glob("*.dcm")):
+        try:
+            meta, raw = _dataset_part(path)
+            ts = str(meta.TransferSyntaxUID)
+        except Exception:
+            continue
+        if ts == EXPLICIT_VR_BIG_ENDIAN or ts in ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95"):
+            continue
+        try:
+            own = _walk(raw, ts == IMPLICIT_VR_LITTLE_ENDIAN)
+        except Exception:
+            continue  # the fast reader declines it (pydicom reads it)
+        try:
+            collected = check_structure(raw, ts, collect=WANTED_TAGS, collect_until=LAST_TAG)
+        except UnreadableDataset:
+            continue
+        if collected is None:  # implicit VR sent on an explicit VR context
+            assert ts != IMPLICIT_VR_LITTLE_ENDIAN and not bytes(raw[4:6]).isalpha(), path.name
+            continue
+        assert collected == own, path.name
+        compared += 1
+    assert compared >= 40
+
+
+def test_the_structure_walk_collects_nothing_past_the_last_wanted_tag_nor_from_big_endian():
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian
+
+    from dicomnodes.archive.structure import check_structure
+
+    def element(group, elem, vr, value):
+        return group.to_bytes(2, "little") + elem.to_bytes(2, "little") + vr + len(value).to_bytes(2, "little") + value
+
+    raw = (
+        element(0x0010, 0x0010, b"PN", b"Kept^Name ")
+        + element(0x0020, 0x0020, b"CS", b"L\\R ")  # (0020,0020): above the last wanted tag
+        + element(0x0010, 0x0020, b"LO", b"LATE")  # out of order after it: not read, as the fast reader
+    )
+    found = check_structure(raw, ExplicitVRLittleEndian, collect={0x00100010, 0x00100020}, collect_until=0x00200013)
+    assert found == {0x00100010: b"Kept^Name "}
+    assert check_structure(raw, ExplicitVRLittleEndian) is None  # nothing asked
+    big = (0x0010).to_bytes(2, "big") + (0x0010).to_bytes(2, "big") + b"PN" + (4).to_bytes(2, "big") + b"A^B "
+    assert check_structure(big, ExplicitVRBigEndian, collect={0x00100010}, collect_until=0x00200013) is None
+
+
+def test_ascii_values_read_as_pydicom_reads_them_in_every_character_set():
+    """The fast reader's shortcut for ASCII values without an ISO 2022
+    escape gives what PersonName and decode_bytes give, whatever the
+    Specific Character Set (30,000 random values over every term)."""
+    import random
+    import warnings
+
+    from pydicom.charset import TEXT_VR_DELIMS, convert_encodings, decode_bytes, python_encoding
+    from pydicom.valuerep import PersonName
+
+    from dicomnodes.archive.fastheader import _decode
+
+    rnd = random.Random(14)
+    terms = [*python_encoding, "ISO 2022 IR 6\\ISO 2022 IR 87", "\\ISO 2022 IR 149", "ISO 2022 IR 100\\ISO 2022 IR 87"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(30_000):
+            value = bytes(rnd.choice(b"AbZ^= \\\x00~09.'-") for _ in range(rnd.randint(0, 12)))
+            term = rnd.choice(terms)
+            encodings = convert_encodings([t.strip() for t in term.split("\\")])
+            got = _decode({0x00080005: term.encode(), 0x00100010: value, 0x00081030: value})
+            name = str(PersonName(value.rstrip(b" \x00"), encodings).decode()).strip(" \x00")
+            text = decode_bytes(value, encodings, TEXT_VR_DELIMS).strip(" \x00")
+            assert (got["PatientName"], got["StudyDescription"]) == (name, text), (term, value)
