@@ -31,7 +31,7 @@ from dicomnodes.archive.hierarchy import (
     ensure_studies,
     recount,
 )
-from dicomnodes.archive.rawsql import existing_instances, insert_instances
+from dicomnodes.archive.rawsql import existing_instances, insert_instances, thread_connection
 from dicomnodes.archive.tombstones import check_new_rows
 from dicomnodes.models import AssociationLog, Instance
 
@@ -188,6 +188,19 @@ class SenderMarked:
         return self.writer.submit(job)
 
 
+# This process's id, kept up to date across fork(): os.getpid() is a system
+# call, and the writer lock asked for it twice a commit.
+_pid = os.getpid()
+
+
+def _forked():
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 class WriterLock:
     """One group commit at a time across every process writing the same
     SQLite file (runscp's workers, the web process's STOW, transfer jobs): a
@@ -212,11 +225,11 @@ class WriterLock:
         return self
 
     def __exit__(self, *exc):
-        if self._fd is not None and self._pid == os.getpid():
+        if self._fd is not None and self._pid == _pid:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def _file(self):
-        pid = os.getpid()
+        pid = _pid
         if self._pid == pid:
             return self._fd
         # First use in this process (a forked child gets a lock of its own).
@@ -391,15 +404,17 @@ class IndexWriter:
     def _relax(self):
         """This thread's connection commits without waiting for the disk
         (set again whenever the connection is new)."""
-        connection.ensure_connection()
-        if connection.connection is self._relaxed:
+        wrapper = thread_connection()
+        if wrapper.connection is None:
+            wrapper.ensure_connection()
+        if wrapper.connection is self._relaxed:
             return
-        with connection.cursor() as cursor:
-            if connection.vendor == "sqlite":
+        with wrapper.cursor() as cursor:
+            if wrapper.vendor == "sqlite":
                 cursor.execute("PRAGMA synchronous=NORMAL")
-            elif connection.vendor == "postgresql":
+            elif wrapper.vendor == "postgresql":
                 cursor.execute("SET synchronous_commit TO OFF")
-        self._relaxed = connection.connection
+        self._relaxed = wrapper.connection
 
     def _sync(self):
         """Make every commit so far durable: fsync the SQLite WAL, as

@@ -155,14 +155,78 @@ class Placed:
 
 
 def place(path: Path, chunks) -> Placed:
-    """Write `chunks` to a temporary in `path`'s folder, then link it to
-    `path` unless a file is there ("keep the first", without a race between
-    two associations sending the same instance); the file is complete before
-    its name appears, so a reader (or a crash of this process) never finds
-    a partial file there.  The caller syncs it with `Placed.finish()`: in
-    between it may hand the file's index row to the writer, whose commit then
-    runs while the disk syncs (store_received; docs/storage.md, Durability).
-    Raises StorageFull on ENOSPC/EDQUOT."""
+    """Write `chunks` to a file without a name in `path`'s folder, then link
+    it to `path` unless a file is there ("keep the first", without a race
+    between two associations sending the same instance); the file is
+    complete before its name appears, so a reader (or a crash of this
+    process) never finds a partial file there.  The caller syncs it with
+    `Placed.finish()`: in between it may hand the file's index row to the
+    writer, whose commit then runs while the disk syncs (store_received;
+    docs/storage.md, Durability).  Raises StorageFull on ENOSPC/EDQUOT.
+
+    The nameless file is an O_TMPFILE, linked by its descriptor through
+    /proc: no temporary name to make and unlink (a directory entry and a
+    random name fewer per instance), and nothing left behind by a crash.
+    Where the file system or /proc does not allow it, a named temporary."""
+    fd = _nameless(path) if _NAMELESS.usable else None
+    if fd is None:
+        return _place_named(path, chunks)
+    try:
+        write_chunks(fd, chunks)
+        try:
+            os.link(f"self/fd/{fd}", path, src_dir_fd=_NAMELESS.proc, follow_symlinks=True)
+            is_new = True
+        except FileExistsError:
+            is_new = False
+    except OSError as exc:
+        os.close(fd)
+        _raise_if_full(exc, path)
+        raise
+    return Placed(path, fd, is_new)
+
+
+class _Nameless:
+    """Whether files are placed as O_TMPFILEs (decided at the first one),
+    and /proc, opened once, to link them by their descriptor ("self" is
+    looked up at each link: a forked process links its own)."""
+
+    def __init__(self):
+        self.usable = hasattr(os, "O_TMPFILE")
+        self.proc = None
+
+    def check(self, fd) -> bool:
+        """Can the nameless file `fd` be linked by its descriptor here?"""
+        try:
+            self.proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            os.stat(f"self/fd/{fd}", dir_fd=self.proc)
+        except OSError:
+            self.usable = False
+        return self.usable
+
+
+_NAMELESS = _Nameless()
+
+
+def _nameless(path):
+    """An O_TMPFILE in `path`'s folder, open for writing; None where the
+    file system or /proc does not allow one (then never asked again)."""
+    folder = _made_folder(path)
+    try:
+        fd = os.open(folder, os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o600)  # patient data: the owner only
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            _NAMELESS.usable = False
+            return None
+        _raise_if_full(exc, path)
+        raise
+    if _NAMELESS.proc is None and not _NAMELESS.check(fd):
+        os.close(fd)
+        return None
+    return fd
+
+
+def _place_named(path, chunks) -> Placed:
+    """place() through a named temporary: linked to `path`, then unlinked."""
     folder, tmp, fd = _temporary(path)
     try:
         write_chunks(fd, chunks)
@@ -180,14 +244,20 @@ def place(path: Path, chunks) -> Placed:
     return Placed(path, fd, is_new)
 
 
-def _temporary(path):
-    """(folder, temporary path, fd open for writing) next to `path` (a str
-    or a Path; the folder and temporary are strings)."""
-    folder, name = os.path.split(path)
+def _made_folder(path) -> str:
+    """`path`'s folder (a string), made if it is not there yet."""
+    folder = os.path.dirname(path)
     if folder not in _made_dirs:
         os.makedirs(folder, exist_ok=True)
         _made_dirs.add(folder)
-    tmp = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
+    return folder
+
+
+def _temporary(path):
+    """(folder, temporary path, fd open for writing) next to `path` (a str
+    or a Path; the folder and temporary are strings)."""
+    folder = _made_folder(path)
+    tmp = f"{folder}/.{os.path.basename(path)}.{uuid.uuid4().hex}.tmp"
     try:
         return folder, tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # patient data: the owner only
     except OSError as exc:

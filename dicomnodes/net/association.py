@@ -105,12 +105,12 @@ class Link:
         """(PDU type, body) of the next PDU; the body is a view of the
         buffer, valid until the next call.  `idle`: how long the PDU may take
         to begin (default: the network time-out)."""
-        self._fill(PDU_HEADER_LENGTH, time.monotonic() + (self.timeout if idle is None else idle))
+        self._fill(PDU_HEADER_LENGTH, self.timeout if idle is None else idle)
         pdu_type, length = parse_pdu_header(
             self._buffer[self._start : self._start + PDU_HEADER_LENGTH], max_length=self.max_read
         )
         self._start += PDU_HEADER_LENGTH
-        self._fill(length, time.monotonic() + self.timeout)
+        self._fill(length, self.timeout)
         body = self._view[self._start : self._start + length]
         self._start += length
         if self.debug:
@@ -137,10 +137,12 @@ class Link:
         except OSError:
             return True  # the read that follows says what happened
 
-    def _fill(self, wanted, deadline):
-        """Make `wanted` unread bytes available from _start."""
+    def _fill(self, wanted, timeout):
+        """Make `wanted` unread bytes available from _start, within `timeout`
+        seconds."""
         if self._end - self._start >= wanted:
             return
+        deadline = time.monotonic() + timeout
         if self._start + wanted > len(self._buffer):
             size = max(len(self._buffer), wanted + _READ_AHEAD if wanted > len(self._buffer) else 0)
             if size > len(self._buffer):

@@ -114,8 +114,15 @@ def test_the_dataset_after_our_file_meta_is_intact(tmp_path):
 # --- write_atomically ----------------------------------------------------------
 
 
-@pytest.fixture
-def target(tmp_path):
+@pytest.fixture(params=["nameless", "named"])
+def target(request, tmp_path, monkeypatch):
+    """Where a file goes; placed as an O_TMPFILE (this machine's file
+    systems have it) and, as where there is none, through a named
+    temporary."""
+    if request.param == "named":
+        monkeypatch.setattr(storage._NAMELESS, "usable", False)
+    else:
+        assert storage._NAMELESS.usable
     return tmp_path / "storage" / "ab" / "cd" / "abcd"
 
 
@@ -140,6 +147,44 @@ def test_a_placed_file_is_whole_under_its_name_before_it_is_synced(target):
     placed.finish(True)
     placed.finish(True)  # once only: the second call has nothing left to do
     assert target.read_bytes() == b"meta-data"
+
+
+def test_a_file_being_placed_has_no_name_until_it_is_whole(tmp_path, monkeypatch):
+    """An O_TMPFILE: while its bytes are written the folder lists nothing,
+    so a crash then leaves nothing behind."""
+    target = tmp_path / "ab" / "cd" / "abcd"
+    seen = []
+    write = storage.write_chunks
+
+    def watching(fd, chunks):
+        seen.append(sorted(os.listdir(target.parent)))
+        write(fd, chunks)
+        seen.append(sorted(os.listdir(target.parent)))
+
+    monkeypatch.setattr(storage, "write_chunks", watching)
+    place(target, (b"meta", b"-data")).finish(False)
+
+    assert seen == [[], []]
+    assert (sorted(os.listdir(target.parent)), target.read_bytes()) == (["abcd"], b"meta-data")
+    assert oct(target.stat().st_mode & 0o777) == oct(0o600)
+
+
+def test_a_forked_process_places_files_through_its_own_descriptors(tmp_path):
+    """/proc is opened once; "self" is looked up at each link, so a child
+    forked after the parent placed a file links its own."""
+    place(tmp_path / "ab" / "cd" / "first", (b"parent",)).finish(False)
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if its file is there, whole
+        try:
+            placed = place(tmp_path / "ab" / "cd" / "second", (b"child",))
+            placed.finish(False)
+            os._exit(0 if placed.is_new and (tmp_path / "ab" / "cd" / "second").read_bytes() == b"child" else 1)
+        finally:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert (tmp_path / "ab" / "cd" / "first").read_bytes() == b"parent"
 
 
 def test_placing_a_second_copy_keeps_the_first_and_syncs_the_file_kept(target):

@@ -367,6 +367,53 @@ def test_it_refuses_pdvs_out_of_sequence(case):
         assembler.feed(last)
 
 
+DATA_BODIES = {
+    "a data fragment": pdv(6, value=b"abcd", control=0x00),
+    "the last data fragment": pdv(6, value=b"abcd", control=0x02),
+    "an empty last data fragment": pdv(2, control=0x02),
+    "a data fragment on another context": pdv(6, 3, 0x00, b"abcd"),
+    "a command fragment": pdv(6, control=0x01, value=b"abcd"),
+    "the last command fragment": pdv(6, control=0x03, value=b"abcd"),
+    "reserved control bits": pdv(6, 1, 0x04, b"abcd"),
+    "high control bit": pdv(6, 1, 0x82, b"abcd"),
+    "two data fragments": pdv(4, value=b"ab", control=0x00) + pdv(4, value=b"cd", control=0x02),
+    "a PDV shorter than its PDU": pdv(4, value=b"abcd", control=0x00),
+    "a PDV longer than its PDU": pdv(8, value=b"abcd", control=0x00),
+    "a bare header": pdv(2, control=0x00),
+    "less than a header": b"\x00\x00\x00",
+}
+
+
+def outcome(feed_body, body, received):
+    try:
+        messages = feed_body(body)
+    except ProtocolError:
+        return "refused", bytes(received)
+    return [m.command.MessageID for m in messages], bytes(received)
+
+
+@pytest.mark.parametrize("case", DATA_BODIES)
+def test_a_data_pdu_ends_as_it_would_pdv_by_pdv(case):
+    """feed_pdu takes a body that is one data PDV of the message under way
+    straight to the sink; every body ends exactly as when its PDVs are fed
+    one by one: the same bytes in the sink, messages, or refusal."""
+    results = []
+    for by_pdv in (False, True):
+        received = bytearray()
+        assembler = MessageAssembler(lambda context_id, command, received=received: received.extend)
+        assembler.feed(command())
+        assembler.feed(data(value=b"xy"))
+        if by_pdv:
+            feed_body = lambda body, a=assembler: [m for p in iter_pdvs(body) if (m := a.feed(p)) is not None]  # noqa: E731
+        else:
+            feed_body = assembler.feed_pdu
+        first = outcome(feed_body, memoryview(bytearray(DATA_BODIES[case])), received)
+        after = outcome(feed_body, memoryview(pdv(4, value=b"zz", control=0x02)), received) if first[0] == [] else None
+        results.append((first, after, assembler.in_message()))
+
+    assert results[0] == results[1]
+
+
 def mutate(rng: random.Random, stream: bytes) -> bytes:
     """One of: random bytes, flipped bytes, a stated length replaced, a
     truncation, an insertion, PDUs repeated or swapped."""
