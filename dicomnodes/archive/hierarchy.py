@@ -73,9 +73,9 @@ def ensure_patients(headers, cache):
     # let anyone rename a patient.  Study rows keep the demographics they
     # were created with; corrections are an administrator's act.
     for key, h in wanted.items():
-        pk, name, birth, sex = cache.patients[key]
-        filled = (name or h.patient_name, birth or h.patient_birth_date, sex or h.patient_sex)
-        if filled != (name, birth, sex):
+        filled = fills_patient(cache.patients[key], h)
+        if filled:
+            pk = cache.patients[key][0]
             Patient.objects.filter(pk=pk).update(
                 patient_name=filled[0],
                 patient_name_upper=filled[0].upper(),
@@ -84,6 +84,15 @@ def ensure_patients(headers, cache):
             )
             cache.patients[key] = (pk, *filled)
     return {key: cache.patients[key][0] for key in wanted}
+
+
+def fills_patient(cached, h):
+    """The (name, birth date, sex) that header `h` fills in where the
+    patient row `cached` (pk, name, birth date, sex) lacks them, or None
+    when it fills nothing."""
+    _, name, birth, sex = cached
+    filled = (name or h.patient_name, birth or h.patient_birth_date, sex or h.patient_sex)
+    return filled if filled != (name, birth, sex) else None
 
 
 def _load_patients(keys, cache):
@@ -116,9 +125,7 @@ def ensure_studies(headers, patients, cache, created, *, known_studies=None):
             Study.objects.bulk_create(rows)
             for row in rows:
                 created.studies_per_patient[row.patient_record_id] += 1
-                created.new_studies.append(
-                    NewStudy(row.study_instance_uid, row.accession_number, row.from_known_peer)
-                )
+                created.new_studies.append(NewStudy(row.study_instance_uid, row.accession_number, row.from_known_peer))
             cache.studies.update(
                 Study.objects.filter(study_instance_uid__in=new).values_list("study_instance_uid", "pk")
             )

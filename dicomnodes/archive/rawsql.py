@@ -11,11 +11,13 @@ commits, `apply_batch` timed in-process, three runs).  Table and column
 names come from the models and values are adapted by the model fields, so
 SQLite and PostgreSQL both work.  Everything else uses the ORM.
 
-These statements run inside Django's transaction (`transaction.atomic`) on
-the thread's connection, and bypass Django's query log.
+These statements run on the thread's connection inside Django's transaction
+(`transaction.atomic`), or inside `transaction()` below when nothing else
+of the batch needs the ORM, and bypass Django's query log.
 """
 
 import threading
+from contextlib import contextmanager
 from functools import cache
 
 from django.db import DEFAULT_DB_ALIAS, connection, connections, models
@@ -91,6 +93,49 @@ def execute(sql: str, params=(), *, many=False):
         return cursor.fetchall() if cursor.description else None
     finally:
         cursor.close()
+
+
+class _Transaction:
+    __slots__ = ("rolled_back", "cursor")
+
+    def roll_back(self):
+        """End the transaction now, writing nothing."""
+        if not self.rolled_back:
+            self.rolled_back = True
+            self.cursor.execute("ROLLBACK")
+
+
+@contextmanager
+def transaction():
+    """A transaction of raw statements only (`execute`, and what is built on
+    it) on the thread's connection, which Django keeps in autocommit: BEGIN,
+    then COMMIT, or ROLLBACK on an exception or `roll_back()`.  Django
+    knows nothing of it, so no ORM call may run inside (its atomic() would
+    BEGIN again); Django's transaction.atomic() costs 21.6 µs where this
+    costs 1.5 µs (timeit, SQLite)."""
+    wrapper = thread_connection()
+    if wrapper.connection is None:
+        wrapper.ensure_connection()
+    if wrapper.in_atomic_block:
+        raise RuntimeError("rawsql.transaction() inside Django's atomic()")
+    done = _Transaction()
+    done.rolled_back = False
+    done.cursor = wrapper.connection.cursor()
+    try:
+        done.cursor.execute("BEGIN")
+        try:
+            yield done
+        except BaseException:
+            done.roll_back()
+            raise
+        if not done.rolled_back:
+            try:
+                done.cursor.execute("COMMIT")
+            except BaseException:
+                done.roll_back()  # SQLite keeps the transaction open when a deferred constraint fails COMMIT
+                raise
+    finally:
+        done.cursor.close()
 
 
 def existing_instances(uids):

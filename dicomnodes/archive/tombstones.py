@@ -87,6 +87,11 @@ def check_new_rows(items) -> None:
     Tombstone.objects.filter(pk__in=[pk for pk, _, _ in found]).delete()
 
 
+def has_tombstones(uids) -> bool:
+    """Has any of these UIDs a tombstone (locked, as check_new_rows's)?"""
+    return bool(_tombstones_of(list(uids)))
+
+
 def _tombstones_of(uids):
     """(pk, uid, unlinked) of the tombstones of `uids`, locked.  Hand-written
     SQL: this runs in every group commit of the index writer, where the

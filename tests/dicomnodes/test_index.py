@@ -10,12 +10,13 @@ import uuid
 
 import pytest
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 from pydicom.uid import generate_uid
 
+from dicomnodes.archive import index, tombstones
 from dicomnodes.archive.header import read_header_file
-from dicomnodes.archive.hierarchy import Created
+from dicomnodes.archive.hierarchy import Created, HierarchyCache
 from dicomnodes.archive.index import (
     AssociationClose,
     AssociationOpen,
@@ -26,7 +27,7 @@ from dicomnodes.archive.index import (
     WriterLock,
     apply_batch,
 )
-from dicomnodes.models import AssociationLog, AssociationResult, Instance, Patient, Series, Study
+from dicomnodes.models import AssociationLog, AssociationResult, Instance, Patient, Series, Study, Tombstone
 from dicomnodes.signals import NewStudy
 from tests.support.dicomdata import make_ct
 from tests.support.processes import wait_until
@@ -248,6 +249,120 @@ def test_an_association_opens_indexes_and_closes_in_one_batch(db, header):
 
 
 # --- the writer thread ----------------------------------------------------------
+
+
+# --- the known-hierarchy batch: raw SQL in a raw transaction ---------------------
+
+
+def index_snapshot():
+    return (
+        sorted(
+            Instance.objects.values_list(
+                "sop_instance_uid", "series__series_instance_uid", "instance_number", "file_size", "calling_ae"
+            )
+        ),
+        sorted(Series.objects.values_list("series_instance_uid", "num_instances")),
+        sorted(Study.objects.values_list("study_instance_uid", "num_instances", "num_series", "modalities_in_study")),
+        sorted(Patient.objects.values_list("patient_id", "patient_name", "patient_sex", "num_studies")),
+        sorted(Tombstone.objects.values_list("sop_instance_uid", flat=True)),
+    )
+
+
+def empty_index():
+    for model in (Instance, Series, Study, Patient, Tombstone):
+        model.objects.all().delete()
+
+
+class CountingTransaction:
+    """django.db.transaction with its atomic() blocks counted."""
+
+    def __init__(self):
+        self.atomic_blocks = 0
+
+    def atomic(self, *args, **kwargs):
+        self.atomic_blocks += 1
+        return transaction.atomic(*args, **kwargs)
+
+
+def test_a_batch_the_cache_knows_commits_as_the_general_path_would(transactional_db, header, monkeypatch):
+    """With the writer's cache, a batch of new instances of known series
+    (and patients it fills nothing of, no tombstone) goes as raw SQL in a
+    raw transaction; every other batch takes the general path.  The same
+    batches give the same outcomes and the same index either way."""
+    study = generate_uid()
+    first = series_headers(header, 4, study_uid=study, patient_id="P1", patient_name="")
+    second = series_headers(header, 2, study_uid=study, patient_id="P1", patient_name="", series_number=2)
+    named = dataclasses.replace(first[3], sop_instance_uid=generate_uid(), patient_name="Doe^Jane")
+    buried = dataclasses.replace(first[3], sop_instance_uid=generate_uid())
+    batches = [
+        [stored(first[0])],  # new patient, study, series
+        [stored(first[1]), stored(first[2])],  # known: raw
+        [stored(first[1])],  # indexed already: a duplicate
+        [stored(first[3]), stored(first[3])],  # twice in one batch
+        [stored(second[0])],  # a new series of the known study
+        [stored(second[1], calling_ae="CT1")],  # known again: raw
+        [stored(named)],  # fills the patient's name
+        [stored(buried)],  # has a tombstone
+    ]
+    results = []
+    for cache in (HierarchyCache(), None):
+        counted = CountingTransaction()
+        monkeypatch.setattr(index, "transaction", counted)
+        outcomes = []
+        for batch in batches:
+            if batch[0].header is buried:
+                tombstones.bury([buried.sop_instance_uid])
+            outcomes.append(apply_batch(batch, cache))
+        results.append((outcomes, index_snapshot()))
+        atomic_blocks = counted.atomic_blocks
+        empty_index()
+
+    assert results[0] == results[1]
+    assert results[0][0][1:3] == [[Outcome.STORED] * 2, [Outcome.DUPLICATE]]
+    assert [row[:2] + row[3:] for row in results[0][1][3]] == [("P1", "Doe^Jane", 1)]
+    assert results[0][1][4] == []  # the tombstone went with the new row
+    assert atomic_blocks == len(batches)  # without a cache, every batch is Django's
+    counted = CountingTransaction()
+    monkeypatch.setattr(index, "transaction", counted)
+    cache = HierarchyCache()
+    for batch in batches:
+        if batch[0].header is buried:
+            tombstones.bury([buried.sop_instance_uid])
+        apply_batch(batch, cache)
+    assert counted.atomic_blocks == len(batches) - 2  # the two known batches were raw
+
+
+def test_a_raw_batch_that_fails_writes_nothing_and_the_next_one_commits(transactional_db, header, monkeypatch):
+    cache = HierarchyCache()
+    first, second, third = series_headers(header, 3, study_uid=generate_uid())
+    apply_batch([stored(first)], cache)
+
+    def failing(*args):
+        raise RuntimeError("failed after the insert")
+
+    monkeypatch.setattr(index, "add_to_counters", failing)
+    with pytest.raises(RuntimeError, match="after the insert"):
+        apply_batch([stored(second)], cache)
+    assert not Instance.objects.filter(sop_instance_uid=second.sop_instance_uid).exists()
+    monkeypatch.undo()
+
+    assert apply_batch([stored(second), stored(third)], cache) == [Outcome.STORED] * 2
+    assert Series.objects.get(series_instance_uid=first.series_instance_uid).num_instances == 3
+
+
+def test_a_raw_batch_whose_commit_fails_is_rolled_back(transactional_db, header):
+    """A deferred constraint (here an association row that does not exist)
+    fails SQLite's COMMIT, which leaves the transaction open: it is rolled
+    back, so the connection takes the next batch."""
+    cache = HierarchyCache()
+    first, second = series_headers(header, 2, study_uid=generate_uid())
+    apply_batch([stored(first)], cache)
+
+    with pytest.raises(Exception):  # noqa: B017 - IntegrityError, of the driver or Django's
+        apply_batch([stored(second, association_id=uuid.uuid4())], cache)
+
+    assert apply_batch([stored(second)], cache) == [Outcome.STORED]
+    assert Instance.objects.count() == 2
 
 
 @pytest.fixture
