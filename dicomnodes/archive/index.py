@@ -83,6 +83,9 @@ def apply_batch(jobs, cache=None, created=None):
        point at them);
     2. instances are indexed (patients, studies, series created as needed);
     3. closing association rows are updated last.
+
+    With a cache, a batch of new instances the cache knows all of goes
+    through `_apply_known` (raw SQL in a raw transaction).
     """
     if cache is not None:
         outcomes = _apply_known(jobs, cache)
