@@ -32,7 +32,7 @@ from dicomnodes.archive.hierarchy import (
     fills_patient,
     recount,
 )
-from dicomnodes.archive.rawsql import existing_instances, insert_instances, thread_connection
+from dicomnodes.archive.rawsql import existing_instances, insert_instances, opened_connection, thread_connection
 from dicomnodes.archive.tombstones import check_new_rows, has_tombstones
 from dicomnodes.models import AssociationLog, Instance
 
@@ -452,9 +452,7 @@ class IndexWriter:
     def _relax(self):
         """This thread's connection commits without waiting for the disk
         (set again whenever the connection is new)."""
-        wrapper = thread_connection()
-        if wrapper.connection is None:
-            wrapper.ensure_connection()
+        wrapper = opened_connection()
         if wrapper.connection is self._relaxed:
             return
         with wrapper.cursor() as cursor:

@@ -196,12 +196,17 @@ class _Nameless:
 
     def check(self, fd) -> bool:
         """Can the nameless file `fd` be linked by its descriptor here?"""
+        proc = None
         try:
-            self.proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            os.stat(f"self/fd/{fd}", dir_fd=self.proc)
+            proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            os.stat(f"self/fd/{fd}", dir_fd=proc)
         except OSError:
             self.usable = False
-        return self.usable
+            if proc is not None:
+                os.close(proc)
+            return False
+        self.proc = proc
+        return True
 
 
 _NAMELESS = _Nameless()
