@@ -18,7 +18,6 @@ from dicomnodes.archive.header import UnreadableDataset, read_header
 from dicomnodes.archive.index import IndexItem, IndexUnavailable
 from dicomnodes.archive.reconcile import forget_unsynced
 from dicomnodes.archive.storage import (
-    FileRegion,
     StorageFull,
     file_meta_bytes,
     instance_file,
@@ -46,6 +45,16 @@ class StoreResult:
     sop_instance_uid: str = ""
     study_instance_uid: str = ""
     series_instance_uid: str = ""
+
+
+def placement(sop_class_uid, sop_instance_uid, transfer_syntax_uid, *, calling_ae, called_ae) -> tuple[bytes, str]:
+    """(file meta bytes, path) that `store_received` gives an instance
+    received as requested: what a streaming sink writes first and where
+    (`scp.sinks.StoreSink`).  The path comes from a hash of the UID."""
+    meta = file_meta_bytes(
+        sop_class_uid, sop_instance_uid, transfer_syntax_uid, source_ae=calling_ae, receiving_ae=called_ae
+    )
+    return meta, instance_file(sop_instance_uid)
 
 
 def store_received(
@@ -82,13 +91,15 @@ def store_received(
        only once both are done; a file that cannot be synced is removed
        with its row (A700).
 
-    `raw` may be a view of a `spool.SpoolFile` (given as `spool`): its bytes
-    are then copied file to file.
+    `raw` may be a view of a `spool.SpoolFile` (given as `spool`): when the
+    spool is already this instance's file (made for its path, beginning with
+    this file meta), it is linked under its name as it is (keep-first);
+    otherwise its bytes are copied file to file.
     """
-    body = FileRegion(spool.fileno(), 0, len(raw)) if spool is not None else raw
+    body = spool.region() if spool is not None else raw
     meta = file_meta_bytes(
         sop_class_uid, sop_instance_uid, transfer_syntax_uid, source_ae=calling_ae, receiving_ae=called_ae
-    )
+    )  # as placement()'s
     too_full = diskguard.check(len(meta) + len(raw))
     if too_full is not None:
         logger.error("C-STORE from %s refused by the disk guard: %s", calling_ae, too_full)
@@ -120,7 +131,7 @@ def store_received(
             placed = None
             is_new = write_atomically(path, (meta, body), overwrite=True, fsync=fsync)
         else:
-            placed = place(path, (meta, body))
+            placed = (spool is not None and spool.adopt(path, meta)) or place(path, (meta, body))
             is_new = placed.is_new
     except StorageFull as exc:
         logger.error("C-STORE from %s: out of disk space: %s", calling_ae, exc)

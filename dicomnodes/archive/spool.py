@@ -1,68 +1,141 @@
-"""A received dataset too big for memory: kept in a file while it arrives.
+"""A received dataset kept in a file while it arrives.
 
-runscp gathers a C-STORE's dataset in memory (`scp/sinks.StoreSink`), and
-STOW-RS a part (`portal/dicomweb/upload.py`).  Once one passes `SPILL_AT`,
-it moves into a `SpoolFile` (an anonymous temporary file in the storage
-folder, so on the disk the instance goes to), and the rest of the fragments
-are written there as they come.  A runscp therefore holds at most `SPILL_AT` bytes per
-association of any dataset, whatever its size; the file vanishes when it is
-closed, or when the process ends.
+runscp gathers a C-STORE's dataset (`scp/sinks.StoreSink`), and STOW-RS a
+part (`portal/dicomweb/upload.py`), in memory while it is small.  Once one
+passes its bound, it moves into a `SpoolFile` on the storage volume and the
+rest of the fragments are written there as they come (through one reusable
+buffer of `WRITE_BUFFER` bytes), so a process holds at most that bound plus
+the buffer per dataset, whatever its size.
 
-`getbuffer()` answers as BytesIO's does, with a read-only view of the file
-(mmap): the store path reads element headers and UIDs from it and copies
-the rest file to file, so its pages are only ever touched by the kernel.
+Where the file will go is known before the data set arrives (a C-STORE
+names its SOP Instance UID, and our file meta group is built from the
+request), the spool is that file itself: a nameless file (O_TMPFILE) in the
+instance's folder that begins with the file meta group (`prefix`).  When the
+data set agrees with the request, the store path links it under its name
+(`adopt()`): the bytes are written once, while they arrive, and never
+copied again (a 500 MB instance is written once, not spooled and then
+copied).  Otherwise (another SOP Instance UID in the data set, overwrite,
+STOW-RS, a file system without O_TMPFILE) the spool is an anonymous
+temporary file and the store path copies its bytes file to file
+(`region()`, copy_file_range).  Either way the file vanishes when it is
+closed unlinked, or when the process ends.
+
+`getbuffer()` answers as BytesIO's does, with a read-only view of the data
+set (a mapping of the file, after the prefix): the store path reads element
+headers and UIDs from it, so its pages are only ever touched by the kernel.
 """
 
 import io
 import mmap
+import os
 import tempfile
 
-from dicomnodes.archive.storage import storage_root
+from dicomnodes.archive import storage
 
 # Datasets above this are spooled to disk while they arrive (4 MiB: every
 # CT, MR and CR instance stays in memory; multi-frame series and
-# mammography tomosynthesis go to disk).
+# mammography tomosynthesis go to disk) when the spool is a temporary file
+# whose bytes are copied again.  When it is the instance's own file, the
+# bound is STREAM_AT.
 SPILL_AT = 4 * 2**20
+# A C-STORE data set above this goes into its own file as it arrives.  At
+# DCMTK's 16 KB PDUs a 512×512 CT is 32 fragments: written while the next
+# ones arrive, its file costs the store nothing after the last one (see
+# docs/storage.md, "Written while it arrives").  Below it (a 128×128 CT is
+# 33 KB) one write of the whole is cheaper than the mapping the header is
+# then read from.
+STREAM_AT = 64 * 1024
+# Fragments are gathered to this before a write: a 16 KB write costs this
+# machine 7 µs more than its share of a 256 KB one (300 × 525 KB into new
+# O_TMPFILEs: 350 µs a file in 16 KB writes, 114 µs in one).
+WRITE_BUFFER = 256 * 1024
 
 
 class SpoolFile(io.BytesIO):
-    """Write-only while the dataset arrives; then `getbuffer()` and `fileno()`.
+    """Write-only while the dataset arrives; then `getbuffer()`, `region()`
+    and `adopt()`.
+
+    `head`: the bytes that came before it spilled.  `place_at`: the path the
+    instance will have, when known, and `prefix` the bytes its file begins
+    with there (preamble and file meta group): the spool is then a nameless
+    file in that folder, if the file system allows one.  `folder`: where an
+    anonymous temporary goes otherwise (default: the storage folder).
 
     A BytesIO by type only (it stood in for pynetdicom's dataset buffer);
     every method used is answered from the file."""
 
-    def __init__(self, head: bytes, folder=None):
+    def __init__(self, head, folder=None, *, prefix=b"", place_at=None):
         super().__init__()
-        folder = folder or storage_root()
-        folder.mkdir(parents=True, exist_ok=True)
-        self._file = tempfile.TemporaryFile(dir=folder)
-        self._file.write(head)
         self._map = None
+        self.place_at = None
+        fd = storage.nameless_file(place_at) if place_at is not None else None
+        if fd is not None:
+            self._file = open(fd, "r+b", buffering=WRITE_BUFFER)
+            self.place_at = place_at
+        else:
+            prefix = b""
+            folder = folder or storage.storage_root()
+            os.makedirs(folder, exist_ok=True)
+            self._file = tempfile.TemporaryFile(dir=folder, buffering=WRITE_BUFFER)
+        self.prefix = prefix
+        try:
+            self._file.write(prefix)
+            self._file.write(head)
+        except BaseException:
+            self._file.close()
+            raise
 
     def write(self, data) -> int:
         return self._file.write(data)
 
     def tell(self) -> int:
-        return self._file.tell()
+        """Data set bytes written so far."""
+        return self._file.tell() - len(self.prefix)
 
     def fileno(self) -> int:
         self._file.flush()
         return self._file.fileno()
 
+    def region(self) -> storage.FileRegion:
+        """The data set's bytes in the file, for `storage.write_chunks`."""
+        return storage.FileRegion(self.fileno(), len(self.prefix), self.tell())
+
     def getbuffer(self) -> memoryview:
-        """A read-only view of everything written (release it before close())."""
+        """A read-only view of the data set written (release it before close())."""
         self._file.flush()
         if self._map is None:
             self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
-        return memoryview(self._map)
+        whole = memoryview(self._map)
+        try:
+            return whole[len(self.prefix) :]
+        finally:
+            whole.release()  # the slice keeps the mapping exported until it is released
 
     def getvalue(self) -> bytes:  # as BytesIO's
         with self.getbuffer() as view:
             return bytes(view)
 
+    def adopt(self, path, prefix) -> storage.Placed | None:
+        """Link the spool under `path` as the instance's file, "keep the
+        first" (`storage.place()`'s rule), when it is that file: a nameless
+        file made for `path` that begins with `prefix`.  None when it is
+        not (the caller then copies `region()`).  Raises StorageFull or
+        OSError as `place()` does."""
+        if self.place_at is None or path != self.place_at or prefix != self.prefix:
+            return None
+        fd = self.fileno()
+        is_new = storage.link_nameless(fd, path)
+        self.place_at = None  # linked (or refused for a kept file): once
+        return storage.Placed(path, os.dup(fd), is_new)  # its own descriptor: close() closes ours
+
     def close(self) -> None:
+        """Never raises OSError: what is still buffered is dropped if it
+        cannot be written (a store that used the spool flushed it first)."""
         if self._map is not None:
             self._map.close()
             self._map = None
-        self._file.close()
+        try:
+            self._file.close()  # closes the descriptor even when its flush fails
+        except OSError:
+            pass
         super().close()

@@ -168,21 +168,39 @@ def place(path: Path, chunks) -> Placed:
     /proc: no temporary name to make and unlink (a directory entry and a
     random name fewer per instance), and nothing left behind by a crash.
     Where the file system or /proc does not allow it, a named temporary."""
-    fd = _nameless(path) if _NAMELESS.usable else None
+    fd = nameless_file(path)
     if fd is None:
         return _place_named(path, chunks)
     try:
         write_chunks(fd, chunks)
-        try:
-            os.link(f"self/fd/{fd}", path, src_dir_fd=_NAMELESS.proc, follow_symlinks=True)
-            is_new = True
-        except FileExistsError:
-            is_new = False
+        is_new = link_nameless(fd, path)
     except OSError as exc:
         os.close(fd)
         _raise_if_full(exc, path)
         raise
     return Placed(path, fd, is_new)
+
+
+def nameless_file(path) -> int | None:
+    """A file without a name (O_TMPFILE) in `path`'s folder, open for
+    reading and writing, for `link_nameless()` to give it `path` once
+    complete; None where the file system or /proc does not allow it (then
+    never asked again in this process)."""
+    return _nameless(path) if _NAMELESS.usable else None
+
+
+def link_nameless(fd, path) -> bool:
+    """Give the complete nameless file `fd` the name `path` unless a file
+    is there ("keep the first"): True when it got it.  `fd` stays open
+    (the caller's, for Placed.finish); raises StorageFull or OSError."""
+    try:
+        os.link(f"self/fd/{fd}", path, src_dir_fd=_NAMELESS.proc, follow_symlinks=True)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        _raise_if_full(exc, path)
+        raise
 
 
 class _Nameless:
@@ -213,11 +231,12 @@ _NAMELESS = _Nameless()
 
 
 def _nameless(path):
-    """An O_TMPFILE in `path`'s folder, open for writing; None where the
+    """An O_TMPFILE in `path`'s folder; None where the
     file system or /proc does not allow one (then never asked again)."""
     folder = _made_folder(path)
     try:
-        fd = os.open(folder, os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o600)  # patient data: the owner only
+        # Read and write: a streamed data set is mapped to read its header (spool.SpoolFile).
+        fd = os.open(folder, os.O_RDWR | os.O_TMPFILE | os.O_CLOEXEC, 0o600)  # patient data: the owner only
     except OSError as exc:
         if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
             _NAMELESS.usable = False

@@ -6,9 +6,11 @@ cores as before (`handlers.answer_store`, `qr.answer_find`, `qr.plan_get`,
 association log and index writer.
 
 A C-STORE's data fragments go to a `StoreSink` as they are read: kept in
-memory up to `spool.SPILL_AT` (every CT/MR/CR instance), then in a
-`SpoolFile` in the storage folder, never copied whole again; the store path
-copies it file to file.  C-GET and C-MOVE sub-operations send stored files
+memory up to `spool.STREAM_AT` (64 KiB), then written as they come into
+the instance's own file (a nameless `SpoolFile` in its folder, beginning
+with the file meta group built from the request), which the store path
+links under its name: never a whole-data-set copy in memory, and the file
+written while the data set arrives.  C-GET and C-MOVE sub-operations send stored files
 from the mapped files, in PDVs of the peer's maximum length (`outgoing.py`).
 """
 
@@ -24,6 +26,7 @@ from pynetdicom.dsutils import encode as encode_dataset
 from pynetdicom.presentation import build_context
 
 from dicomnodes.archive.index import AssociationOpen
+from dicomnodes.archive.ingest import placement
 from dicomnodes.archive.storage import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomnodes.dimse import QUERY_RETRIEVE, REJECT_LOCAL_LIMIT, VERIFICATION, Caller, Status, model_of, service_of
 from dicomnodes.models import AssociationResult
@@ -257,7 +260,15 @@ class AcceptorSession:
         if command.CommandField == cs.C_STORE_RQ:
             caller = self._caller()
             discard = not self.config.access.may_store(caller.ae_title, caller.address)
-            sink = StoreSink(discard=discard)
+            where = functools.partial(
+                placement,
+                command.AffectedSOPClassUID or "",
+                command.AffectedSOPInstanceUID or "",
+                assoc.contexts[context_id].transfer_syntax,
+                calling_ae=self.state.calling_ae,
+                called_ae=self.state.called_ae,
+            )
+            sink = StoreSink(discard=discard, placement=where)
         else:
             sink = IdentifierSink()
         self.sinks[command.MessageID] = sink
@@ -311,7 +322,7 @@ class AcceptorSession:
         if sop_class != context.abstract_syntax or service_of(sop_class) != "store":
             # PS3.4 B.2.3: refused, SOP class not supported (on this context).
             code, comment, stored = Status.SOP_CLASS_NOT_SUPPORTED, f"SOP class {sop_class} not the context's", ""
-        elif sink.refused:  # the disk guard, while the data set was spooled
+        elif sink.finish():  # refused: the disk guard or a failed write, while the data set was spooled
             code, comment, stored = Status.OUT_OF_RESOURCES, sink.refused, ""
         elif sink.discard:
             code, comment, stored = Status.NOT_AUTHORISED, f"{state.calling_ae} may not store here", ""

@@ -5,10 +5,12 @@ association, each handed to `on_store` and answered.
 
 `Requestor` owns the association's data sinks: a response's identifier
 goes to a bounded `IdentifierSink`, a sub-operation's data set to a
-`StoreSink` (memory up to 4 MiB, then a spool file), in the order the
+`StoreSink` (memory up to 4 MiB, then a spool file; with `placement`, up
+to 64 KiB, then its own file), in the order the
 messages arrive.
 """
 
+import functools
 import io
 from collections import deque
 
@@ -29,7 +31,13 @@ class NoContext(Exception):
 
 
 class Requestor:
-    def __init__(self):
+    """`placement(command, context)`, for a requestor that stores what it
+    receives (C-GET): the (file meta, path) `archive.ingest.placement`
+    gives a C-STORE sub-operation, so its data set is written into its own
+    file as it arrives (`StoreSink`)."""
+
+    def __init__(self, *, placement=None):
+        self.placement = placement
         self.assoc = None
         self._sinks = deque()  # sinks opened, in the order of their messages
         self._message_id = 0
@@ -40,7 +48,12 @@ class Requestor:
         return self.assoc
 
     def _open_sink(self, assoc, context_id, command):
-        sink = StoreSink() if command.CommandField == cs.C_STORE_RQ else IdentifierSink()
+        if command.CommandField != cs.C_STORE_RQ:
+            sink = IdentifierSink()
+        elif self.placement is None or context_id not in assoc.contexts:
+            sink = StoreSink()
+        else:
+            sink = StoreSink(placement=functools.partial(self.placement, command, assoc.contexts[context_id]))
         self._sinks.append(sink)
         return sink
 
@@ -116,7 +129,7 @@ class Requestor:
             raise ProtocolError(f"presentation context {message.context_id} was not accepted")
         if sink is None:
             raise ProtocolError("C-STORE-RQ without a data set")
-        if sink.refused:  # the disk guard, while the data set was spooled
+        if sink.finish():  # refused: the disk guard or a failed write, while the data set was spooled
             code, comment = Status.OUT_OF_RESOURCES, sink.refused
         else:
             code, comment = on_store(command, context, sink)

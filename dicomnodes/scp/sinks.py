@@ -4,52 +4,98 @@
 associations (`acceptor`) and by ours as requestor (`requesting`: C-FIND
 answers, C-GET's C-STORE sub-operations)."""
 
+import errno
+import logging
 from contextlib import contextmanager
 
-from dicomnodes.archive.spool import SPILL_AT, SpoolFile
+from dicomnodes.archive.spool import SPILL_AT, STREAM_AT, SpoolFile
 from dicomnodes.lifecycle import diskguard
 from dicomnodes.net import ProtocolError
+
+logger = logging.getLogger(__name__)
 
 MAX_IDENTIFIER = 2**20  # a C-FIND/C-MOVE/C-GET identifier or answer is a few hundred bytes
 
 
 class StoreSink:
-    """The data set of one C-STORE as it arrives: a bytearray up to
-    SPILL_AT, then a SpoolFile (a temporary file in the storage folder).
+    """The data set of one C-STORE as it arrives: a bytearray up to a
+    bound, then a SpoolFile on the storage volume.
+
+    `placement`, when given, says where the instance's file will be: a
+    callable returning (file meta bytes, path), asked once the data set
+    passes `spool.STREAM_AT`; the spool is then that file itself, and the
+    store path links it (`SpoolFile.adopt`).  Without it the bound is
+    `spool.SPILL_AT` and the spool a temporary file copied again.
 
     The spool file is on the storage volume, so the disk guard is asked
     before it is made and for every fragment written to it: once it says
     no, the rest of the data set is read and dropped, and `refused` says
     why (the sender gets A700 with it)."""
 
-    def __init__(self, *, discard=False):
+    def __init__(self, *, discard=False, placement=None):
         self.memory = bytearray()
         self.spool = None
         self.size = 0
         self.discard = discard
         self.refused = None
+        self.placement = placement
+        self.spill_at = SPILL_AT if placement is None else STREAM_AT
 
     def __call__(self, fragment):
         self.size += len(fragment)
         if self.discard:
             return
-        if self.spool is not None:
-            if self._guard(len(fragment)):
-                self.spool.write(fragment)
-            return
-        self.memory += fragment
-        if len(self.memory) > SPILL_AT and self._guard(len(self.memory)):
+        try:
+            if self.spool is not None:
+                if self._guard(len(fragment)):
+                    self.spool.write(fragment)
+                return
+            self.memory += fragment
+            if len(self.memory) > self.spill_at and self._guard(len(self.memory)):
+                self._spill()
+        except OSError as exc:  # the disk full (or failing) under the guard's margin
+            self._failed(exc)
+
+    def _spill(self):
+        if self.placement is None:
             self.spool = SpoolFile(self.memory)
-            self.memory = None
+        else:
+            prefix, path = self.placement()
+            self.spool = SpoolFile(self.memory, prefix=prefix, place_at=path)
+        self.memory = None
+
+    def finish(self):
+        """The data set is complete: what the spool buffers goes to its
+        file.  Returns `refused`: why the store is refused (by the guard,
+        or a write that failed now or earlier), or None."""
+        if self.spool is not None:
+            try:
+                self.spool.fileno()  # flushes
+            except OSError as exc:
+                self._failed(exc)
+        return self.refused
+
+    def _failed(self, exc):
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            logger.error("a C-STORE's data set could not be written: out of disk space: %s", exc)
+            self._refuse("Out of resources: storage is full")
+        else:
+            logger.error("a C-STORE's data set could not be written: %s", exc)
+            self._refuse(f"Out of resources: {exc.strerror or exc}")
 
     def _guard(self, size):
-        self.refused = diskguard.check(size)
-        if self.refused is None:
+        refused = diskguard.check(size)
+        if refused is None:
             return True
+        self._refuse(refused)
+        return False
+
+    def _refuse(self, why):
+        """Drop what arrived and the rest of it; the sender gets A700 and `why`."""
+        self.refused = why
         self.discard = True
         self.close()
         self.memory, self.spool = bytearray(), None
-        return False
 
     @contextmanager
     def contents(self):

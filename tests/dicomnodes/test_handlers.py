@@ -12,6 +12,8 @@ retrieve (`VIEWER`), a workstation that is a C-MOVE destination only
 """
 
 import dataclasses
+import functools
+import os
 
 import pytest
 from pydicom import dcmread
@@ -20,6 +22,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from dicomnodes.archive import storage
 from dicomnodes.archive.index import IndexWriter
+from dicomnodes.archive.ingest import placement
 from dicomnodes.archive.storage import instance_path
 from dicomnodes.dimse import Caller, Status
 from dicomnodes.models import DicomServerSettings, Instance, Peer
@@ -27,6 +30,7 @@ from dicomnodes.scp.access import AccessPolicy
 from dicomnodes.scp.handlers import answer_store, check_association
 from dicomnodes.scp.qr import Plan, Refusal, answer_find, plan_get, plan_move
 from dicomnodes.scp.server import load_config
+from dicomnodes.scp.sinks import StoreSink
 from tests.support.archive import archive_files
 from tests.support.dicomdata import make_ct, make_ct_series
 from tests.support.transfer import dataset_bytes
@@ -229,6 +233,146 @@ def test_a_duplicate_is_acknowledged_and_kept_once(config, writer, data_dir, tmp
     assert _store(config, writer, raw, ds)[0] == Status.SUCCESS
     assert _store(config, writer, raw, ds)[0] == Status.SUCCESS
     assert Instance.objects.count() == 1
+
+
+# --- C-STORE: a data set written into its own file as it arrives ---------------------------------
+
+FRAGMENT = 16372  # DCMTK's fragments at its default 16 KB maximum PDU
+
+
+def _arriving(raw, ds, caller=MODALITY, *, uid=None, upto=None):
+    """A StoreSink as runscp opens one for a C-STORE-RQ naming `uid` (the
+    data set's own by default), fed `raw` (up to `upto` bytes) in DCMTK's
+    fragments."""
+    where = functools.partial(
+        placement,
+        str(ds.SOPClassUID),
+        uid or str(ds.SOPInstanceUID),
+        ExplicitVRLittleEndian,
+        calling_ae=caller.ae_title,
+        called_ae="PACS",
+    )
+    sink = StoreSink(placement=where)
+    view = memoryview(raw)[:upto]
+    for offset in range(0, len(view), FRAGMENT):
+        sink(view[offset : offset + FRAGMENT])
+    return sink
+
+
+def _store_arrived(config, writer, sink, ds, caller=MODALITY, *, uid=None):
+    """What runscp does once the data set is complete (acceptor._store)."""
+    assert sink.finish() is None
+    try:
+        with sink.contents() as (raw, spool):
+            return _store(
+                config, writer, raw, ds, caller=caller, spool=spool, sop_instance_uid=uid or str(ds.SOPInstanceUID)
+            )
+    finally:
+        sink.close()
+
+
+def _descriptor_target(fd):
+    return os.readlink(f"/proc/self/fd/{fd}")
+
+
+def test_a_large_data_set_is_written_into_its_own_file_while_it_arrives_and_linked_not_copied(
+    config, writer, data_dir, tmp_path
+):
+    raw, ds = _dataset_bytes(make_ct(tmp_path / "ct.dcm", size=256))  # 128 KiB of pixels
+    path = instance_path(ds.SOPInstanceUID)
+    sink = _arriving(raw, ds, upto=len(raw) // 2)
+    # Half arrived: no copy of it in memory; a nameless file in the instance's folder, the half in it.
+    assert sink.memory is None
+    fd = sink.spool.fileno()
+    assert _descriptor_target(fd).startswith(f"{path.parent}/#") and _descriptor_target(fd).endswith("(deleted)")
+    meta = storage.file_meta_bytes(
+        ds.SOPClassUID, ds.SOPInstanceUID, ExplicitVRLittleEndian, source_ae="MODALITY1", receiving_ae="PACS"
+    )
+    half = len(raw) // 2
+    assert os.fstat(fd).st_size == len(meta) + half  # (fileno() flushed the write buffer)
+    assert not path.exists()
+    view = memoryview(raw)
+    for offset in range(half, len(raw), FRAGMENT):
+        sink(view[offset : offset + FRAGMENT])
+    inode = os.fstat(fd).st_ino
+
+    assert _store_arrived(config, writer, sink, ds) == (Status.SUCCESS, "", ds.SOPInstanceUID)
+    assert path.read_bytes() == meta + raw
+    assert path.stat().st_ino == inode  # the file it was written into, linked under its name
+    assert oct(path.stat().st_mode & 0o777) == oct(0o600)
+    assert dcmread(path).PatientID == "PAT001"
+    assert Instance.objects.get(sop_instance_uid=ds.SOPInstanceUID).file_size == len(meta) + len(raw)
+    assert list(path.parent.iterdir()) == [path]
+
+
+def test_a_streamed_data_set_naming_another_instance_than_its_request_is_stored_under_its_own(
+    config, writer, data_dir, tmp_path
+):
+    raw, ds = _dataset_bytes(make_ct(tmp_path / "ct.dcm", size=256))
+    asked = "1.2.826.0.1.3680043.8.498.4242"
+    sink = _arriving(raw, ds, uid=asked)
+    assert _descriptor_target(sink.spool.fileno()).startswith(f"{instance_path(asked).parent}/#")
+
+    assert _store_arrived(config, writer, sink, ds, uid=asked) == (Status.SUCCESS, "", ds.SOPInstanceUID)
+    assert not instance_path(asked).exists()
+    stored = dcmread(instance_path(ds.SOPInstanceUID))
+    assert stored.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID  # the file meta agrees with the data set
+    assert instance_path(ds.SOPInstanceUID).read_bytes().endswith(raw)
+    assert list(instance_path(asked).parent.iterdir()) == []  # the spool had no name there
+
+
+def test_a_streamed_duplicate_keeps_the_first_file(config, writer, data_dir, tmp_path):
+    raw, ds = _dataset_bytes(make_ct(tmp_path / "ct.dcm", size=256))
+    assert _store_arrived(config, writer, _arriving(raw, ds), ds)[0] == Status.SUCCESS
+    first = instance_path(ds.SOPInstanceUID).stat()
+    assert _store_arrived(config, writer, _arriving(raw, ds), ds)[0] == Status.SUCCESS
+    assert instance_path(ds.SOPInstanceUID).stat().st_ino == first.st_ino
+    assert Instance.objects.count() == 1
+    assert list(instance_path(ds.SOPInstanceUID).parent.iterdir()) == [instance_path(ds.SOPInstanceUID)]
+
+
+def test_a_streamed_data_set_replaces_the_stored_one_when_overwriting(config, writer, data_dir, tmp_path):
+    uid = "1.2.826.0.1.3680043.8.498.4343"
+    first, ds = _dataset_bytes(make_ct(tmp_path / "a.dcm", size=256, sop_uid=uid, patient_name="First^Sent"))
+    second, ds2 = _dataset_bytes(make_ct(tmp_path / "b.dcm", size=256, sop_uid=uid, patient_name="Second^Sent"))
+    overwriting = dataclasses.replace(config, overwrite=True)
+    assert _store_arrived(overwriting, writer, _arriving(first, ds), ds)[0] == Status.SUCCESS
+    assert _store_arrived(overwriting, writer, _arriving(second, ds2), ds2)[0] == Status.SUCCESS
+    assert instance_path(uid).read_bytes().endswith(second)
+    assert str(dcmread(instance_path(uid)).PatientName) == "Second^Sent"
+    assert list(instance_path(uid).parent.iterdir()) == [instance_path(uid)]
+
+
+def test_without_nameless_files_a_streamed_data_set_is_spooled_and_copied(
+    config, writer, data_dir, tmp_path, monkeypatch
+):
+    """A file system without O_TMPFILE: the spool is an anonymous temporary
+    in the storage folder, and the store copies its bytes."""
+    monkeypatch.setattr(storage._NAMELESS, "usable", False)
+    raw, ds = _dataset_bytes(make_ct(tmp_path / "ct.dcm", size=256))
+    sink = _arriving(raw, ds)
+    assert _descriptor_target(sink.spool.fileno()).startswith(f"{data_dir / 'storage'}/")
+    inode = os.fstat(sink.spool.fileno()).st_ino
+
+    assert _store_arrived(config, writer, sink, ds)[0] == Status.SUCCESS
+    path = instance_path(ds.SOPInstanceUID)
+    assert path.read_bytes().endswith(raw)
+    assert path.stat().st_ino != inode
+    assert dcmread(path).file_meta.SourceApplicationEntityTitle == "MODALITY1"
+
+
+def test_streamed_bytes_that_are_no_data_set_go_to_the_quarantine_and_leave_no_file(config, writer, data_dir):
+    garbage = b"\x08\x00\x18\x00UI\xff\xff" + bytes(200_000)
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.2", "1.2.826.0.1.3680043.8.498.4444"
+    sink = _arriving(garbage, ds)
+    assert sink.spool is not None
+
+    code, comment, _ = _store_arrived(config, writer, sink, ds)
+    assert code == Status.CANNOT_UNDERSTAND
+    assert list(instance_path(ds.SOPInstanceUID).parent.iterdir()) == []
+    assert [p.read_bytes().endswith(garbage) for p in (data_dir / "quarantine").iterdir()] == [True]
+    assert not Instance.objects.exists()
 
 
 # --- C-FIND -----------------------------------------------------------------------------------------

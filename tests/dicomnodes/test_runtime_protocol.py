@@ -24,7 +24,8 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from dicomnodes.archive.spool import SPILL_AT
+from dicomnodes.archive.spool import STREAM_AT
+from dicomnodes.archive.storage import instance_path
 from dicomnodes.models import Instance, Peer
 from dicomnodes.net import commandset as cs
 from dicomnodes.net.pdata import (
@@ -311,11 +312,13 @@ def files_under(folder: Path):
     return sorted(str(p) for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
 
 
-@pytest.mark.parametrize("size", [256 * 1024, 6 * 2**20], ids=["in memory", "spooled past 4 MiB"])
+@pytest.mark.parametrize(
+    "size", [48 * 1024, 256 * 1024, 6 * 2**20], ids=["in memory", "into its own file", "into its own file past 4 MiB"]
+)
 def test_an_abort_in_the_middle_of_a_data_set_leaves_nothing(shared_scp, size):
     uid, head = identifying()
     data = head + explicit_element(0x7FE0, 0x0010, b"OW", b"\x5a" * size)
-    half = len(data) // 2 if size < SPILL_AT else SPILL_AT + 2**20
+    half = len(data) // 2
     storage = shared_scp.data_dir / "storage"
     before = files_under(storage)
     with raw_pdu_association(shared_scp.port, [SECONDARY_CAPTURE]) as raw:
@@ -324,14 +327,43 @@ def test_an_abort_in_the_middle_of_a_data_set_leaves_nothing(shared_scp, size):
         for offset in range(0, half, 65530):
             fragment = data[offset : min(offset + 65530, half)]
             raw.send(pdata_header(cid, len(fragment), is_command=False, is_last=False), fragment)
-        if size > SPILL_AT:
-            wait_until(lambda: storage_fds(shared_scp), 10, message="runscp to spool the data set to a file")
+        if half > STREAM_AT:
+            wait_until(lambda: storage_fds(shared_scp), 10, message="runscp to write the data set to a file")
         raw.send(abort_pdu(source=SOURCE_SERVICE_USER))
     wait_until(lambda: "aborted" in shared_scp.log(), 10, message="runscp to log the abort")
     wait_until(lambda: not storage_fds(shared_scp), 10, message="runscp to close the spool file")
     assert not Instance.objects.filter(sop_instance_uid=uid).exists()
     assert files_under(storage) == before, "no file, temporary or not, was left in the storage folder"
     assert shared_scp.echo().returncode == 0
+
+
+def test_a_large_data_set_goes_into_its_own_file_while_it_arrives(shared_scp):
+    """Past STREAM_AT the data set is written, as it arrives, into a nameless
+    file in the instance's own folder, which becomes its file."""
+    uid, head = identifying()
+    data = head + explicit_element(0x7FE0, 0x0010, b"OW", b"\x5a" * 2**20)
+    path = instance_path(uid, shared_scp.data_dir / "storage")
+    with raw_pdu_association(shared_scp.port, [SECONDARY_CAPTURE]) as raw:
+        cid = raw.context_id(SECONDARY_CAPTURE)
+        raw.send(pdata(pdv(cid, store_rq(SECONDARY_CAPTURE, uid), is_command=True, is_last=True)))
+        pdus = list(pdata_pdus(cid, data, is_command=False, max_pdu=16384))
+        for header, payload in pdus[: len(pdus) // 2]:
+            raw.send(header, payload)
+        wait_until(
+            lambda: any(fd.startswith(f"{path.parent}/#") for fd in storage_fds(shared_scp)),
+            10,
+            message="runscp to write the data set into a nameless file in the instance's folder",
+        )
+        assert not path.exists()
+        for header, payload in pdus[len(pdus) // 2 :]:
+            raw.send(header, payload)
+        rsp, _ = raw.read_message()
+        release(raw)
+    assert rsp.Status == 0x0000
+    assert path.read_bytes().endswith(data)
+    assert pydicom.dcmread(path).file_meta.MediaStorageSOPInstanceUID == uid
+    assert Instance.objects.filter(sop_instance_uid=uid).exists()
+    wait_until(lambda: not storage_fds(shared_scp), 10, message="runscp to close the file")
 
 
 def test_a_store_naming_another_sop_class_than_its_context_is_refused_0122(shared_scp, tmp_path):
