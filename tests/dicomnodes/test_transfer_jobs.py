@@ -85,6 +85,26 @@ def test_a_study_retrieved_from_orthanc_is_indexed_here(shared_scp, orthanc, tmp
 
 
 @pytest.mark.archive
+def test_large_images_a_c_get_brings_are_stored_byte_for_byte_with_our_file_meta(orthanc, data_dir, tmp_path):
+    """Above spool.STREAM_AT a C-STORE sub-operation's data set is written
+    into its own file as it arrives (Requestor(placement=…))."""
+    paths = make_ct_series(tmp_path / "remote", 2, size=256)  # 128 KiB of pixels each
+    store_to_orthanc(orthanc, tmp_path / "remote")
+    study_uid = str(dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID)
+    job = submit_job(kind="get", peer=orthanc.peer, uids=[study_uid], kick_runner=False)
+    run_next()
+    job.refresh_from_db()
+    assert (job.state, job.done) == (TransferState.SUCCEEDED, 2), job.last_error
+    for path in paths:
+        uid = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        stored = instance_path(uid)
+        assert dataset_bytes(stored.read_bytes()) == dataset_bytes(path.read_bytes())
+        meta = dcmread(stored, stop_before_pixels=True).file_meta
+        assert (meta.MediaStorageSOPInstanceUID, meta.SourceApplicationEntityTitle) == (uid, "ORTHANC")
+        assert list(stored.parent.iterdir()) == [stored]
+
+
+@pytest.mark.archive
 def test_a_series_can_be_retrieved_alone(orthanc, data_dir, tmp_path):
     first = make_ct_series(tmp_path / "one", 2)
     study_uid = str(dcmread(first[0]).StudyInstanceUID)
