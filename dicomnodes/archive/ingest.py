@@ -100,7 +100,9 @@ def store_received(
     meta = file_meta_bytes(
         sop_class_uid, sop_instance_uid, transfer_syntax_uid, source_ae=calling_ae, receiving_ae=called_ae
     )  # as placement()'s
-    too_full = diskguard.check(len(meta) + len(raw))
+    # A StoreSink's spool had the guard count its bytes as they arrived:
+    # counted again, an instance that fits would be refused near the minimum.
+    too_full = diskguard.check(len(meta) + len(raw)) if spool is None or not spool.guarded else None
     if too_full is not None:
         logger.error("C-STORE from %s refused by the disk guard: %s", calling_ae, too_full)
         return StoreResult(Status.OUT_OF_RESOURCES, too_full)

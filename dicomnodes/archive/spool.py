@@ -68,6 +68,7 @@ class SpoolFile(io.BytesIO):
         super().__init__()
         self._map = None
         self.place_at = None
+        self.guarded = False  # the disk guard has let through every byte written here (StoreSink)
         fd = storage.nameless_file(place_at) if place_at is not None else None
         if fd is not None:
             self._file = open(fd, "r+b", buffering=WRITE_BUFFER)

@@ -62,6 +62,7 @@ class StoreSink:
         else:
             prefix, path = self.placement()
             self.spool = SpoolFile(self.memory, prefix=prefix, place_at=path)
+        self.spool.guarded = True  # _guard() counts every byte: store_received must not count them again
         self.memory = None
 
     def finish(self):
@@ -87,6 +88,7 @@ class StoreSink:
         refused = diskguard.check(size)
         if refused is None:
             return True
+        logger.error("a C-STORE's data set was refused by the disk guard as it arrived: %s", refused)
         self._refuse(refused)
         return False
 

@@ -201,9 +201,7 @@ def test_the_dashboard_shows_the_free_space_and_sends_a_warning_when_it_runs_low
     assert item["warning"].startswith("Storage volume nearly full: ")
 
 
-def test_an_instance_too_big_for_the_room_left_is_refused_as_it_arrives_not_at_enospc(
-    storage_16m, start_scp, tmp_path
-):
+def test_an_instance_too_big_for_the_room_left_is_refused_as_it_arrives_not_at_enospc(storage_16m, start_scp, tmp_path):
     """Above 4 MiB a data set is spooled to a file on the storage volume as
     it arrives (dicomnodes/scp/sinks.py): the guard is asked before the
     spool file is made and for each fragment, so a 20 MB image on a 16 MB
@@ -222,3 +220,20 @@ def test_an_instance_too_big_for_the_room_left_is_refused_as_it_arrives_not_at_e
     assert shutil.disk_usage(storage_16m).free >= 2 * MB
     assert not [p for p in storage_16m.rglob("*") if p.is_file()], "no spool or stored file is left"
     assert "out of disk space" not in scp.log()
+
+
+def test_an_instance_that_leaves_the_minimum_free_is_stored_its_bytes_counted_once(storage_16m, start_scp, tmp_path):
+    """The guard counts a data set's bytes as they arrive into its file; the
+    store does not count them a second time (which would refuse a 7 MB
+    instance on 16 MB with an 8 MB minimum: 16 − 7 − 7 < 8)."""
+    ArchiveSettings.objects.update_or_create(pk=1, defaults={"min_free_mb": 8, "min_free_percent": 0})
+    scp = start_scp()
+    folder = tmp_path / "one"
+    folder.mkdir()
+    make_ct(folder / "ct.dcm", size=1850)  # 1850² × 2 bytes ≈ 6.5 MiB: 9.5 MiB left
+
+    result = scp.store(folder, options=["-d"])
+
+    assert result.returncode == 0 and "Out of resources" not in result.stdout + result.stderr
+    assert Instance.objects.count() == 1
+    assert shutil.disk_usage(storage_16m).free >= 8 * MB
