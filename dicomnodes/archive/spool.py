@@ -14,11 +14,12 @@ instance's folder that begins with the file meta group (`prefix`).  When the
 data set agrees with the request, the store path links it under its name
 (`adopt()`): the bytes are written once, while they arrive, and never
 copied again (a 500 MB instance is written once, not spooled and then
-copied).  Otherwise (another SOP Instance UID in the data set, overwrite,
-STOW-RS, a file system without O_TMPFILE) the spool is an anonymous
-temporary file and the store path copies its bytes file to file
-(`region()`, copy_file_range).  Either way the file vanishes when it is
-closed unlinked, or when the process ends.
+copied).  Otherwise — the data set names another SOP Instance UID (the file
+meta must follow it), the duplicate policy is overwrite — the store path
+copies its bytes file to file (`region()`, copy_file_range); and STOW-RS,
+or a file system without O_TMPFILE, spool into an anonymous temporary file
+in the storage folder, copied the same way.  Either way a spool not linked
+vanishes when it is closed, or when the process ends.
 
 `getbuffer()` answers as BytesIO's does, with a read-only view of the data
 set (a mapping of the file, after the prefix): the store path reads element
@@ -42,8 +43,8 @@ SPILL_AT = 4 * 2**20
 # DCMTK's 16 KB PDUs a 512×512 CT is 32 fragments: written while the next
 # ones arrive, its file costs the store nothing after the last one (see
 # docs/storage.md, "Written while it arrives").  Below it (a 128×128 CT is
-# 33 KB) one write of the whole is cheaper than the mapping the header is
-# then read from.
+# 33 KB) the data set stays in memory: one write of the whole, and its
+# header read without a mapping.
 STREAM_AT = 64 * 1024
 # Fragments are gathered to this before a write: a 16 KB write costs this
 # machine 7 µs more than its share of a 256 KB one (300 × 525 KB into new
