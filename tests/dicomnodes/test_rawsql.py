@@ -2,6 +2,7 @@
 connection it runs on, and its transaction."""
 
 import asyncio
+import sqlite3
 import threading
 
 import pytest
@@ -64,3 +65,23 @@ def test_a_raw_transaction_commits_or_rolls_back_everything(transactional_db):
 def test_a_raw_transaction_refuses_to_run_inside_djangos(db):
     with pytest.raises(RuntimeError, match="atomic"), rawsql.transaction():
         pass
+
+
+def test_a_raw_transaction_takes_the_write_lock_at_begin_as_djangos_do(transactional_db):
+    """SQLite: BEGIN IMMEDIATE, as Django's atomic() (transaction_mode).  A
+    deferred BEGIN reads first and upgrades at its first write, and in WAL
+    mode that upgrade fails at once ("database is locked", no busy wait)
+    when another process committed since the read: an index batch lost
+    under load (bench/query.py, four storescu into two runscp processes)."""
+    wrapper = rawsql.opened_connection()
+    if wrapper.vendor != "sqlite":
+        pytest.skip("PostgreSQL takes row locks as it writes; BEGIN has no mode to match")
+    other = sqlite3.connect(wrapper.settings_dict["NAME"], timeout=0, isolation_level=None)
+    try:
+        with rawsql.transaction():
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")  # the write lock is ours already, before any statement
+        other.execute("BEGIN IMMEDIATE")  # and let go at COMMIT
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
