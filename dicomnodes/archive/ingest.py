@@ -47,12 +47,20 @@ class StoreResult:
     series_instance_uid: str = ""
 
 
+def received_meta(sop_class_uid, sop_instance_uid, transfer_syntax_uid, *, calling_ae, called_ae) -> bytes:
+    """The file meta group of an instance received from `calling_ae` by
+    `called_ae` (which `reindex` reads back)."""
+    return file_meta_bytes(
+        sop_class_uid, sop_instance_uid, transfer_syntax_uid, source_ae=calling_ae, receiving_ae=called_ae
+    )
+
+
 def placement(sop_class_uid, sop_instance_uid, transfer_syntax_uid, *, calling_ae, called_ae) -> tuple[bytes, str]:
     """(file meta bytes, path) that `store_received` gives an instance
     received as requested: what a streaming sink writes first and where
     (`scp.sinks.StoreSink`).  The path comes from a hash of the UID."""
-    meta = file_meta_bytes(
-        sop_class_uid, sop_instance_uid, transfer_syntax_uid, source_ae=calling_ae, receiving_ae=called_ae
+    meta = received_meta(
+        sop_class_uid, sop_instance_uid, transfer_syntax_uid, calling_ae=calling_ae, called_ae=called_ae
     )
     return meta, instance_file(sop_instance_uid)
 
@@ -97,9 +105,9 @@ def store_received(
     otherwise its bytes are copied file to file.
     """
     body = spool.region() if spool is not None else raw
-    meta = file_meta_bytes(
-        sop_class_uid, sop_instance_uid, transfer_syntax_uid, source_ae=calling_ae, receiving_ae=called_ae
-    )  # as placement()'s
+    meta = received_meta(
+        sop_class_uid, sop_instance_uid, transfer_syntax_uid, calling_ae=calling_ae, called_ae=called_ae
+    )
     # A StoreSink's spool had the guard count its bytes as they arrived:
     # counted again, an instance that fits would be refused near the minimum.
     too_full = diskguard.check(len(meta) + len(raw)) if spool is None or not spool.guarded else None
@@ -119,12 +127,12 @@ def store_received(
             "C-STORE from %s: dataset SOP Instance UID differs from the request's; stored under the dataset's",
             calling_ae,
         )
-        meta = file_meta_bytes(
+        meta = received_meta(
             header.sop_class_uid,
             header.sop_instance_uid,
             transfer_syntax_uid,
-            source_ae=calling_ae,
-            receiving_ae=called_ae,
+            calling_ae=calling_ae,
+            called_ae=called_ae,
         )
 
     path = instance_file(header.sop_instance_uid)

@@ -26,7 +26,6 @@ from pynetdicom.dsutils import encode as encode_dataset
 from pynetdicom.presentation import build_context
 
 from dicomnodes.archive.index import AssociationOpen
-from dicomnodes.archive.ingest import placement
 from dicomnodes.archive.storage import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomnodes.dimse import QUERY_RETRIEVE, REJECT_LOCAL_LIMIT, VERIFICATION, Caller, Status, model_of, service_of
 from dicomnodes.models import AssociationResult
@@ -46,7 +45,7 @@ from dicomnodes.scp.handlers import (
 )
 from dicomnodes.scp.qr import Refusal, answer_find, plan_get, plan_move
 from dicomnodes.scp.sending import UNCOMPRESSED, decode_budget
-from dicomnodes.scp.sinks import IdentifierSink, StoreSink
+from dicomnodes.scp.sinks import IdentifierSink, StoreSink, request_placement
 from pacs_site import audit_dicom
 from pacs_site.listeners import peer_address
 
@@ -260,13 +259,8 @@ class AcceptorSession:
         if command.CommandField == cs.C_STORE_RQ:
             caller = self._caller()
             discard = not self.config.access.may_store(caller.ae_title, caller.address)
-            where = functools.partial(
-                placement,
-                command.AffectedSOPClassUID or "",
-                command.AffectedSOPInstanceUID or "",
-                assoc.contexts[context_id].transfer_syntax,
-                calling_ae=self.state.calling_ae,
-                called_ae=self.state.called_ae,
+            where = request_placement(
+                command, assoc.contexts[context_id], calling_ae=self.state.calling_ae, called_ae=self.state.called_ae
             )
             sink = StoreSink(discard=discard, placement=where, writeback=self.config.fsync)
         else:

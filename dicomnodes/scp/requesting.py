@@ -5,12 +5,11 @@ association, each handed to `on_store` and answered.
 
 `Requestor` owns the association's data sinks: a response's identifier
 goes to a bounded `IdentifierSink`, a sub-operation's data set to a
-`StoreSink` (memory up to 4 MiB, then a spool file; with `placement`, up
+`StoreSink` (memory up to 4 MiB, then a spool file; with `store_as`, up
 to 64 KiB, then its own file), in the order the
 messages arrive.
 """
 
-import functools
 import io
 from collections import deque
 
@@ -23,7 +22,7 @@ from dicomnodes.net import UNEXPECTED_PDU, ProtocolError
 from dicomnodes.net import commandset as cs
 from dicomnodes.net.association import RELEASE
 from dicomnodes.scp import outgoing
-from dicomnodes.scp.sinks import IdentifierSink, StoreSink
+from dicomnodes.scp.sinks import IdentifierSink, StoreSink, request_placement
 
 
 class NoContext(Exception):
@@ -31,13 +30,13 @@ class NoContext(Exception):
 
 
 class Requestor:
-    """`placement(command, context)`, for a requestor that stores what it
-    receives (C-GET): the (file meta, path) `archive.ingest.placement`
-    gives a C-STORE sub-operation, so its data set is written into its own
-    file as it arrives (`StoreSink`; `writeback` when it will be synced)."""
+    """`store_as` = (calling AE, called AE), for a requestor that stores the
+    C-STORE sub-operations it receives (C-GET) as from the peer to us: each
+    data set is then written into its own file as it arrives (`StoreSink`,
+    `request_placement`; `writeback` when it will be synced)."""
 
-    def __init__(self, *, placement=None, writeback=False):
-        self.placement = placement
+    def __init__(self, *, store_as=None, writeback=False):
+        self.store_as = store_as
         self.writeback = writeback
         self.assoc = None
         self._sinks = deque()  # sinks opened, in the order of their messages
@@ -51,10 +50,11 @@ class Requestor:
     def _open_sink(self, assoc, context_id, command):
         if command.CommandField != cs.C_STORE_RQ:
             sink = IdentifierSink()
-        elif self.placement is None or context_id not in assoc.contexts:
+        elif self.store_as is None or context_id not in assoc.contexts:
             sink = StoreSink()
         else:
-            where = functools.partial(self.placement, command, assoc.contexts[context_id])
+            calling_ae, called_ae = self.store_as
+            where = request_placement(command, assoc.contexts[context_id], calling_ae=calling_ae, called_ae=called_ae)
             sink = StoreSink(placement=where, writeback=self.writeback)
         self._sinks.append(sink)
         return sink

@@ -5,9 +5,11 @@ associations (`acceptor`) and by ours as requestor (`requesting`: C-FIND
 answers, C-GET's C-STORE sub-operations)."""
 
 import errno
+import functools
 import logging
 from contextlib import contextmanager
 
+from dicomnodes.archive.ingest import placement
 from dicomnodes.archive.spool import SPILL_AT, STREAM_AT, SpoolFile
 from dicomnodes.lifecycle import diskguard
 from dicomnodes.net import ProtocolError
@@ -15,6 +17,21 @@ from dicomnodes.net import ProtocolError
 logger = logging.getLogger(__name__)
 
 MAX_IDENTIFIER = 2**20  # a C-FIND/C-MOVE/C-GET identifier or answer is a few hundred bytes
+
+
+def request_placement(command, context, *, calling_ae, called_ae):
+    """A StoreSink's `placement` for the C-STORE-RQ `command` on `context`:
+    where `store_received` will put the instance it names
+    (`archive.ingest.placement`), worked out only if the data set passes
+    STREAM_AT."""
+    return functools.partial(
+        placement,
+        command.AffectedSOPClassUID or "",
+        command.AffectedSOPInstanceUID or "",
+        context.transfer_syntax,
+        calling_ae=calling_ae,
+        called_ae=called_ae,
+    )
 
 
 class StoreSink:

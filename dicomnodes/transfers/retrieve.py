@@ -33,7 +33,7 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove as MOVE
 
 from dicomnodes.archive.index import IndexWriter
-from dicomnodes.archive.ingest import placement, store_received
+from dicomnodes.archive.ingest import store_received
 from dicomnodes.archive.notifications import study_received
 from dicomnodes.dimse import PENDING_STATUSES, Status
 from dicomnodes.models import DuplicatePolicy, Instance, Study, TransferLevel
@@ -260,9 +260,7 @@ def get(run):
             if len(contexts) < 128:
                 contexts.append(build_context(sop_class, [syntax]))
     roles = {sop_class: (False, True) for sop_class in sop_classes[:120]}  # we are their storage SCP
-    requestor = Requestor(
-        placement=lambda command, context: _placement(run, command, context), writeback=run.settings.fsync_on_store
-    )
+    requestor = Requestor(store_as=(run.peer.ae_title, run.ae_title), writeback=run.settings.fsync_on_store)
     run.connect(contexts, roles=roles, requestor=requestor)
     for identifier in plan:
         asked = time.monotonic()
@@ -273,17 +271,6 @@ def get(run):
         except (PeerGone, PeerAborted, ProtocolError):
             run.lost(asked)
     run.close()
-
-
-def _placement(run, command, context):
-    """Where `_store` will put a sub-operation's instance (its file meta, its path)."""
-    return placement(
-        command.AffectedSOPClassUID or "",
-        command.AffectedSOPInstanceUID or "",
-        context.transfer_syntax,
-        calling_ae=run.peer.ae_title,
-        called_ae=run.ae_title,
-    )
 
 
 def _store(run, command, context, sink):

@@ -87,7 +87,7 @@ def test_a_study_retrieved_from_orthanc_is_indexed_here(shared_scp, orthanc, tmp
 @pytest.mark.archive
 def test_large_images_a_c_get_brings_are_stored_byte_for_byte_with_our_file_meta(orthanc, data_dir, tmp_path):
     """Above spool.STREAM_AT a C-STORE sub-operation's data set is written
-    into its own file as it arrives (Requestor(placement=…))."""
+    into its own file as it arrives (Requestor(store_as=…))."""
     paths = make_ct_series(tmp_path / "remote", 2, size=256)  # 128 KiB of pixels each
     store_to_orthanc(orthanc, tmp_path / "remote")
     study_uid = str(dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID)
